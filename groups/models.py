@@ -1,0 +1,182 @@
+"""Groups (tag groups: a subscription with a name, a trigger and the keys it reads), their runs and counters."""
+
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class Trigger(models.TextChoices):
+    INTERVAL = "interval", "interval"
+    CRON = "cron", "cron (six fields, with seconds)"
+    ONCE = "once", "once at a date and time"
+    ON_CHANGE = "on_change", "on change (hub subscription)"
+
+
+class GroupQuerySet(models.QuerySet):
+    def enabled(self) -> GroupQuerySet:
+        return self.filter(enabled=True, hub__enabled=True)
+
+
+class Group(models.Model):
+    hub = models.ForeignKey(
+        "hubs.Hub", on_delete=models.CASCADE, related_name="groups", verbose_name="hub", help_text="Hub the group reads."
+    )
+    name = models.CharField("name", max_length=200, help_text="Name, unique within the hub.")
+    trigger = models.CharField(
+        "trigger", max_length=16, choices=Trigger.choices, default=Trigger.INTERVAL, help_text="What starts an execution."
+    )
+    period = models.FloatField(
+        "period (s)",
+        default=10.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Interval trigger: seconds between ticks (0.1 and up). Ticks sit on a grid aligned to the period.",
+    )
+    offset = models.FloatField(
+        "offset (s)", default=0.0, help_text="Interval trigger: shift of the tick grid, in seconds (0 puts 10 s ticks at :00, :10)."
+    )
+    cron = models.CharField(
+        "cron", max_length=200, blank=True, help_text="Cron trigger: six fields with seconds first (*/5 * * * * *)."
+    )
+    run_at = models.DateTimeField("run at", null=True, blank=True, help_text="Once trigger: when to run.")
+    deadband = models.FloatField(
+        "deadband",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0)],
+        help_text="On-change trigger: a numeric change smaller than this is not an event.",
+    )
+    expires = models.FloatField(
+        "expiry (s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0)],
+        help_text="A tick that cannot start within this many seconds is dropped as missed; empty means one period.",
+    )
+    script = models.ForeignKey(
+        "scripts_engine.Script",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="groups",
+        verbose_name="script",
+        help_text="Runs on the polled values after every poll.",
+    )
+    enabled = models.BooleanField("enabled", default=True, help_text="A disabled group is not scheduled.")
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="hubsched_group",
+        verbose_name="periodic task",
+        help_text="The django-celery-beat entry kept in step with this group.",
+    )
+
+    objects = GroupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["hub", "name"]
+        verbose_name = "group"
+        verbose_name_plural = "groups"
+        constraints = [models.UniqueConstraint(fields=["hub", "name"], name="group_name_unique_in_hub")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def expiry_seconds(self) -> float:
+        return self.expires if self.expires is not None else self.period
+
+
+class GroupKey(models.Model):
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, related_name="keys", verbose_name="group", help_text="Group reading the key."
+    )
+    entity = models.CharField("entity", max_length=1000, help_text="Entity id on the hub (plant/line1/pump1).")
+    key = models.CharField("key", max_length=200, help_text="Parameter key on that entity (p1).")
+    alias = models.CharField(
+        "binding", max_length=200, blank=True, help_text="Name of the value in the script; empty means the key itself."
+    )
+    position = models.PositiveIntegerField("position", default=0, help_text="Order within the group.")
+
+    class Meta:
+        ordering = ["group", "position", "id"]
+        verbose_name = "group key"
+        verbose_name_plural = "group keys"
+        constraints = [models.UniqueConstraint(fields=["group", "entity", "key"], name="group_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.entity}.{self.key}"
+
+    @property
+    def binding(self) -> str:
+        return self.alias or self.key
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    OK = "ok", "ok"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped (still running)"
+    MISSED = "missed", "missed (expired)"
+
+
+class GroupRun(models.Model):
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, related_name="runs", verbose_name="group", help_text="Group executed."
+    )
+    scheduled_for = models.DateTimeField("scheduled for", help_text="The tick this execution belongs to.")
+    started_at = models.DateTimeField("started", null=True, blank=True, help_text="When a worker began it.")
+    finished_at = models.DateTimeField("finished", null=True, blank=True, help_text="When it ended.")
+    status = models.CharField("status", max_length=16, choices=RunStatus.choices, help_text="Outcome.")
+    error = models.TextField("error", blank=True, help_text="Why it failed, for a person to act on.")
+    values_count = models.PositiveIntegerField("values", default=0, help_text="Values stored by this execution.")
+
+    class Meta:
+        ordering = ["-scheduled_for"]
+        verbose_name = "group run"
+        verbose_name_plural = "group runs"
+        indexes = [
+            # serves "latest runs of a group" (admin inline, status page)
+            models.Index(fields=["group", "-scheduled_for"], name="grouprun_group_latest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+
+
+class GroupStats(models.Model):
+    """Running counters of a group's ticks, updated with F() so that concurrent workers add up."""
+
+    group = models.OneToOneField(
+        Group, on_delete=models.CASCADE, primary_key=True, related_name="stats", verbose_name="group", help_text="Group."
+    )
+    dispatched = models.PositiveBigIntegerField("dispatched", default=0, help_text="Ticks sent to workers.")
+    started = models.PositiveBigIntegerField("started", default=0, help_text="Executions a worker began.")
+    done = models.PositiveBigIntegerField("done", default=0, help_text="Executions that ended ok.")
+    failed = models.PositiveBigIntegerField("failed", default=0, help_text="Executions that ended in an error.")
+    skipped = models.PositiveBigIntegerField("skipped", default=0, help_text="Ticks skipped: the group was still running.")
+    missed = models.PositiveBigIntegerField("missed", default=0, help_text="Ticks dropped: older than their expiry.")
+    values = models.PositiveBigIntegerField("values", default=0, help_text="Values stored.")
+    lag_ms_total = models.PositiveBigIntegerField(
+        "lag total (ms)", default=0, help_text="Sum of start lag behind the scheduled tick over started executions."
+    )
+    last_run_at = models.DateTimeField("last run", null=True, blank=True, help_text="Scheduled time of the latest run.")
+    last_status = models.CharField(
+        "last status", max_length=16, choices=RunStatus.choices, blank=True, help_text="Outcome of the latest run."
+    )
+    last_error = models.TextField("last error", blank=True, help_text="Error of the latest failed run.")
+
+    class Meta:
+        verbose_name = "group counters"
+        verbose_name_plural = "group counters"
+
+    @property
+    def runs(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def lag_ms_mean(self) -> float | None:
+        return self.lag_ms_total / self.started if self.started else None

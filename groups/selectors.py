@@ -1,0 +1,47 @@
+"""Reads for groups: the status summary served at /api/status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from .models import Group, GroupStats
+
+
+def _iso(value) -> str | None:
+    return timezone.localtime(value, timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def status_summary() -> dict[str, Any]:
+    """``{"values_stored": N, "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
+    "last_status", "last_error", "runs", "values", "dispatched", "started", "done", "failed", "skipped",
+    "missed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions."""
+    groups = []
+    for group in Group.objects.select_related("hub__project", "stats").order_by("hub__project__name", "hub__name", "name"):
+        stats = getattr(group, "stats", None) or GroupStats(group=group)
+        groups.append(
+            {
+                "id": group.pk,
+                "name": group.name,
+                "hub": group.hub.name,
+                "project": group.hub.project.name,
+                "trigger": group.trigger,
+                "enabled": group.enabled,
+                "last_run_at": _iso(stats.last_run_at),
+                "last_status": stats.last_status or None,
+                "last_error": stats.last_error or None,
+                "runs": stats.runs,
+                "values": stats.values,
+                "dispatched": stats.dispatched,
+                "started": stats.started,
+                "done": stats.done,
+                "failed": stats.failed,
+                "skipped": stats.skipped,
+                "missed": stats.missed,
+                "lag_ms_mean": round(stats.lag_ms_mean, 1) if stats.lag_ms_mean is not None else None,
+            }
+        )
+    total = GroupStats.objects.aggregate(total=Sum("values"))["total"] or 0
+    return {"values_stored": total, "groups": groups}

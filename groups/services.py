@@ -1,0 +1,189 @@
+"""Writes for groups: keeping each group's django-celery-beat PeriodicTask in step, and executing a group."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
+
+from .models import Group, GroupRun, GroupStats, RunStatus, Trigger
+
+logger = logging.getLogger(__name__)
+
+GROUP_TASK = "groups.tasks.group_run"
+
+
+def periodic_task_name(group: Group) -> str:
+    return f"hubsched group {group.pk}: {group.hub.name}/{group.name}"
+
+
+def _interval_for(period: float) -> IntervalSchedule:
+    # IntervalSchedule.every is an integer: whole seconds stay readable, a fraction is kept in microseconds.
+    if float(period).is_integer():
+        every, unit = int(period), IntervalSchedule.SECONDS
+    else:
+        every, unit = round(period * 1_000_000), IntervalSchedule.MICROSECONDS
+    schedule, _ = IntervalSchedule.objects.get_or_create(every=every, period=unit)
+    return schedule
+
+
+def _crontab_for(cron: str, time_zone: str) -> CrontabSchedule:
+    # Six-field cron (seconds first); CrontabSchedule has no seconds, so the mirror holds the other five.
+    fields = cron.split()
+    minute, hour, day_of_month, month_of_year, day_of_week = fields[-5:]
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+        timezone=time_zone,
+    )
+    return schedule
+
+
+def group_schedule_sync(*, group: Group) -> PeriodicTask | None:
+    """Create, update or remove the PeriodicTask that mirrors ``group``; returns it (None for on-change).
+
+    The PeriodicTask is named ``hubsched group <id>: <hub>/<group>``, runs ``groups.tasks.group_run`` with
+    ``{"group_id": id}``, and is enabled when the group and its hub are. On-change groups are driven by
+    hub subscriptions, not by beat, and have none.
+    """
+    if group.trigger == Trigger.ON_CHANGE:
+        group_schedule_remove(group=group)
+        return None
+    schedule_fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "one_off": False}
+    if group.trigger == Trigger.INTERVAL:
+        schedule_fields["interval"] = _interval_for(group.period)
+    elif group.trigger == Trigger.CRON:
+        schedule_fields["crontab"] = _crontab_for(group.cron, group.hub.project.time_zone)
+    elif group.trigger == Trigger.ONCE:
+        if group.run_at is None:
+            raise ValueError(f"group {group.pk}: a once trigger needs run_at")
+        schedule_fields["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=group.run_at)
+        schedule_fields["one_off"] = True
+    values = {
+        "name": periodic_task_name(group),
+        "task": GROUP_TASK,
+        "kwargs": json.dumps({"group_id": group.pk}),
+        "enabled": bool(group.enabled and group.hub.enabled),
+        "expire_seconds": max(1, round(group.expiry_seconds)) if group.trigger == Trigger.INTERVAL else None,
+        "description": "Kept in step with its hubsched group; edit the group, not this entry.",
+        **schedule_fields,
+    }
+    with transaction.atomic():
+        task = group.periodic_task
+        if task is None:
+            task = PeriodicTask.objects.create(**values)
+            Group.objects.filter(pk=group.pk).update(periodic_task=task)
+            group.periodic_task = task
+        else:
+            for name, value in values.items():
+                setattr(task, name, value)
+            task.save()
+    return task
+
+
+def group_schedule_remove(*, group: Group) -> None:
+    """Delete the group's PeriodicTask, if it has one."""
+    if group.periodic_task_id:
+        PeriodicTask.objects.filter(pk=group.periodic_task_id).delete()
+        PeriodicTasks.update_changed()
+        group.periodic_task = None
+
+
+def groups_schedule_sync_all() -> int:
+    """Bring every group's PeriodicTask in step (after bulk updates that bypass signals); returns the count."""
+    count = 0
+    for group in Group.objects.select_related("hub__project", "periodic_task"):
+        group_schedule_sync(group=group)
+        count += 1
+    PeriodicTasks.update_changed()
+    return count
+
+
+# --- execution ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Binding:
+    """One value of an execution: where it came from and what the script left in it."""
+
+    name: str
+    entity: str
+    key: str
+    value: Any
+    ts: str | None = None
+    quality: str = "good"
+    writable: bool = False
+
+
+@dataclass
+class Execution:
+    group: Group
+    scheduled_for: datetime
+    bindings: dict[str, Binding] = field(default_factory=dict)
+    written: dict[str, list[str]] = field(default_factory=dict)
+
+
+class GroupRunError(Exception):
+    """An execution failed for a reason a person can act on; the message says what and where."""
+
+
+def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupRun:
+    """Execute one tick of a group: poll its keys, run its script, write back, store; returns the GroupRun.
+
+    Never raises for a hub, script or sink fault: those end the run as ``failed`` with the error text,
+    so that a worker serving many groups stays up. Raises ``Group.DoesNotExist`` for an unknown id.
+    """
+    from .execution import execute  # the data path: hub client, sandbox, sinks
+
+    now = timezone.now()
+    scheduled_for = scheduled_for or now
+    group = (
+        Group.objects.select_related("hub__project", "script").prefetch_related("keys").get(pk=group_id)
+    )
+    run = GroupRun.objects.create(group=group, scheduled_for=scheduled_for, started_at=now, status=RunStatus.RUNNING)
+    lag_ms = max(0, int((now - scheduled_for).total_seconds() * 1000))
+    error = ""
+    values = 0
+    try:
+        values = execute(group=group, scheduled_for=scheduled_for)
+        status = RunStatus.OK
+    except GroupRunError as exc:
+        status, error = RunStatus.FAILED, str(exc)
+    except Exception as exc:  # a bug must not take the worker down; it is recorded and logged in full
+        logger.exception("group %s: unexpected error", group.pk)
+        status, error = RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+    if error:
+        logger.warning("group %s (%s/%s) failed: %s", group.pk, group.hub.name, group.name, error)
+    run.status, run.error, run.values_count, run.finished_at = status, error, values, timezone.now()
+    run.save(update_fields=["status", "error", "values_count", "finished_at"])
+    group_stats_record(group_id=group.pk, run=run, lag_ms=lag_ms)
+    return run
+
+
+def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:
+    """Add one finished run to the group's counters (F() expressions: concurrent workers add up)."""
+    ok = run.status == RunStatus.OK
+    updates = {
+        "started": F("started") + 1,
+        "done": F("done") + (1 if ok else 0),
+        "failed": F("failed") + (0 if ok else 1),
+        "values": F("values") + run.values_count,
+        "lag_ms_total": F("lag_ms_total") + lag_ms,
+        "last_run_at": run.scheduled_for,
+        "last_status": run.status,
+    }
+    if not ok:
+        updates["last_error"] = run.error
+    if not GroupStats.objects.filter(group_id=group_id).update(**updates):
+        GroupStats.objects.get_or_create(group_id=group_id)
+        GroupStats.objects.filter(group_id=group_id).update(**updates)

@@ -1,0 +1,5 @@
+"""hubsched: a scheduler for data acquisition from hubs."""
+
+from .celery import app as celery_app
+
+__all__ = ("celery_app",)

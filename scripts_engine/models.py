@@ -1,0 +1,96 @@
+"""Integrator scripts, and the SQL side of a project: sinks (where values are stored) and data sources."""
+
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class Script(models.Model):
+    project = models.ForeignKey(
+        "hubs.Project",
+        on_delete=models.CASCADE,
+        related_name="scripts",
+        verbose_name="project",
+        help_text="Project the script belongs to.",
+    )
+    name = models.CharField("name", max_length=200, help_text="Name, unique within the project.")
+    code = models.TextField(
+        "code", blank=True, help_text="Python run in the sandbox on every execution; bindings are the polled values (p1 = p1 * 2)."
+    )
+    description = models.TextField("description", blank=True, help_text="What the script does.")
+    timeout = models.FloatField(
+        "CPU time limit (s)", default=2.0, validators=[MinValueValidator(0.01)], help_text="The script is stopped past this."
+    )
+    memory_limit_mb = models.PositiveIntegerField(
+        "memory limit (MB)", default=256, validators=[MinValueValidator(16)], help_text="The script is stopped past this."
+    )
+
+    class Meta:
+        ordering = ["project", "name"]
+        verbose_name = "script"
+        verbose_name_plural = "scripts"
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="script_name_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SinkLayout(models.TextChoices):
+    # tall: one row per value; wide: one table per group, one column per key (SCADA transaction groups)
+    TALL = "tall", "tall (one row per value)"
+    WIDE = "wide", "wide (one row per execution, one column per key)"
+
+
+class SinkQuerySet(models.QuerySet):
+    def enabled(self) -> SinkQuerySet:
+        return self.filter(enabled=True)
+
+
+class Sink(models.Model):
+    project = models.ForeignKey(
+        "hubs.Project", on_delete=models.CASCADE, related_name="sinks", verbose_name="project", help_text="Owning project."
+    )
+    name = models.CharField("name", max_length=200, help_text="Name, unique within the project.")
+    url = models.CharField(
+        "SQLAlchemy URL",
+        max_length=1000,
+        help_text="Where values are stored, e.g. postgresql+psycopg2://user@host/db or sqlite:///var/values.sqlite3.",
+    )
+    layout = models.CharField(
+        "layout", max_length=8, choices=SinkLayout.choices, default=SinkLayout.TALL, help_text="Table layout."
+    )
+    table = models.CharField("table", max_length=200, default="hubsched_values", help_text="Table name (tall layout).")
+    enabled = models.BooleanField("enabled", default=True, help_text="A disabled sink receives nothing.")
+
+    objects = SinkQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["project", "name"]
+        verbose_name = "sink"
+        verbose_name_plural = "sinks"
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="sink_name_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DataSource(models.Model):
+    project = models.ForeignKey(
+        "hubs.Project",
+        on_delete=models.CASCADE,
+        related_name="data_sources",
+        verbose_name="project",
+        help_text="Owning project.",
+    )
+    name = models.CharField("name", max_length=200, help_text='Name scripts use: sql("name").')
+    url = models.CharField("SQLAlchemy URL", max_length=1000, help_text="Database the scripts may query and insert into.")
+
+    class Meta:
+        ordering = ["project", "name"]
+        verbose_name = "data source"
+        verbose_name_plural = "data sources"
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="data_source_name_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
