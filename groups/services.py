@@ -187,3 +187,18 @@ def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:
     if not GroupStats.objects.filter(group_id=group_id).update(**updates):
         GroupStats.objects.get_or_create(group_id=group_id)
         GroupStats.objects.filter(group_id=group_id).update(**updates)
+
+
+def group_runs_execute(*, runs: list[tuple[int, datetime]]) -> list[GroupRun]:
+    """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` in the order given.
+
+    The caller (the batch task) has already applied expiry, the overlap lock and round-robin order.
+    A group that no longer exists is left out; any other fault ends that run as failed only.
+    """
+    done = []
+    for group_id, scheduled_for in runs:
+        try:
+            done.append(group_run(group_id=group_id, scheduled_for=scheduled_for))
+        except Group.DoesNotExist:
+            logger.info("group %s is gone; tick %s dropped", group_id, scheduled_for)
+    return done

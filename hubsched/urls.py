@@ -8,4 +8,6 @@ from groups.views import api_status
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/status", api_status, name="api-status"),
+    path("api/", include("hubs.urls")),
+    path("api/", include("scripts_engine.urls")),
 ]

@@ -1,0 +1,3 @@
+"""HTTP API routes of the hubs app."""
+
+urlpatterns: list = []

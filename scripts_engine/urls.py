@@ -1,0 +1,3 @@
+"""HTTP API routes of the scripts_engine app."""
+
+urlpatterns: list = []
