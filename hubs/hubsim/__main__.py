@@ -1,0 +1,5 @@
+"""`python -m hubs.hubsim`: run the reference hub without Django."""
+
+from .cli import main
+
+main()

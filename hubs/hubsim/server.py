@@ -1,0 +1,272 @@
+"""The reference hub's WebSocket server: connections, subscriptions, and running it (foreground or in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterator
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from .protocol import HubProtocol, Session, notification_frame
+from .state import Entity, HubState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Subscription:
+    id: str
+    entity: Entity
+    keys: list[str]
+    period: float | None
+    on_change: bool
+    timeout: float | None
+    task: asyncio.Task | None = None
+
+
+class _ConnectionSession(Session):
+    """Subscriptions of one connection; they end with it."""
+
+    def __init__(self, hub: "HubServer", ws: ServerConnection):
+        self.hub = hub
+        self.ws = ws
+        self.subs: dict[str, _Subscription] = {}
+        self._starting: list[_Subscription] = []
+
+    def subscribe(self, sub_id, entity, keys, *, period, on_change, timeout):
+        sub = _Subscription(sub_id, entity, keys, period, on_change, timeout)
+        self.subs[sub_id] = sub
+        self._starting.append(sub)  # started once the subscribe answer is on the wire
+
+    def start_pending(self) -> None:
+        for sub in self._starting:
+            if sub.id in self.subs:
+                sub.task = asyncio.get_running_loop().create_task(self._run(sub))
+        self._starting.clear()
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        sub = self.subs.pop(sub_id, None)
+        if sub is None:
+            return False
+        if sub.task:
+            sub.task.cancel()
+        return True
+
+    def close(self) -> None:
+        for sub in self.subs.values():
+            if sub.task:
+                sub.task.cancel()
+        self.subs.clear()
+
+    async def _run(self, sub: _Subscription) -> None:
+        state = self.hub.state
+        tick = state.tick
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + sub.timeout if sub.timeout else None
+        next_period = start + sub.period if sub.period else None
+        try:
+            # A first dataChange right away carries the current values (a snapshot).
+            k = state.current_tick()
+            await self.ws.send(notification_frame(sub.id, sub.entity, state.value_fragments(sub.entity, sub.keys, k)))
+            last = {key: state.values_now(sub.entity, k)[key] for key in sub.keys}
+            while True:
+                now = loop.time()
+                wake = [t for t in (end, next_period) if t is not None]
+                if sub.on_change:
+                    wake.append(now + (tick - time.time() % tick) + 0.0005)
+                if not wake:
+                    break  # snapshot only: no period, no onChange
+                await asyncio.sleep(max(0.0, min(wake) - now))
+                now = loop.time()
+                if end is not None and now >= end:
+                    break
+                k = state.current_tick()
+                current = state.values_now(sub.entity, k)
+                if next_period is not None and now >= next_period:
+                    keys = sub.keys
+                    next_period += sub.period * max(1, int((now - next_period) // sub.period) + 1)
+                elif sub.on_change:
+                    keys = [key for key in sub.keys if current[key] != last[key]]
+                else:
+                    keys = []
+                if keys:
+                    await self.ws.send(notification_frame(sub.id, sub.entity, state.value_fragments(sub.entity, keys, k)))
+                    for key in keys:
+                        last[key] = current[key]
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
+        # hub protocol v1: the hub ends the subscription after `timeout` seconds
+        self.subs.pop(sub.id, None)
+
+
+class HubServer:
+    """One reference hub: state, protocol and the connection handler for `websockets.serve`."""
+
+    def __init__(self, *, key: str = "demo-key", name: str = "hub", seed: int = 1, tick: float = 0.1,
+                 methods: set[str] | None = None):
+        self.state = HubState(name=name, seed=seed, tick=tick)
+        self.protocol = HubProtocol(self.state, key=key, methods=methods)
+
+    async def handler(self, ws: ServerConnection) -> None:
+        session = _ConnectionSession(self, ws)
+        handle = self.protocol.handle
+        try:
+            async for message in ws:
+                await ws.send(handle(message, session))
+                if session._starting:
+                    session.start_pending()
+        except ConnectionClosed:
+            pass
+        finally:
+            session.close()
+
+
+def _serve(handler, host: str, port: int, **kwargs):
+    # compression off: frames are small and deflate costs more CPU than it saves on a LAN
+    return serve(handler, host, port, compression=None, max_queue=64, **kwargs)
+
+
+@dataclass
+class RunningServer:
+    """A WebSocket server running on a background thread's event loop."""
+
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    server: object
+    path: str = "/connect"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    def run(self, coro: Awaitable, timeout: float = 5.0):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def drop_connections(self) -> None:
+        """Abort every open connection, as a crashing hub or a cut cable would."""
+        async def abort():
+            for conn in list(self.server.connections):
+                conn.transport.abort()
+        self.run(abort())
+
+    @property
+    def connection_count(self) -> int:
+        async def count():
+            return len(self.server.connections)
+        return self.run(count())
+
+
+@dataclass
+class RunningHub(RunningServer):
+    hub: HubServer | None = None
+
+    @property
+    def state(self) -> HubState:
+        return self.hub.state
+
+
+@contextlib.contextmanager
+def serve_handler_in_thread(handler: Callable, *, host: str = "127.0.0.1", port: int = 0,
+                            cls=RunningServer, **attrs) -> Iterator[RunningServer]:
+    """Serve `handler(connection)` on a daemon thread's event loop until the block ends."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict = {}
+
+    async def main():
+        try:
+            server = await _serve(handler, host, port)
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            return
+        box["server"] = server
+        box["stop"] = asyncio.Event()
+        ready.set()
+        await box["stop"].wait()
+        server.close()
+        await server.wait_closed()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name=f"hubsim-{port}", daemon=True)
+    thread.start()
+    ready.wait(10)
+    if "error" in box:
+        raise box["error"]
+    server = box["server"]
+    bound_port = server.sockets[0].getsockname()[1]
+    running = cls(host=host, port=bound_port, loop=loop, server=server, **attrs)
+    try:
+        yield running
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(*, port: int = 0, key: str = "demo-key", name: str = "hub", methods: set[str] | None = None,
+                    seed: int = 1, tick: float = 0.1, host: str = "127.0.0.1") -> Iterator[RunningHub]:
+    """Run a reference hub on a background thread until the block ends.
+
+    Yields a RunningHub: `.url` (ws://127.0.0.1:PORT/connect), `.port`, `.state` (the
+    HubState, e.g. `.state.read("plant/line1/pump1", "speed_sp")`), `.drop_connections()`.
+    """
+    hub = HubServer(key=key, name=name, seed=seed, tick=tick, methods=methods)
+    with serve_handler_in_thread(hub.handler, host=host, port=port, cls=RunningHub, hub=hub) as running:
+        yield running
+
+
+async def _serve_forever(hub: HubServer, host: str, port: int, reuse_port: bool) -> None:
+    stop = asyncio.get_running_loop().create_future()
+    with contextlib.suppress(NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    async with _serve(hub.handler, host, port, reuse_port=reuse_port):
+        await stop
+
+
+def run(*, host: str = "127.0.0.1", port: int = 8765, key: str = "demo-key", name: str = "hub", seed: int = 1,
+        tick: float = 0.1, methods: set[str] | None = None, processes: int = 1) -> None:
+    """Run the reference hub in the foreground until Ctrl-C or SIGTERM.
+
+    With processes > 1 the hub forks that many processes sharing the port (SO_REUSEPORT) so
+    the kernel spreads connections; each process keeps its own written values and subscriptions.
+    """
+    def one(reuse_port: bool) -> None:
+        hub = HubServer(key=key, name=name, seed=seed, tick=tick, methods=methods)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_forever(hub, host, port, reuse_port))
+
+    if processes <= 1:
+        one(False)
+        return
+    children = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                one(True)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    try:
+        for pid in children:
+            os.waitpid(pid, 0)
+    except KeyboardInterrupt:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
