@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 from django.conf import settings
+from sqlalchemy.dialects import mysql
 
 DEFAULT_TABLE = "hubsched_values"
 
@@ -115,13 +116,18 @@ def sinks_dispose() -> None:
         _tables.clear()
 
 
+# MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise; hub timestamps carry milliseconds.
+# Times are stored as UTC everywhere (MySQL's DATETIME has no zone).
+Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
 def tall_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
     return sa.Table(
         name,
         metadata,
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-        sa.Column("tick", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("ts", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("tick", Timestamp, nullable=False),
+        sa.Column("ts", Timestamp, nullable=True),
         sa.Column("project", sa.String(200), nullable=False),
         sa.Column("hub", sa.String(200), nullable=False),
         sa.Column("group_id", sa.Integer, nullable=False),
@@ -149,13 +155,16 @@ def _table(engine: sa.Engine, url: str, name: str) -> sa.Table:
 
 def parse_ts(ts: str | datetime | None) -> datetime | None:
     """RFC 3339 (hub protocol v1: UTC with milliseconds) to an aware datetime; None when absent or unreadable."""
-    if ts is None or isinstance(ts, datetime):
-        return ts
-    try:
-        parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except (TypeError, ValueError):
+    if ts is None:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if isinstance(ts, datetime):
+        parsed = ts
+    else:
+        try:
+            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except (AttributeError, TypeError, ValueError):
+            return None
+    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _num(value: Any) -> float | None:
@@ -177,7 +186,7 @@ def value_json(value: Any) -> str:
 
 def row_dict(row: ValueRow) -> dict[str, Any]:
     return {
-        "tick": row.tick,
+        "tick": parse_ts(row.tick),
         "ts": parse_ts(row.ts),
         "project": row.project,
         "hub": row.hub,
