@@ -1,0 +1,687 @@
+"""The hub protocol v1 client: one persistent, pipelined WebSocket connection per hub.
+
+How it works (details in docs/hub-client.md):
+- `HubClient` connects lazily on the first call and keeps the connection open.
+- Requests are sent from the caller's thread (under a send lock); a reader thread matches
+  answers to pending calls by id (answers may come in any order) and hands `dataChange`
+  notifications to subscription callbacks.
+- Every call has a deadline; a module-wide sweeper thread fails calls made with
+  `call_async` whose deadline passed, `call` enforces its own. A late answer to a
+  forgotten id is dropped.
+- When the connection drops, in-flight calls fail with code "connection"; the next call
+  reconnects, no sooner than an exponential backoff with jitter allows.
+- `hub_client(url, key)` returns one shared client per (url, key) per process.
+The API key goes on every request frame and nowhere else: not in logs, not in exceptions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+import websocket
+
+log = logging.getLogger(__name__)
+
+# hub protocol v1: the methods a hub is assumed to have when getInfo itself is missing
+ALL_METHODS = frozenset({
+    "getInfo", "ping", "getEntities", "getParams", "getEntityParams",
+    "setEntityParams", "subscribe", "unsubscribe",
+})
+
+# Retrying cannot help with these: the request itself or the configuration is wrong.
+PERMANENT_CODES = frozenset({401, 403, 404, 422, -32700, -32600, -32601, -32602})
+# hub protocol v1: 429 and 503 say "retry later"; -32603 is the hub's own failure.
+TRANSIENT_CODES = frozenset({429, 503, -32603})
+
+
+def is_permanent(code: int | str | None) -> bool:
+    """Whether retrying a call that failed with `code` cannot succeed."""
+    if code in PERMANENT_CODES:
+        return True
+    if code in TRANSIENT_CODES or not isinstance(code, int) or isinstance(code, bool):
+        return False
+    return 400 <= code < 500 and code != 408
+
+
+class HubError(Exception):
+    """A call to a hub failed.
+
+    `code` is the hub's error code (401, 404, 422, 429, 503, -32601, ...) or one of the
+    client's own: "timeout" (no answer in time), "connection" (cannot connect, or the
+    connection dropped), "protocol" (the hub answered something the contract does not allow).
+    `permanent` says retrying will not help (401/403/404/422/-32601/-32602); `data` is the
+    error's `data` object. The message never contains the API key.
+    """
+
+    def __init__(self, message: str, code: int | str | None = None, permanent: bool = False, data: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.permanent = permanent
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message if self.code is None else f"{self.message} [{self.code}]"
+
+    def __repr__(self) -> str:
+        return f"HubError({self.message!r}, code={self.code!r}, permanent={self.permanent})"
+
+    def __reduce__(self):
+        # Celery pickles exceptions; the default reduce would lose the keyword fields.
+        return (HubError, (self.message, self.code, self.permanent, self.data))
+
+
+class _Pending:
+    __slots__ = ("future", "deadline", "method", "on_result")
+
+    def __init__(self, future: Future, deadline: float, method: str, on_result: Callable | None):
+        self.future, self.deadline, self.method, self.on_result = future, deadline, method, on_result
+
+
+def _settle(future: Future, *, result=None, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # the caller cancelled it
+        pass
+
+
+class _Sweeper:
+    """One thread per process that fails overdue calls of every client (pending calls are
+    bounded by max_in_flight, so a sweep is cheap)."""
+
+    interval = 0.05
+
+    def __init__(self):
+        self._clients: weakref.WeakSet[HubClient] = weakref.WeakSet()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, client: "HubClient") -> None:
+        if client not in self._clients:
+            with self._lock:
+                self._clients.add(client)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="hub-client-sweeper", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self.interval)
+            busy = False
+            with self._lock:
+                clients = list(self._clients)
+            for client in clients:
+                try:
+                    busy |= client._expire_due()
+                except Exception:  # never let one client stop the sweeps of others
+                    log.exception("hub client sweep failed")
+            if busy:
+                self._wake.set()
+
+
+_SWEEPER = _Sweeper()
+_CLIENTS: "weakref.WeakSet[HubClient]" = weakref.WeakSet()
+
+
+class HubClient:
+    """A client for one hub (hub protocol v1) over one persistent WebSocket connection.
+
+    `url` is the hub's endpoint (ws:// or wss://, path included), `key` its API key.
+    `timeout` (seconds) is the default per-call deadline, counted from the call, connecting
+    included. At most `max_in_flight` calls wait for answers at once; more wait for a slot
+    within their deadline. `connect_timeout` (seconds, default `timeout`) bounds one
+    connection attempt. Thread-safe; use as a context manager or `close()` it.
+    """
+
+    backoff_base = 0.2   # seconds before the first reconnect attempt after a failure
+    backoff_cap = 30.0   # seconds, the longest wait between attempts
+    io_timeout = 30.0    # seconds a blocked send may take before the connection counts as dead
+
+    def __init__(self, url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32,
+                 connect_timeout: float | None = None):
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.url = url
+        self._key = key
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._init_runtime()
+        _CLIENTS.add(self)
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()          # guards _ws, _pending, _subs, _methods
+        self._connect_lock = threading.Lock()  # one connection attempt at a time
+        self._send_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._ws: websocket.WebSocket | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._subs: dict[str, tuple[Callable, Callable | None]] = {}
+        self._late_subscribes: set[int] = set()
+        self._methods: frozenset[str] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"<HubClient {self.url}>"
+
+    def __enter__(self) -> "HubClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- redaction
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _redact_data(self, data):
+        if isinstance(data, str):
+            return self._redact(data)
+        if isinstance(data, dict):
+            return {k: self._redact_data(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self._redact_data(v) for v in data]
+        return data
+
+    # -- calls
+
+    def call(self, method: str, params: dict | None = None, *, timeout: float | None = None) -> dict:
+        """Send one request and wait for its answer; returns the answer's `result`.
+
+        Raises HubError: the hub's error (code, permanent, data), "timeout" after `timeout`
+        seconds (default the client's), "connection", or "protocol".
+        """
+        timeout = self.timeout if timeout is None else timeout
+        future = self._submit(method, params, timeout)
+        try:
+            return future.result(max(0.0, future.hub_deadline - time.monotonic()))
+        except FutureTimeout:
+            self._expire(future.hub_id)
+            return future.result(0)
+
+    def call_async(self, method: str, params: dict | None = None, *, timeout: float | None = None) -> Future:
+        """Send one request without waiting (pipelining: many calls share the connection).
+
+        Returns a Future whose result is the answer's `result`, or whose exception is a
+        HubError as for `call`; it fails with "timeout" once `timeout` seconds have passed.
+        Blocks only while all `max_in_flight` slots are taken, or while connecting.
+        """
+        return self._submit(method, params, self.timeout if timeout is None else timeout)
+
+    def _submit(self, method: str, params: dict | None, timeout: float, on_result: Callable | None = None) -> Future:
+        future: Future = Future()
+        future.hub_deadline = deadline = time.monotonic() + timeout
+        future.hub_id = None
+        try:
+            self._send_request(future, method, params, deadline, on_result)
+        except HubError as exc:
+            _settle(future, error=exc)
+        return future
+
+    def _send_request(self, future: Future, method: str, params: dict | None, deadline: float,
+                      on_result: Callable | None) -> None:
+        if self._closed:
+            raise HubError(f"{method}: the client is closed", "connection")
+        request = {"id": 0, "key": self._key, "method": method}
+        if params:
+            request["params"] = params
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise HubError(f"{method}: {self.max_in_flight} calls already in flight to {self.url}", "timeout")
+        registered = False
+        try:
+            ws = self._ensure_connected(deadline, method)
+            rid = request["id"] = next(self._ids)
+            try:
+                frame = json.dumps(request, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise HubError(f"{method}: params are not JSON: {self._redact(str(exc))}", "protocol", permanent=True) from None
+            with self._lock:
+                if self._ws is not ws:
+                    raise HubError(f"{method}: connection to {self.url} lost", "connection")
+                self._pending[rid] = _Pending(future, deadline, method, on_result)
+                registered = True
+            future.hub_id = rid
+            _SWEEPER.watch(self)
+            try:
+                with self._send_lock:
+                    ws.send(frame)
+            except Exception as exc:
+                self._connection_lost(ws, exc)
+        finally:
+            if not registered:
+                self._slots.release()
+
+    def _take(self, rid) -> _Pending | None:
+        """Remove a pending call (exactly once) and free its slot."""
+        with self._lock:
+            pending = self._pending.pop(rid, None)
+        if pending is not None:
+            self._slots.release()
+        return pending
+
+    def _expire(self, rid) -> None:
+        pending = self._take(rid)
+        if pending is not None:
+            if pending.method == "subscribe":
+                self._late_subscribes.add(rid)  # unsubscribe if its answer turns up after all
+            _settle(pending.future, error=HubError(f"{pending.method}: no answer from {self.url} in time", "timeout"))
+
+    def _expire_due(self) -> bool:
+        """Fail overdue calls; returns whether calls are still pending."""
+        now = time.monotonic()
+        with self._lock:
+            due = [rid for rid, p in self._pending.items() if p.deadline <= now]
+            busy = len(self._pending) > len(due)
+        for rid in due:
+            self._expire(rid)
+        return busy
+
+    # -- connection
+
+    def _ensure_connected(self, deadline: float, method: str) -> websocket.WebSocket:
+        if self._pid != os.getpid():
+            self._forget_after_fork()
+        ws = self._ws
+        if ws is not None:
+            return ws
+        if not self._connect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise HubError(f"{method}: timed out waiting to connect to {self.url}", "timeout")
+        try:
+            if self._ws is not None:
+                return self._ws
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                if wait >= deadline - time.monotonic():
+                    # A down hub fails fast instead of holding the caller past its deadline.
+                    raise HubError(f"{method}: hub {self.url} unreachable ({self._last_error}); "
+                                   f"next attempt in {wait:.1f}s", "connection")
+                time.sleep(wait)
+            attempt = min(self.connect_timeout, max(0.05, deadline - time.monotonic()))
+            try:
+                ws = websocket.create_connection(self.url, timeout=attempt, enable_multithread=True,
+                                                 skip_utf8_validation=True)
+            except Exception as exc:
+                self._failures += 1
+                self._retry_at = time.monotonic() + self._backoff()
+                self._last_error = self._redact(f"{type(exc).__name__}: {exc}")
+                log.warning("cannot connect to hub %s: %s (attempt %d)", self.url, self._last_error, self._failures)
+                raise HubError(f"{method}: cannot connect to hub {self.url}: {self._last_error}", "connection") from None
+            ws.settimeout(self.io_timeout)
+            with self._lock:
+                self._ws = ws
+            threading.Thread(target=self._read_loop, args=(ws,), name=f"hub-reader {self.url}", daemon=True).start()
+            log.info("connected to hub %s", self.url)
+            return ws
+        finally:
+            self._connect_lock.release()
+
+    def _backoff(self) -> float:
+        # exponential backoff with "equal jitter": half fixed, half random
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** min(self._failures - 1, 30))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _connection_lost(self, ws: websocket.WebSocket, exc: BaseException | None) -> None:
+        with self._lock:
+            if self._ws is not ws:
+                return
+            self._ws = None
+            pending, self._pending = self._pending, {}
+            subs, self._subs = self._subs, {}
+            self._methods = None
+            self._failures += 1
+            self._retry_at = time.monotonic() + self._backoff()
+            self._last_error = self._redact(f"{type(exc).__name__}: {exc}" if exc else "closed")
+        try:
+            ws.shutdown()
+        except Exception:
+            pass
+        if not self._closed:
+            log.warning("connection to hub %s lost (%s); %d calls failed, %d subscriptions ended",
+                        self.url, self._last_error, len(pending), len(subs))
+        for pending_call in pending.values():
+            self._slots.release()
+            _settle(pending_call.future, error=HubError(
+                f"{pending_call.method}: connection to {self.url} lost ({self._last_error})", "connection"))
+        for sub_id, (_, on_end) in subs.items():
+            if on_end is not None:
+                try:
+                    on_end(sub_id)
+                except Exception:
+                    log.exception("on_end callback of subscription %s on hub %s failed", sub_id, self.url)
+
+    def _read_loop(self, ws: websocket.WebSocket) -> None:
+        while True:
+            try:
+                frame = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                if self._ws is not ws:
+                    return
+                continue  # idle; the frame parser keeps partial frames across timeouts
+            except Exception as exc:
+                self._connection_lost(ws, exc)
+                return
+            if not ws.connected:
+                self._connection_lost(ws, None)
+                return
+            try:
+                self._dispatch(frame)
+            except Exception:
+                log.exception("hub %s: failed to handle a frame; ignored", self.url)
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            msg = json.loads(frame)
+        except (ValueError, TypeError):
+            log.warning("hub %s sent a frame that is not JSON (%d bytes); ignored", self.url, len(frame))
+            return
+        if not isinstance(msg, dict):
+            log.warning("hub %s sent a JSON %s instead of an object; ignored", self.url, type(msg).__name__)
+            return
+        if "method" not in msg:
+            self._answer(msg)
+        elif msg["method"] == "dataChange":
+            self._notification(msg.get("params"))
+        else:
+            log.warning("hub %s sent an unexpected %r message; ignored", self.url, msg["method"])
+
+    def _answer(self, msg: dict) -> None:
+        rid = msg.get("id")
+        pending = self._take(rid) if isinstance(rid, int) and not isinstance(rid, bool) else None
+        if pending is None:
+            if rid in self._late_subscribes:
+                self._late_subscribes.discard(rid)
+                self._drop_late_subscription(msg.get("result"))
+            else:
+                log.info("hub %s answered unknown or forgotten id %r; dropped", self.url, rid)
+            return
+        self._failures = 0
+        if "error" in msg:
+            error = self._error(msg["error"], pending.method)
+        elif "result" in msg:
+            error = None
+            if pending.on_result is not None:
+                try:
+                    pending.on_result(msg["result"])
+                except Exception as exc:
+                    error = HubError(f"{pending.method}: {self._redact(str(exc))}", "protocol")
+        else:
+            error = HubError(f"{pending.method}: the answer has neither result nor error", "protocol")
+        _settle(pending.future, result=msg.get("result"), error=error)
+
+    def _error(self, err, method: str) -> HubError:
+        if not isinstance(err, dict):
+            return HubError(f"{method}: malformed error from the hub", "protocol")
+        code = err.get("code")
+        if isinstance(code, bool) or not isinstance(code, int):
+            code = "protocol"
+        message = err.get("message")
+        message = self._redact(message if isinstance(message, str) else "error without a message")
+        data = err.get("data")
+        return HubError(f"{method}: {message}", code, is_permanent(code), self._redact_data(data) if isinstance(data, dict) else None)
+
+    def _notification(self, params) -> None:
+        if not isinstance(params, dict):
+            log.warning("hub %s sent a dataChange without params; ignored", self.url)
+            return
+        sub_id = params.get("subscription")
+        entry = self._subs.get(sub_id) if isinstance(sub_id, str) else None
+        if entry is None:
+            log.debug("hub %s: dataChange for unknown or dropped subscription %r; ignored", self.url, sub_id)
+            return
+        try:
+            entry[0](params)
+        except Exception:
+            log.exception("callback of subscription %s on hub %s failed", sub_id, self.url)
+
+    def _drop_late_subscription(self, result) -> None:
+        sub_id = result.get("subscription") if isinstance(result, dict) else None
+        if isinstance(sub_id, str):
+            self.call_async("unsubscribe", {"subscription": sub_id})
+
+    def close(self) -> None:
+        """Close the connection; pending calls fail with "connection". Idempotent."""
+        self._closed = True
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            with self._send_lock:
+                ws.send_close()
+        except Exception:
+            pass
+        self._connection_lost(ws, None)
+
+    def _forget_after_fork(self) -> None:
+        # In a forked child the parent's socket and reader thread are not ours: drop our
+        # descriptor without a close handshake (the parent's connection stays intact).
+        ws = self._ws
+        if ws is not None and ws.sock is not None:
+            try:
+                ws.sock.close()
+            except Exception:
+                pass
+        self._init_runtime()
+
+    # -- methods of hub protocol v1
+
+    def _result(self, result, method: str, field: str, kind: type):
+        if not isinstance(result, dict) or not isinstance(result.get(field), kind):
+            raise HubError(f"{method}: the result has no {kind.__name__} {field!r}", "protocol")
+        return result[field]
+
+    def get_info(self) -> dict:
+        """getInfo: `{"hub": name, "protocol": 1, "methods": [...], "time": ts}`."""
+        result = self.call("getInfo")
+        if not isinstance(result, dict):
+            raise HubError("getInfo: the result is not an object", "protocol")
+        return result
+
+    def ping(self) -> dict:
+        """ping: `{"time": ts}`, the hub's clock (RFC 3339 UTC); also keeps the connection alive."""
+        result = self.call("ping")
+        if not isinstance(result, dict):
+            raise HubError("ping: the result is not an object", "protocol")
+        return result
+
+    def supported_methods(self) -> frozenset[str]:
+        """The methods the hub supports, from getInfo (cached per connection).
+
+        hub protocol v1: a hub without getInfo (-32601) is assumed to have every method.
+        """
+        methods = self._methods
+        if methods is not None:
+            return methods
+        try:
+            listed = self.get_info().get("methods")
+        except HubError as exc:
+            if exc.code != -32601:
+                raise
+            methods = ALL_METHODS
+        else:
+            if isinstance(listed, list) and all(isinstance(m, str) for m in listed):
+                methods = frozenset(listed)
+            else:
+                log.warning("hub %s: getInfo has no usable method list; assuming all methods", self.url)
+                methods = ALL_METHODS
+        self._methods = methods
+        return methods
+
+    def get_entities(self, parent: str | None = None, depth: int | None = None) -> list[dict]:
+        """getEntities: `[{"id", "name", "type", "children": [...]}]` under `parent`
+        (default: the roots), `depth` levels deep (default: all). Raises HubError (404 unknown parent)."""
+        params = {k: v for k, v in (("parent", parent), ("depth", depth)) if v is not None}
+        return self._result(self.call("getEntities", params), "getEntities", "entities", list)
+
+    def get_params(self, entity: str) -> list[dict]:
+        """getParams: `[{"key", "name", "type", "unit", "writable"}]`. Raises HubError (404 unknown entity)."""
+        params = self._result(self.call("getParams", {"entity": entity}), "getParams", "params", list)
+        return self._items(params, "getParams")
+
+    def get_entity_params(self, entity: str, keys: list[str] | None = None) -> list[dict]:
+        """Current values: `[{"key", "value", "ts", "quality"}]` (value any JSON value, ts RFC 3339
+        UTC, quality good/uncertain/bad) for `keys` (default: all).
+
+        hub protocol v1: a hub without getEntityParams (per getInfo) is read by subscribing
+        with onChange false, taking the first dataChange, and unsubscribing.
+        Raises HubError (404 unknown entity or key, "timeout", ...).
+        """
+        if "getEntityParams" in self.supported_methods():
+            params = {"entity": entity} if keys is None else {"entity": entity, "keys": keys}
+            values = self._result(self.call("getEntityParams", params), "getEntityParams", "values", list)
+            return self._items(values, "getEntityParams")
+        return self._values_via_subscribe(entity, keys)
+
+    def _values_via_subscribe(self, entity: str, keys: list[str] | None) -> list[dict]:
+        deadline = time.monotonic() + self.timeout
+        if keys is None:
+            keys = [p["key"] for p in self.get_params(entity)]
+        if not keys:
+            return []
+        first: Future = Future()
+        sub_id = self.subscribe(
+            entity, keys, callback=lambda params: _settle(first, result=params) if not first.done() else None,
+            period=max(0.1, min(1.0, self.timeout / 2)), on_change=False,
+            timeout=math.ceil(self.timeout) + 1,  # the hub ends it even if our unsubscribe is lost
+        )
+        try:
+            params = first.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise HubError(f"subscribe: no dataChange from {self.url} in time", "timeout") from None
+        finally:
+            try:
+                self.unsubscribe(sub_id)
+            except HubError as exc:
+                log.info("hub %s: unsubscribe %s failed: %s", self.url, sub_id, exc)
+        values = params.get("values")
+        if not isinstance(values, list):
+            raise HubError("dataChange: no values list", "protocol")
+        wanted = set(keys)
+        return [v for v in self._items(values, "dataChange") if v["key"] in wanted]
+
+    def _items(self, items: list, method: str) -> list[dict]:
+        good = [item for item in items if isinstance(item, dict) and isinstance(item.get("key"), str)]
+        if len(good) != len(items):
+            log.warning("hub %s: %s returned %d malformed items; ignored", self.url, method, len(items) - len(good))
+        return good
+
+    def set_entity_params(self, entity: str, values: dict) -> list[str]:
+        """setEntityParams: write `{key: value}`; returns the written keys.
+
+        hub protocol v1: all or nothing. Raises HubError 404 (unknown entity/key),
+        403 (not writable), 422 (value does not fit the type), all permanent.
+        """
+        return self._result(self.call("setEntityParams", {"entity": entity, "values": values}),
+                            "setEntityParams", "written", list)
+
+    def subscribe(self, entity: str, keys: list[str], *, callback: Callable[[dict], None], period: float | None = None,
+                  on_change: bool = True, timeout: float | None = None,
+                  on_end: Callable[[str], None] | None = None) -> str:
+        """subscribe: returns the subscription id.
+
+        `callback(params)` gets each dataChange's params (`{"subscription", "entity", "values"}`)
+        on the reader thread, so it must be quick. `period` (s): send every period;
+        `on_change`: send on change; `timeout` (s): the hub ends it after this long.
+        `on_end(subscription)` is called if the connection drops (the subscription ends with it).
+        """
+        params: dict = {"entity": entity, "keys": keys, "onChange": on_change}
+        if period is not None:
+            params["period"] = period
+        if timeout is not None:
+            params["timeout"] = timeout
+
+        def register(result) -> None:
+            # Registered by the reader before it reads the next frame, so the first
+            # dataChange (which may follow the answer at once) finds its callback.
+            sub_id = result.get("subscription") if isinstance(result, dict) else None
+            if not isinstance(sub_id, str):
+                raise ValueError("the result has no string 'subscription'")
+            with self._lock:
+                self._subs[sub_id] = (callback, on_end)
+
+        future = self._submit("subscribe", params, self.timeout, on_result=register)
+        try:
+            result = future.result(max(0.0, future.hub_deadline - time.monotonic()))
+        except FutureTimeout:
+            self._expire(future.hub_id)
+            result = future.result(0)
+        return result["subscription"]
+
+    def unsubscribe(self, subscription: str) -> None:
+        """unsubscribe; notifications still in flight are ignored. A subscription the hub no
+        longer knows (404: it timed out) counts as ended. Raises HubError otherwise."""
+        with self._lock:
+            known = self._subs.pop(subscription, None)
+        if known is None and self._ws is None:
+            return  # it ended with the connection
+        try:
+            self.call("unsubscribe", {"subscription": subscription})
+        except HubError as exc:
+            if exc.code != 404:
+                raise
+
+
+# -- process-wide pool
+
+_POOL: dict[tuple[str, str], HubClient] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32) -> HubClient:
+    """The process's shared client for (url, key), created on first use.
+
+    Connections live as long as the worker process and are shared by its threads. After
+    os.fork() the child starts with an empty pool (it never reuses the parent's sockets).
+    `timeout` and `max_in_flight` apply when the client is created.
+    """
+    with _POOL_LOCK:
+        client = _POOL.get((url, key))
+        if client is None or client._closed:
+            client = _POOL[(url, key)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight)
+        return client
+
+
+def hub_clients_close_all() -> None:
+    """Close every pooled client (e.g. at worker shutdown)."""
+    with _POOL_LOCK:
+        clients = list(_POOL.values())
+        _POOL.clear()
+    for client in clients:
+        client.close()
+
+
+def _after_fork_in_child() -> None:
+    global _POOL_LOCK, _SWEEPER
+    _POOL_LOCK = threading.Lock()
+    _POOL.clear()
+    _SWEEPER = _Sweeper()
+    for client in list(_CLIENTS):
+        client._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
