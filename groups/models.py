@@ -74,6 +74,12 @@ class Group(models.Model):
         help_text="The django-celery-beat entry kept in step with this group.",
     )
 
+    updated_at = models.DateTimeField(
+        "updated at",
+        auto_now=True,
+        help_text="When the group (or one of its keys) last changed; the beat scheduler reads changes since a watermark.",
+    )
+
     objects = GroupQuerySet.as_manager()
 
     class Meta:
@@ -81,6 +87,10 @@ class Group(models.Model):
         verbose_name = "group"
         verbose_name_plural = "groups"
         constraints = [models.UniqueConstraint(fields=["hub", "name"], name="group_name_unique_in_hub")]
+        indexes = [
+            # serves the beat scheduler's "groups changed since <watermark>" poll (groups.scheduler.source)
+            models.Index(fields=["updated_at"], name="group_updated_at"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -5,10 +5,11 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from django.utils import timezone
 
 from hubs.models import Hub, Project
 
-from .models import Group
+from .models import Group, GroupKey
 
 
 @receiver(post_save, sender=Group, dispatch_uid="groups.group_saved")
@@ -39,3 +40,14 @@ def hub_saved(sender, instance, raw: bool = False, **kwargs) -> None:
     groups = groups.filter(hub=instance) if isinstance(instance, Hub) else groups.filter(hub__project=instance)
     for group in groups:
         group_schedule_sync(group=group)
+    # The beat scheduler reads changes through Group.updated_at (a hub's URL, key or enabled flag).
+    groups.update(updated_at=timezone.now())
+
+
+@receiver(post_save, sender=GroupKey, dispatch_uid="groups.group_key_saved")
+@receiver(post_delete, sender=GroupKey, dispatch_uid="groups.group_key_deleted")
+def group_key_changed(sender, instance: GroupKey, raw: bool = False, **kwargs) -> None:
+    # An on-change group subscribes to its keys: the beat scheduler sees key edits through updated_at.
+    if raw:
+        return
+    Group.objects.filter(pk=instance.group_id).update(updated_at=timezone.now())
