@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.db.models import Sum
@@ -11,7 +12,7 @@ from .models import Group, GroupStats
 
 
 def _iso(value) -> str | None:
-    return timezone.localtime(value, timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+    return timezone.localtime(value, dt_timezone.utc).isoformat().replace("+00:00", "Z") if value else None
 
 
 def status_summary() -> dict[str, Any]:
