@@ -1,0 +1,151 @@
+"""Writing a project as a ``hubsched.project/1`` document, in one stable order so that exports compare byte for byte."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from groups.models import Group
+from hubs.models import Entity, Hub, Project
+from scripts_engine.models import DataSource, Script, Sink
+
+from .validation import FORMAT
+
+
+def reference_name(kind: str, name: str, suffix: str) -> str:
+    """Environment variable a secret is referenced by: ``("HUB", "plant-a", "KEY")`` -> ``HUB_PLANT_A_KEY``."""
+    slug = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "X"
+    return f"{kind}_{slug}_{suffix}"
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a SQLAlchemy URL carries a password (``postgresql://user:secret@host/db``)."""
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return True  # unreadable: treat as secret rather than risk writing one in clear
+
+
+def _secret(value: str, *, include: bool, reference: str, is_secret: bool) -> str:
+    return value if include or not is_secret else "${%s}" % reference
+
+
+def _by_name(row) -> str:
+    # Sorted here, not by the database: collations differ between servers, code points do not.
+    return row.name
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _entity_trees(hub: Hub) -> list[dict]:
+    entities = sorted(Entity.objects.filter(hub=hub).prefetch_related("params"), key=lambda e: e.path)
+    nodes: dict[int, dict] = {}
+    roots: list[dict] = []
+    for entity in entities:
+        nodes[entity.pk] = {
+            "id": entity.path,
+            "name": entity.name,
+            "type": entity.type,
+            "params": [
+                {"key": p.key, "name": p.name, "type": p.type, "unit": p.unit, "writable": p.writable}
+                for p in sorted(entity.params.all(), key=lambda p: p.key)
+            ],
+            "children": [],
+        }
+    for entity in entities:  # ordered by path, so siblings come out in path order
+        parent = nodes.get(entity.parent_id)
+        (parent["children"] if parent is not None else roots).append(nodes[entity.pk])
+    return roots
+
+
+def _group(group: Group) -> dict:
+    return {
+        "name": group.name,
+        "trigger": group.trigger,
+        "period": group.period,
+        "offset": group.offset,
+        "cron": group.cron,
+        "run_at": _iso(group.run_at),
+        "deadband": group.deadband,
+        "expires": group.expires,
+        "script": group.script.name if group.script_id else None,
+        "enabled": group.enabled,
+        "keys": [{"entity": k.entity, "key": k.key, "alias": k.alias} for k in group.keys.all()],
+    }
+
+
+def document_build(*, project: Project, include_secrets: bool = False) -> dict:
+    """The project as a ``hubsched.project/1`` document (a dict that ``document_dumps`` writes).
+
+    Every configuration field is written, lists in a stable order: hubs, groups, scripts, sinks and
+    data sources by name, entities by id, parameters by key, a group's keys in their position order.
+    Secrets are references unless ``include_secrets``: a non-empty hub key becomes ``${HUB_<HUB>_KEY}``,
+    a sink or data source URL holding a password ``${SINK_<NAME>_URL}`` / ``${DATA_SOURCE_<NAME>_URL}``.
+    """
+    hubs = []
+    for hub in sorted(Hub.objects.filter(project=project), key=_by_name):
+        groups = sorted(Group.objects.filter(hub=hub).select_related("script").prefetch_related("keys"), key=_by_name)
+        hubs.append(
+            {
+                "name": hub.name,
+                "url": hub.url,
+                "api_key": _secret(
+                    hub.api_key, include=include_secrets, reference=reference_name("HUB", hub.name, "KEY"), is_secret=bool(hub.api_key)
+                ),
+                "timeout": hub.timeout,
+                "max_in_flight": hub.max_in_flight,
+                "enabled": hub.enabled,
+                "entities": _entity_trees(hub),
+                "groups": [_group(group) for group in groups],
+            }
+        )
+    return {
+        "format": FORMAT,
+        "name": project.name,
+        "description": project.description,
+        "time_zone": project.time_zone,
+        "hubs": hubs,
+        "scripts": [
+            {
+                "name": s.name,
+                "code": s.code,
+                "description": s.description,
+                "timeout": s.timeout,
+                "memory_limit_mb": s.memory_limit_mb,
+            }
+            for s in sorted(Script.objects.filter(project=project), key=_by_name)
+        ],
+        "sinks": [
+            {
+                "name": s.name,
+                "url": _secret(
+                    s.url, include=include_secrets, reference=reference_name("SINK", s.name, "URL"), is_secret=url_has_password(s.url)
+                ),
+                "layout": s.layout,
+                "table": s.table,
+                "enabled": s.enabled,
+            }
+            for s in sorted(Sink.objects.filter(project=project), key=_by_name)
+        ],
+        "data_sources": [
+            {
+                "name": d.name,
+                "url": _secret(
+                    d.url,
+                    include=include_secrets,
+                    reference=reference_name("DATA_SOURCE", d.name, "URL"),
+                    is_secret=url_has_password(d.url),
+                ),
+            }
+            for d in sorted(DataSource.objects.filter(project=project), key=_by_name)
+        ],
+    }
+
+
+def document_dumps(document: dict) -> str:
+    """The document as text: keys sorted, two-space indent, UTF-8 characters kept, one final newline."""
+    return json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

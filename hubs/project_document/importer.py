@@ -1,0 +1,202 @@
+"""Writing a validated ``hubsched.project/1`` document into the database, in one transaction, by natural keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from django.db import transaction
+
+from groups.models import Group, GroupKey
+from hubs.models import Entity, Hub, Parameter, Project
+from scripts_engine.models import DataSource, Script, Sink
+
+from .errors import ProjectDocumentError, ProjectExistsError
+from .validation import document_parse, document_validate, references_resolve, run_at_parse
+
+# Database column limits of the fields a reference may fill (checked after the environment is read).
+_SECRET_LIMITS = {"api_key": 500, "url": 1000}
+
+
+@dataclass(frozen=True)
+class ProjectImport:
+    """What an import did: the project, and whether it was created (else replaced in place)."""
+
+    project: Project
+    created: bool
+
+
+def _assign(row, values: dict[str, Any]) -> bool:
+    """Set fields on ``row``; returns whether any changed (unchanged rows are not written)."""
+    changed = False
+    for name, value in values.items():
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+def _upsert(model, existing: dict, natural_key: str, key_value, values: dict[str, Any], **owner):
+    return _save(model, existing, key_value, values, **owner, **{natural_key: key_value})[0]
+
+
+@dataclass
+class EntityTreeChanges:
+    """What writing an entity tree did, as sorted lists of ``path`` (entities) and ``path.key`` (parameters)."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.gone)
+
+
+def _note(changes: EntityTreeChanges, label: str, created: bool, changed: bool) -> None:
+    if created:
+        changes.added.append(label)
+    elif changed:
+        changes.changed.append(label)
+
+
+def _save(model, existing: dict, key_value, values: dict[str, Any], **create) -> tuple[Any, bool, bool]:
+    """(row, created, changed) after creating or updating the row ``existing[key_value]``."""
+    row = existing.pop(key_value, None)
+    if row is None:
+        return model.objects.create(**create, **values), True, False
+    changed = _assign(row, values)
+    if changed:
+        row.save()
+    return row, False, changed
+
+
+def entity_tree_write(*, hub: Hub, tree: list[dict]) -> EntityTreeChanges:
+    """Make ``hub``'s entities and parameters exactly ``tree``, in place by entity id and parameter key.
+
+    ``tree`` is in the getEntities shape, each entity with its getParams list:
+    ``[{"id", "name", "type", "params": [{"key", "name", "type", "unit", "writable"}], "children": [...]}]``.
+    Entities and parameters not in the tree are deleted. Call inside a transaction.
+    """
+    changes = EntityTreeChanges()
+    existing = {e.path: e for e in Entity.objects.filter(hub=hub)}
+    stack = [(entity, None) for entity in reversed(tree)]
+    while stack:  # parents before children, so a parent row exists when its child points at it
+        data, parent = stack.pop()
+        values = {"parent": parent, "name": data.get("name", ""), "type": data.get("type", "")}
+        entity, created, changed = _save(Entity, existing, data["id"], values, hub=hub, path=data["id"])
+        _note(changes, entity.path, created, changed)
+        params = {} if created else {p.key: p for p in Parameter.objects.filter(entity=entity)}
+        for param in data.get("params", []):
+            values = {
+                "name": param.get("name", ""),
+                "type": param.get("type", "number"),
+                "unit": param.get("unit", ""),
+                "writable": param.get("writable", False),
+            }
+            _, p_created, p_changed = _save(Parameter, params, param["key"], values, entity=entity, key=param["key"])
+            _note(changes, f"{entity.path}.{param['key']}", p_created, p_changed)
+        changes.gone.extend(f"{entity.path}.{key}" for key in params)
+        Parameter.objects.filter(pk__in=[p.pk for p in params.values()]).delete()
+        stack.extend((child, entity) for child in reversed(data.get("children", [])))
+    # Kept entities were re-parented above, so deleting the rest cascades into nothing still wanted.
+    changes.gone.extend(existing)
+    Entity.objects.filter(pk__in=[e.pk for e in existing.values()]).delete()
+    for names in (changes.added, changes.changed, changes.gone):
+        names.sort()
+    return changes
+
+
+def _groups_write(hub: Hub, groups: list[dict], scripts: dict[str, Script]) -> None:
+    existing = {g.name: g for g in Group.objects.filter(hub=hub).select_related("hub__project", "periodic_task")}
+    for data in groups:
+        values = {
+            "trigger": data["trigger"],
+            "period": float(data.get("period", 10.0)),
+            "offset": float(data.get("offset", 0.0)),
+            "cron": data.get("cron", ""),
+            "run_at": run_at_parse(data["run_at"]) if data.get("run_at") else None,
+            "deadband": data.get("deadband"),
+            "expires": data.get("expires"),
+            "script": scripts[data["script"]] if data.get("script") is not None else None,
+            "enabled": data.get("enabled", True),
+        }
+        # Saved through the model (never deleted and re-created): groups/signals.py keeps the PeriodicTask
+        # in step, and the group's runs and counters stay attached to it.
+        group = _upsert(Group, existing, "name", data["name"], values, hub=hub)
+        keys = [(k["entity"], k["key"], k.get("alias", "")) for k in data.get("keys", [])]
+        if [(k.entity, k.key, k.alias) for k in group.keys.all()] != keys:
+            group.keys.all().delete()
+            GroupKey.objects.bulk_create(
+                GroupKey(group=group, entity=entity, key=key, alias=alias, position=position)
+                for position, (entity, key, alias) in enumerate(keys)
+            )
+    for gone in existing.values():
+        gone.delete()
+
+
+def _named(model, project: Project, items: list[dict], fields: dict[str, Any]) -> dict[str, Any]:
+    """Upsert ``items`` of a project-owned model by name, delete the rest; returns ``{name: row}``."""
+    existing = {row.name: row for row in model.objects.filter(project=project)}
+    rows = {}
+    for item in items:
+        values = {name: item.get(name, default) for name, default in fields.items()}
+        rows[item["name"]] = _upsert(model, existing, "name", item["name"], values, project=project)
+    model.objects.filter(pk__in=[row.pk for row in existing.values()]).delete()
+    return rows
+
+
+def _with_secrets(doc: dict, resolved: dict[tuple, str]) -> dict:
+    errors = []
+    for (section, index, field), value in resolved.items():
+        if len(value) > _SECRET_LIMITS[field]:
+            errors.append(f"{section}[{index}].{field}: the referenced value is longer than {_SECRET_LIMITS[field]} characters")
+        doc[section][index] = {**doc[section][index], field: value}
+    if errors:
+        raise ProjectDocumentError(errors)
+    return doc
+
+
+def document_import(
+    *, raw: bytes | str, replace: bool = False, environ: Mapping[str, str] | None = None
+) -> ProjectImport:
+    """Read a project document and write it into the database as one transaction.
+
+    ``raw`` is the document's text (UTF-8 bytes or str). A project of the same name is refused with
+    ProjectExistsError unless ``replace``; replacing updates rows in place by their natural keys (hub
+    name, entity id, parameter key, group name, script/sink/data source name), deletes what the document
+    no longer has, and so keeps the run history of every group that stays. References ``${NAME}`` are
+    read from ``environ`` (default: the process environment). Raises ProjectDocumentError listing every
+    problem; then nothing has been written.
+    """
+    doc = document_validate(data=document_parse(raw=raw))
+    doc = _with_secrets(doc, references_resolve(doc=doc, environ=environ))
+    with transaction.atomic():
+        project = Project.objects.select_for_update().filter(name=doc["name"]).first()
+        created = project is None
+        if project is not None and not replace:
+            raise ProjectExistsError([f"name: a project named {doc['name']!r} already exists; import with replace to update it"])
+        values = {"description": doc.get("description", ""), "time_zone": doc.get("time_zone", "UTC")}
+        if project is None:
+            project = Project.objects.create(name=doc["name"], **values)
+        elif _assign(project, values):
+            project.save()
+        scripts = _named(
+            Script, project, doc.get("scripts", []), {"code": "", "description": "", "timeout": 2.0, "memory_limit_mb": 256}
+        )
+        _named(Sink, project, doc.get("sinks", []), {"url": "", "layout": "tall", "table": "hubsched_values", "enabled": True})
+        _named(DataSource, project, doc.get("data_sources", []), {"url": ""})
+        hubs = {hub.name: hub for hub in Hub.objects.filter(project=project)}
+        for data in doc.get("hubs", []):
+            values = {
+                "url": data["url"],
+                "api_key": data.get("api_key", ""),
+                "timeout": float(data.get("timeout", 5.0)),
+                "max_in_flight": data.get("max_in_flight", 32),
+                "enabled": data.get("enabled", True),
+            }
+            hub = _upsert(Hub, hubs, "name", data["name"], values, project=project)
+            entity_tree_write(hub=hub, tree=data.get("entities", []))
+            _groups_write(hub, data.get("groups", []), scripts)
+        for gone in hubs.values():
+            gone.delete()
+    return ProjectImport(project=project, created=created)

@@ -1,0 +1,289 @@
+"""Reading a project document at the edge: size and nesting limits, JSON, the JSON Schema, then semantic checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zoneinfo
+from collections import Counter
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jsonschema
+from croniter import croniter
+from django.conf import settings
+
+from .errors import ProjectDocumentError
+
+FORMAT = "hubsched.project/1"
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+
+# Limits; settings may override them (HUBSCHED_PROJECT_DOCUMENT_MAX_BYTES, ..._MAX_DEPTH).
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# 100 levels hold an entity tree some 45 deep (each level is an object and its children array) and stay
+# far below the interpreter's recursion limit, which json.loads and the schema validator would hit.
+DEFAULT_MAX_DEPTH = 100
+
+# Fields holding secrets: their values are never quoted in an error message.
+SECRET_FIELDS = {"api_key", "url"}
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MIN_PERIOD_S = 0.1  # groups.models.Group.period
+
+
+def max_bytes() -> int:
+    return int(getattr(settings, "HUBSCHED_PROJECT_DOCUMENT_MAX_BYTES", DEFAULT_MAX_BYTES))
+
+
+def max_depth() -> int:
+    return int(getattr(settings, "HUBSCHED_PROJECT_DOCUMENT_MAX_DEPTH", DEFAULT_MAX_DEPTH))
+
+
+@cache
+def schema() -> dict:
+    """The JSON Schema (Draft 2020-12) of ``hubsched.project/1``, from ``schema.json`` beside this module."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    jsonschema.Draft202012Validator.check_schema(schema())
+    return jsonschema.Draft202012Validator(schema())
+
+
+def json_path(parts) -> str:
+    """``["hubs", 1, "groups", 0, "period"]`` -> ``hubs[1].groups[0].period``; empty -> ``document``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "document"
+
+
+# --- the edge: bytes to a Python value ---------------------------------------------------------------------
+
+# A string (closed, or running to the end of the text) or one bracket. Possessive quantifiers and the
+# end-of-text alternative keep the scan linear on hostile input such as an unterminated string of \" pairs.
+_TOKENS = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+
+
+def nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``; a cheap scan run before ``json.loads``."""
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def document_parse(*, raw: bytes | str) -> Any:
+    """Parse a document's text (UTF-8 bytes or str) into Python values; raises ProjectDocumentError.
+
+    Refuses, before parsing, a text larger than ``max_bytes()`` bytes and one nesting brackets deeper
+    than ``max_depth()`` levels, so that neither memory nor the parser's recursion can be exhausted.
+    """
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    limit = max_bytes()
+    if size > limit:
+        raise ProjectDocumentError([f"document: {size} bytes is larger than the limit of {limit} bytes"])
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ProjectDocumentError([f"document: not UTF-8 text (byte {exc.start})"]) from None
+    else:
+        text = raw
+    depth = max_depth()
+    if nesting_depth_exceeds(text, depth):
+        raise ProjectDocumentError([f"document: nested deeper than {depth} levels"])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProjectDocumentError([f"document: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    except RecursionError:  # not reached below the depth limit; kept so that a low recursion limit fails cleanly
+        raise ProjectDocumentError([f"document: nested too deeply"]) from None
+
+
+# --- the schema -------------------------------------------------------------------------------------------
+
+
+def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
+    """(path, message) for one schema error, worded for a person and never quoting the value."""
+    path = list(error.absolute_path)
+    kind, expected = error.validator, error.validator_value
+    if kind == "required":
+        missing = [name for name in expected if isinstance(error.instance, dict) and name not in error.instance]
+        return path + missing[:1], "is required"
+    if kind == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed) if isinstance(error.instance, dict) else []
+        return path + unknown[:1], "unknown field" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else "")
+    secret = bool(path) and path[-1] in SECRET_FIELDS
+    messages = {
+        "type": lambda: "must be " + " or ".join({"null": "null"}.get(t, f"{'an' if t[0] in 'aeiou' else 'a'} {t}")
+                                                 for t in ([expected] if isinstance(expected, str) else expected)),
+        "const": lambda: f"must be {json.dumps(expected)}",
+        "enum": lambda: "must be one of " + ", ".join(json.dumps(v) for v in expected),
+        "exclusiveMinimum": lambda: f"must be greater than {expected}",
+        "minimum": lambda: f"must be at least {expected}",
+        "maximum": lambda: f"must be at most {expected}",
+        "minLength": lambda: "must not be empty" if expected == 1 else f"must be at least {expected} characters long",
+        "maxLength": lambda: f"must be at most {expected} characters long",
+        "pattern": lambda: f"must match {expected}",
+    }
+    if kind in messages:
+        message = messages[kind]()
+        if kind == "const" and path == ["format"]:
+            message = f'unsupported format; this server reads "{FORMAT}"'
+        return path, message
+    return path, "is not valid" if secret else error.message
+
+
+def _schema_errors(data: Any) -> list[str]:
+    found = []
+    for error in _validator().iter_errors(data):
+        path, message = _schema_message(error)
+        found.append((path, f"{json_path(path)}: {message}"))
+    # document order: by path, numbers as numbers
+    found.sort(key=lambda item: [(0, p, "") if isinstance(p, int) else (1, 0, p) for p in item[0]])
+    return list(dict.fromkeys(message for _, message in found))
+
+
+# --- semantic checks ---------------------------------------------------------------------------------------
+
+
+def _duplicates(items: list[dict], field: str, where: list) -> Iterator[str]:
+    counts = Counter(item.get(field) for item in items)
+    seen: set = set()
+    for index, item in enumerate(items):
+        value = item.get(field)
+        if counts[value] > 1:
+            if value in seen:
+                yield f"{json_path(where + [index, field])}: duplicate {field} {json.dumps(value)}"
+            seen.add(value)
+
+
+def _walk_entities(entities: list[dict], where: list, ancestors: tuple[str, ...] = ()) -> Iterator[tuple[dict, list, tuple]]:
+    """Yield (entity, path, ancestor ids) depth first."""
+    for index, entity in enumerate(entities):
+        here = where + [index]
+        yield entity, here, ancestors
+        yield from _walk_entities(entity.get("children", []), here + ["children"], ancestors + (entity["id"],))
+
+
+def _semantic_errors(doc: dict) -> list[str]:
+    errors: list[str] = []
+    try:
+        zoneinfo.ZoneInfo(doc.get("time_zone", "UTC"))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors.append("time_zone: unknown time zone " + json.dumps(doc.get("time_zone")))
+    for section in ("hubs", "scripts", "sinks", "data_sources"):
+        errors.extend(_duplicates(doc.get(section, []), "name", [section]))
+    script_names = {script["name"] for script in doc.get("scripts", [])}
+    for h, hub in enumerate(doc.get("hubs", [])):
+        at_hub = ["hubs", h]
+        params: dict[str, set[str]] = {}
+        ids: Counter = Counter()
+        for entity, at, ancestors in _walk_entities(hub.get("entities", []), at_hub + ["entities"]):
+            ids[entity["id"]] += 1
+            if entity["id"] in ancestors:
+                errors.append(f"{json_path(at + ['id'])}: entity {json.dumps(entity['id'])} is its own ancestor")
+            elif ids[entity["id"]] > 1:
+                errors.append(f"{json_path(at + ['id'])}: duplicate entity id {json.dumps(entity['id'])}")
+            errors.extend(_duplicates(entity.get("params", []), "key", at + ["params"]))
+            params.setdefault(entity["id"], set()).update(p["key"] for p in entity.get("params", []))
+        errors.extend(_duplicates(hub.get("groups", []), "name", at_hub + ["groups"]))
+        for g, group in enumerate(hub.get("groups", [])):
+            errors.extend(_group_errors(group, at_hub + ["groups", g], params, script_names))
+    return errors
+
+
+def _group_errors(group: dict, at: list, params: dict[str, set[str]], script_names: set[str]) -> Iterator[str]:
+    trigger = group["trigger"]
+    if group.get("period", 10.0) < MIN_PERIOD_S:
+        yield f"{json_path(at + ['period'])}: must be at least {MIN_PERIOD_S} seconds"
+    cron = group.get("cron", "")
+    if trigger == "cron" and not cron:
+        yield f"{json_path(at + ['cron'])}: a cron trigger needs a cron expression"
+    if cron and (len(cron.split()) != 6 or not croniter.is_valid(cron, second_at_beginning=True)):
+        yield f"{json_path(at + ['cron'])}: not a six-field cron expression (seconds first, e.g. */5 * * * * *)"
+    run_at = group.get("run_at")
+    if trigger == "once" and run_at is None:
+        yield f"{json_path(at + ['run_at'])}: a once trigger needs run_at"
+    if run_at is not None and run_at_parse(run_at) is None:
+        yield f"{json_path(at + ['run_at'])}: must be an RFC 3339 date and time with an offset (2026-01-31T08:00:00Z)"
+    script = group.get("script")
+    if script is not None and script not in script_names:
+        yield f"{json_path(at + ['script'])}: no script named {json.dumps(script)} in this document"
+    keys = group.get("keys", [])
+    pairs: Counter = Counter()
+    bindings: Counter = Counter()
+    for k, key in enumerate(keys):
+        pair = (key["entity"], key["key"])
+        pairs[pair] += 1
+        if pairs[pair] == 2:
+            yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} is listed twice"
+        binding = key.get("alias") or key["key"]
+        bindings[binding] += 1
+        if bindings[binding] == 2:
+            yield f"{json_path(at + ['keys', k])}: binding name {json.dumps(binding)} is used twice in this group"
+        # The check needs the hub's entity tree; a document without one cannot say what exists.
+        if params and key["key"] not in params.get(key["entity"], ()):
+            where = "no entity parameter" if key["entity"] in params else "no entity"
+            yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} names {where} of this hub"
+
+
+def run_at_parse(value: str) -> datetime | None:
+    """An RFC 3339 time with an offset as an aware datetime; None when it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def document_validate(*, data: Any) -> dict:
+    """Check a parsed document against the schema and the rules the schema cannot say; returns it.
+
+    Raises ProjectDocumentError with every problem found (schema problems first, then semantic
+    ones; semantic checks run only on a document the schema accepts).
+    """
+    errors = _schema_errors(data)
+    if errors:
+        raise ProjectDocumentError(errors)
+    errors = _semantic_errors(data)
+    if errors:
+        raise ProjectDocumentError(errors)
+    return data
+
+
+def references_resolve(*, doc: dict, environ: Mapping[str, str] | None = None) -> dict[tuple, str]:
+    """Resolve every ``${NAME}`` secret of ``doc`` from ``environ`` (default: the process environment).
+
+    Returns ``{json path tuple: clear value}`` for the fields that held a reference; raises
+    ProjectDocumentError naming each field whose variable is not set (never the value).
+    """
+    environ = os.environ if environ is None else environ
+    resolved: dict[tuple, str] = {}
+    errors = []
+    fields = [(("hubs", i, "api_key"), hub.get("api_key", "")) for i, hub in enumerate(doc.get("hubs", []))]
+    fields += [(("sinks", i, "url"), sink["url"]) for i, sink in enumerate(doc.get("sinks", []))]
+    fields += [(("data_sources", i, "url"), source["url"]) for i, source in enumerate(doc.get("data_sources", []))]
+    for path, value in fields:
+        match = REFERENCE.fullmatch(value)
+        if match is None:
+            continue
+        name = match.group(1)
+        if name in environ:
+            resolved[path] = environ[name]
+        else:
+            errors.append(f"{json_path(path)}: environment variable {name} is not set")
+    if errors:
+        raise ProjectDocumentError(errors)
+    return resolved
