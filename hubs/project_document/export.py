@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -14,10 +16,24 @@ from scripts_engine.models import DataSource, Script, Sink
 from .validation import FORMAT
 
 
-def reference_name(kind: str, name: str, suffix: str) -> str:
-    """Environment variable a secret is referenced by: ``("HUB", "plant-a", "KEY")`` -> ``HUB_PLANT_A_KEY``."""
-    slug = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "X"
-    return f"{kind}_{slug}_{suffix}"
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") or "X"
+
+
+def reference_names(kind: str, names: list[str], suffix: str) -> dict[str, str]:
+    """Environment variables secrets are referenced by: ``("HUB", ["plant-a"], "KEY")`` -> ``{"plant-a": "HUB_PLANT_A_KEY"}``.
+
+    Names that fold to the same variable (``a-b``, ``a_b``) each get a short hash of the name, so that
+    two secrets never share one variable and the same names always give the same variables.
+    """
+    slugs = Counter(_slug(name) for name in names)
+    out = {}
+    for name in names:
+        slug = _slug(name)
+        if slugs[slug] > 1:
+            slug += "_" + hashlib.sha256(name.encode()).hexdigest()[:8].upper()
+        out[name] = f"{kind}_{slug}_{suffix}"
+    return out
 
 
 def url_has_password(url: str) -> bool:
@@ -87,14 +103,16 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
     a sink or data source URL holding a password ``${SINK_<NAME>_URL}`` / ``${DATA_SOURCE_<NAME>_URL}``.
     """
     hubs = []
-    for hub in sorted(Hub.objects.filter(project=project), key=_by_name):
+    hub_rows = sorted(Hub.objects.filter(project=project), key=_by_name)
+    hub_refs = reference_names("HUB", [hub.name for hub in hub_rows], "KEY")
+    for hub in hub_rows:
         groups = sorted(Group.objects.filter(hub=hub).select_related("script").prefetch_related("keys"), key=_by_name)
         hubs.append(
             {
                 "name": hub.name,
                 "url": hub.url,
                 "api_key": _secret(
-                    hub.api_key, include=include_secrets, reference=reference_name("HUB", hub.name, "KEY"), is_secret=bool(hub.api_key)
+                    hub.api_key, include=include_secrets, reference=hub_refs[hub.name], is_secret=bool(hub.api_key)
                 ),
                 "timeout": hub.timeout,
                 "max_in_flight": hub.max_in_flight,
@@ -103,6 +121,10 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 "groups": [_group(group) for group in groups],
             }
         )
+    sinks = sorted(Sink.objects.filter(project=project), key=_by_name)
+    sink_refs = reference_names("SINK", [s.name for s in sinks], "URL")
+    sources = sorted(DataSource.objects.filter(project=project), key=_by_name)
+    source_refs = reference_names("DATA_SOURCE", [d.name for d in sources], "URL")
     return {
         "format": FORMAT,
         "name": project.name,
@@ -123,13 +145,13 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
             {
                 "name": s.name,
                 "url": _secret(
-                    s.url, include=include_secrets, reference=reference_name("SINK", s.name, "URL"), is_secret=url_has_password(s.url)
+                    s.url, include=include_secrets, reference=sink_refs[s.name], is_secret=url_has_password(s.url)
                 ),
                 "layout": s.layout,
                 "table": s.table,
                 "enabled": s.enabled,
             }
-            for s in sorted(Sink.objects.filter(project=project), key=_by_name)
+            for s in sinks
         ],
         "data_sources": [
             {
@@ -137,11 +159,11 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 "url": _secret(
                     d.url,
                     include=include_secrets,
-                    reference=reference_name("DATA_SOURCE", d.name, "URL"),
+                    reference=source_refs[d.name],
                     is_secret=url_has_password(d.url),
                 ),
             }
-            for d in sorted(DataSource.objects.filter(project=project), key=_by_name)
+            for d in sources
         ],
     }
 

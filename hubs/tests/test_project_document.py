@@ -312,6 +312,15 @@ def test_export_writes_references_for_secrets_by_default():
     assert doc["data_sources"][0]["url"] == "mysql+pymysql://reader@erp/orders"
 
 
+def test_names_that_fold_to_one_variable_get_distinct_references():
+    doc = sample_document()
+    doc["hubs"][1]["name"] = "hub_a"
+    doc["hubs"][1]["api_key"] = "another-key"
+    exported = json.loads(project_export(project=project_import(raw=text(doc)).project))
+    refs = [hub["api_key"] for hub in exported["hubs"]]
+    assert len(set(refs)) == 2 and all(ref.startswith("${HUB_HUB_A_") for ref in refs)
+
+
 def test_export_with_include_secrets_writes_them_in_clear():
     project = project_import(raw=text(sample_document())).project
     doc = json.loads(project_export(project=project, include_secrets=True))
