@@ -6,6 +6,8 @@ from datetime import datetime
 
 from celery import shared_task
 
+BATCH_TASK = "groups.tasks.group_batch_run"
+
 
 @shared_task(name="groups.tasks.group_run", ignore_result=True)
 def group_run(group_id: int, scheduled_for: str | None = None) -> None:
@@ -13,3 +15,17 @@ def group_run(group_id: int, scheduled_for: str | None = None) -> None:
     from .services import group_run as run
 
     run(group_id=group_id, scheduled_for=datetime.fromisoformat(scheduled_for) if scheduled_for else None)
+
+
+@shared_task(name=BATCH_TASK, bind=True, ignore_result=True)
+def group_batch_run(self, hub_id: int, ticks: list, limit: int = 32) -> None:
+    """Execute one hub's due ticks, as sent by the beat scheduler (``groups.scheduler``).
+
+    ``ticks = [[scheduled_for (epoch s), expires_s, rr, [group_id, ...]], ...]``: expiry, the hub gate,
+    the overlap lock and round-robin are applied by ``groups.scheduler.dispatch.hub_batch_run``.
+    """
+    from .scheduler.dispatch import hub_batch_run
+
+    outcome = hub_batch_run(hub_id=hub_id, ticks=ticks, limit=limit)
+    if outcome.requeue:
+        self.apply_async(args=(hub_id, outcome.requeue, limit), countdown=outcome.countdown)

@@ -1,0 +1,163 @@
+"""The overlap lock (one execution of a group at a time) and the per-hub gate (runs in flight per hub).
+
+Two backends, chosen by ``locks_backend()``:
+
+- Redis (``HUBSCHED_LOCK_URL``, else the broker URL when it is ``redis://``): a group lock is
+  ``SET hubsched:run:<id> <token> NX PX <ttl>``, released by compare-and-delete; a worker that dies
+  leaves a lock that expires after the TTL (``HUBSCHED_RUN_LOCK_TTL_S``, default 60 s, refreshed
+  while a batch works through its groups), as in a distributed cron. The hub gate is a sorted set of
+  leases scored by their expiry (the Redis counting-semaphore pattern).
+- Files (the embedded ``filesystem://`` broker, one machine): POSIX record locks (``fcntl.lockf``) on
+  one byte per group in ``var/locks/runs.lock`` and one byte per gate slot in ``var/locks/hubs.lock``.
+  The kernel drops a process's record locks when it exits, so a dead worker heals at once. Record
+  locks do not exclude threads of one process, so a process-local set does that.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+_RELEASE = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
+
+_GATE_ENTER = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class RedisLocks:
+    def __init__(self, url: str, *, ttl: float = 60.0, prefix: str = "hubsched"):
+        import redis
+
+        self.redis = redis.Redis.from_url(url)
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.prefix = prefix
+        self._release = self.redis.register_script(_RELEASE)
+        self._gate_enter = self.redis.register_script(_GATE_ENTER)
+
+    def _key(self, group_id: int) -> str:
+        return f"{self.prefix}:run:{group_id}"
+
+    def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
+        """Try to lock each group; returns (token, the ids locked). One round trip."""
+        token = uuid.uuid4().hex
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in group_ids:
+            pipe.set(self._key(gid), token, nx=True, px=self.ttl_ms)
+        results = pipe.execute()
+        return token, [gid for gid, ok in zip(group_ids, results) if ok]
+
+    def refresh(self, token: str, group_ids: list[int]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for gid in group_ids:
+            pipe.pexpire(self._key(gid), self.ttl_ms)
+        pipe.execute()
+
+    def release(self, token: str, group_ids: list[int]) -> None:
+        if group_ids:
+            self._release(keys=[self._key(g) for g in group_ids], args=[token])
+
+    def gate_enter(self, hub_id: int, limit: int) -> str | None:
+        token = uuid.uuid4().hex
+        now_ms = int(time.time() * 1000)
+        ok = self._gate_enter(keys=[f"{self.prefix}:hub:{hub_id}"], args=[now_ms, self.ttl_ms, limit, token])
+        return token if ok else None
+
+    def gate_leave(self, hub_id: int, token: str) -> None:
+        self.redis.zrem(f"{self.prefix}:hub:{hub_id}", token)
+
+
+class FileLocks:
+    MAX_SLOTS = 1024
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fds: dict[str, int] = {}
+        self._pid = None
+        self._mutex = threading.Lock()
+        self._held: set[tuple[str, int]] = set()
+
+    def _fd(self, name: str) -> int:
+        if self._pid != os.getpid():  # after fork: record locks are not inherited, nor are our sets
+            self._fds, self._held, self._pid = {}, set(), os.getpid()
+        fd = self._fds.get(name)
+        if fd is None:
+            # never closed: closing any descriptor of a file drops all of the process's locks on it
+            fd = self._fds[name] = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+    def _try(self, name: str, offset: int) -> bool:
+        with self._mutex:
+            if (name, offset) in self._held:
+                return False
+            try:
+                fcntl.lockf(self._fd(name), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            except OSError:
+                return False
+            self._held.add((name, offset))
+            return True
+
+    def _free(self, name: str, offset: int) -> None:
+        with self._mutex:
+            if (name, offset) in self._held:
+                fcntl.lockf(self._fd(name), fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+                self._held.discard((name, offset))
+
+    def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
+        return "", [gid for gid in group_ids if self._try("runs.lock", gid)]
+
+    def refresh(self, token: str, group_ids: list[int]) -> None:
+        pass  # held until released or the process ends
+
+    def release(self, token: str, group_ids: list[int]) -> None:
+        for gid in group_ids:
+            self._free("runs.lock", gid)
+
+    def gate_enter(self, hub_id: int, limit: int) -> str | None:
+        for slot in range(min(limit, self.MAX_SLOTS)):
+            if self._try("hubs.lock", hub_id * self.MAX_SLOTS + slot):
+                return str(slot)
+        return None
+
+    def gate_leave(self, hub_id: int, token: str) -> None:
+        self._free("hubs.lock", hub_id * self.MAX_SLOTS + int(token))
+
+
+_BACKEND = None
+_BACKEND_PID = None
+
+
+def locks_backend():
+    """The process's lock backend (see the module docstring for the choice)."""
+    global _BACKEND, _BACKEND_PID
+    if _BACKEND is None or _BACKEND_PID != os.getpid():
+        from django.conf import settings
+
+        url = getattr(settings, "HUBSCHED_LOCK_URL", None) or os.environ.get("HUBSCHED_LOCK_URL") or ""
+        broker = settings.CELERY_BROKER_URL or ""
+        if not url and broker.startswith(("redis://", "rediss://")):
+            url = broker
+        ttl = float(getattr(settings, "HUBSCHED_RUN_LOCK_TTL_S", None) or os.environ.get("HUBSCHED_RUN_LOCK_TTL_S") or 60)
+        if url.startswith(("redis://", "rediss://")):
+            _BACKEND = RedisLocks(url, ttl=ttl)
+        else:
+            _BACKEND = FileLocks(Path(settings.VAR_DIR) / "locks")
+        _BACKEND_PID = os.getpid()
+    return _BACKEND
