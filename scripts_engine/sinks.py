@@ -145,11 +145,20 @@ def tall_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
 def _table(engine: sa.Engine, url: str, name: str) -> sa.Table:
     cache_key = (url, name)
     table = _tables.get(cache_key)
-    if table is None:
-        metadata = sa.MetaData()
-        table = tall_table(metadata, name)
-        metadata.create_all(engine, checkfirst=True)
-        _tables[cache_key] = table
+    if table is not None:
+        return table
+    with _lock:  # worker threads of one process create it once
+        table = _tables.get(cache_key)
+        if table is None:
+            metadata = sa.MetaData()
+            table = tall_table(metadata, name)
+            try:
+                metadata.create_all(engine, checkfirst=True)
+            except sa.exc.DatabaseError:
+                # another process created it between the check and the CREATE: fine if it is there now
+                if not sa.inspect(engine).has_table(name):
+                    raise
+            _tables[cache_key] = table
     return table
 
 

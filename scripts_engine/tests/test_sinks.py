@@ -85,3 +85,13 @@ def test_it_raises_a_sink_error_naming_the_sink_without_its_password():
         sink_write(target=target, rows=rows({"p1": 1.0}))
     assert "archive" in str(caught.value) and "s3cret" not in str(caught.value)
     sinks_dispose()
+
+
+def test_threads_writing_to_a_new_table_at_once_all_succeed(sink_url, table_name):
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = SinkTarget(name="main", url=sink_url, table=table_name)
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda i: sink_write(target=target, rows=rows({"p1": float(i)}, group_id=i)), range(8)))
+    assert counts == [1] * 8
+    assert len(stored(sink_url, table_name)) == 8

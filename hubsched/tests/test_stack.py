@@ -1,0 +1,117 @@
+"""`make run`'s stack for real: runstack in a subprocess on each broker, read back through /api/status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+import yaml
+
+from hubs.client import HubClient
+from hubs.hubsim.faults import unused_port
+from hubsched import stack
+from hubsched.testing import rabbitmq_url, redis_url
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def manage(env: dict, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def status(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as response:
+            return json.load(response)
+    except OSError:
+        return None
+
+
+def broker(kind: str) -> str:
+    if kind == "filesystem":
+        return "filesystem://"
+    if kind == "redis":
+        url = redis_url()
+        redis.Redis.from_url(url).flushdb()
+        return url
+    return rabbitmq_url()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["filesystem", "redis", "rabbitmq"])
+def test_the_stack_runs_every_demo_group_stores_values_and_writes_back(tmp_path, kind):
+    env = {
+        **os.environ,
+        "HUBSCHED_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'hubsched.sqlite3'}",
+        "HUBSCHED_SINK_URL": f"sqlite:///{tmp_path / 'values.sqlite3'}",
+        "CELERY_BROKER_URL": broker(kind),
+        "DJANGO_SETTINGS_MODULE": "hubsched.settings",
+    }
+    env.pop("CELERY_BEAT_SCHEDULER", None)
+    hub_ports = {"hub-a": unused_port(), "hub-b": unused_port()}
+    web_port = unused_port()
+    manage(env, "migrate", "--noinput")
+    out = manage(env, "load_demo", *[f"--hub-url={n}=ws://127.0.0.1:{p}/connect" for n, p in hub_ports.items()])
+    assert "admin user: admin / " in out
+    runner = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack", "--port", str(web_port), "--flower-port", "0"],
+        cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, last = time.monotonic() + 90, None
+        while time.monotonic() < deadline:
+            last = status(web_port)
+            if last and last["groups"] and all(g["runs"] >= 1 and g["values"] >= 1 for g in last["groups"]):
+                stage_runs = next(g for g in last["groups"] if g["name"] == "burner-stage")
+                if stage_runs["done"] >= 2:
+                    break
+            time.sleep(1)
+        else:
+            logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "log").glob("*.log")}
+            pytest.fail(f"not every group ran within 90 s: {last}\n{logs}")
+        assert {g["name"] for g in last["groups"]} == {"line1-pumps", "burner-stage", "boiler", "mixer"}
+        assert all(g["last_status"] == "ok" for g in last["groups"]), last
+        engine = sa.create_engine(env["HUBSCHED_SINK_URL"])
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT COUNT(*) FROM hubsched_values")).scalar()
+        engine.dispose()
+        assert stored >= last["values_stored"] > 0 or stored > 0
+        with HubClient(f"ws://127.0.0.1:{hub_ports['hub-a']}/connect", "demo-key-a", timeout=5) as client:
+            (stage,) = client.get_entity_params("plant/utilities/boiler/burner", ["stage"])
+        assert stage["value"] in {2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}  # doubled from 1 at least once
+    finally:
+        runner.terminate()
+        output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 0, output
+    assert "stopped" in output
+    for pid_line in output.splitlines():
+        if pid_line.startswith("started "):
+            pid = int(pid_line.split("pid")[1].split()[0])
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid_line
+
+
+def test_docker_compose_runs_the_same_commands_as_the_stack():
+    compose = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
+    assert compose["worker"]["command"] == ["python", *stack.worker_argv()[1:]]
+    beat = compose["beat"]["command"]
+    assert beat[:6] == ["python", "-m", "celery", "-A", "hubsched", "beat"] and beat[6] == "-S"
+    for name, port in (("hub-a", "8765"), ("hub-b", "8766")):
+        command = compose[name]["command"]
+        assert command[:3] == ["python", "manage.py", "hubsim"] and command[command.index("--port") + 1] == port
+        assert command[command.index("--name") + 1] == name
+    assert compose["web"]["command"][:3] == ["python", "manage.py", "runserver"]
+    expected = {"web", "worker", "beat", "flower", "redis", "postgres", "hub-a", "hub-b"}
+    assert expected <= set(compose)
