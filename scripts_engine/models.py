@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -34,6 +35,30 @@ class Script(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Compile the code under the sandbox policy; a syntax error or a refusal is an error on ``code``."""
+        super().clean()
+        error = self.code_error()
+        if error is not None:
+            raise ValidationError({"code": ValidationError(str(error), code=f"script_{error.kind}")})
+
+    def save(self, *args, **kwargs) -> None:
+        # Refused at save time too, not only in forms: a script that cannot compile never reaches a worker.
+        error = self.code_error()
+        if error is not None:
+            raise ValidationError({"code": ValidationError(str(error), code=f"script_{error.kind}")})
+        super().save(*args, **kwargs)
+
+    def code_error(self):
+        """The ScriptError compiling ``code`` raises (line and column in it), or None when it compiles."""
+        from .sandbox import ScriptError, script_compile
+
+        try:
+            script_compile(code=self.code or "")
+        except ScriptError as exc:
+            return exc
+        return None
 
 
 class SinkLayout(models.TextChoices):

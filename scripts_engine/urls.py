@@ -1,3 +1,9 @@
-"""HTTP API routes of the scripts_engine app."""
+"""HTTP API routes of the scripts_engine app (included under ``api/``)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from .views import api_script_debug
+
+urlpatterns: list = [
+    path("scripts/<int:script_id>/debug", api_script_debug, name="api-script-debug"),
+]

@@ -1,0 +1,183 @@
+"""Writes and runs for scripts: debug sessions (optionally on live values, with write-back and storage)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from .models import DataSource, Script
+from .sandbox import DebugRun, ScriptError, script_debug_run
+
+
+class ScriptDebugError(Exception):
+    """A debug session could not start or finish (unknown group, hub unreachable, write-back refused)."""
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class DebugSession:
+    run: DebugRun
+    bindings_in: dict[str, Any]
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)  # entity -> {key: value} sent to the hub
+    stored: int = 0  # values stored in the project's sinks
+
+
+def script_data_sources(*, project_id: int) -> dict[str, str]:
+    """The project's data sources as ``{name: SQLAlchemy URL}`` (what ``sql("name")`` reaches)."""
+    return dict(DataSource.objects.filter(project_id=project_id).values_list("name", "url"))
+
+
+def write_plan(*, bindings: dict, result_bindings: dict[str, Any], changed: set[str]) -> dict[str, dict[str, Any]]:
+    """What goes back to the hub: changed bindings whose parameter is writable, grouped by entity.
+
+    ``bindings``: name -> groups.services.Binding (entity, key, writable). One ``setEntityParams``
+    per entity carries all of its changes (hub protocol v1: all or nothing).
+    """
+    writes: dict[str, dict[str, Any]] = defaultdict(dict)
+    for name in sorted(changed):
+        binding = bindings.get(name)
+        if binding is not None and binding.writable and binding.entity:
+            writes[binding.entity][binding.key] = result_bindings[name]
+    return dict(writes)
+
+
+def script_debug(
+    *,
+    script: Script,
+    bindings: dict[str, Any],
+    breakpoints: list[int],
+    actions: list[str] | None = None,
+    group_id: int | None = None,
+    write_back: bool = False,
+    store: bool = False,
+) -> DebugSession:
+    """Run ``script`` under the debugger; returns its stops and result. Nothing is written unless asked.
+
+    With ``group_id`` the group is polled first (live values), and ``bindings`` override what was
+    read. ``write_back`` (live only) sends changed writable bindings to the hub, one
+    ``setEntityParams`` per entity; ``store`` writes every binding to the project's sinks. Both
+    happen only when the script finished without error. Raises ``ScriptDebugError``.
+    """
+    live: dict = {}
+    group = None
+    client = None
+    if group_id is not None:
+        group, client, live = _poll_group(script=script, group_id=group_id)
+    elif write_back:
+        raise ScriptDebugError("write_back needs live values: give a group")
+    values = {name: b.value for name, b in live.items()}
+    values.update(bindings)
+    run = script_debug_run(
+        code=script.code,
+        bindings=values,
+        breakpoints=breakpoints,
+        actions=actions,
+        timeout=script.timeout,
+        memory_limit_mb=script.memory_limit_mb,
+        data_sources=script_data_sources(project_id=script.project_id),
+    )
+    session = DebugSession(run=run, bindings_in=values)
+    if run.result is None:
+        return session
+    if write_back:
+        session.written = write_plan(bindings=live, result_bindings=run.result.bindings, changed=run.result.changed)
+        _write_back(client=client, group=group, writes=session.written)
+    if store:
+        session.stored = _store(script=script, group=group, live=live, result_bindings=run.result.bindings)
+    return session
+
+
+def _poll_group(*, script: Script, group_id: int):
+    from django.conf import settings
+
+    from groups.execution import poll
+    from groups.models import Group
+    from groups.services import GroupRunError
+    from hubs.client import HubError, hub_client
+
+    group = Group.objects.select_related("hub").filter(pk=group_id).first()
+    if group is None:
+        raise ScriptDebugError(f"no group {group_id}", status=404)
+    if group.hub.project_id != script.project_id:
+        raise ScriptDebugError(f"group {group_id} belongs to another project than script {script.pk}")
+    hub = group.hub
+    client = hub_client(
+        hub.url, hub.api_key, timeout=hub.timeout,
+        max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
+    )
+    try:
+        live = poll(client=client, hub_name=hub.name, group=group, keys=list(group.keys.all()))
+    except (GroupRunError, HubError) as exc:
+        raise ScriptDebugError(f"live values of group {group.name!r}: {exc}", status=502) from exc
+    return group, client, live
+
+
+def _write_back(*, client, group, writes: dict[str, dict[str, Any]]) -> None:
+    from hubs.client import HubError
+
+    for entity, values in writes.items():
+        try:
+            client.set_entity_params(entity, values)
+        except HubError as exc:
+            raise ScriptDebugError(
+                f"hub {group.hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}", status=502
+            ) from exc
+
+
+def _store(*, script: Script, group, live: dict, result_bindings: dict[str, Any]) -> int:
+    from .sinks import SinkError, ValueRow, sink_targets_for_project, sinks_write
+
+    now = timezone.now()
+    ts = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    rows = []
+    for name, value in result_bindings.items():
+        binding = live.get(name)
+        rows.append(
+            ValueRow(
+                tick=now,
+                ts=binding.ts if binding and name in live else ts,
+                project=script.project.name,
+                hub=group.hub.name if group else "",
+                group_id=group.pk if group else 0,
+                group=group.name if group else f"debug:{script.name}",
+                entity=binding.entity if binding else "",
+                key=binding.key if binding else name,
+                value=value,
+                quality=binding.quality if binding else "good",
+            )
+        )
+    try:
+        sinks_write(targets=sink_targets_for_project(project_id=script.project_id), rows=rows)
+    except SinkError as exc:
+        raise ScriptDebugError(f"storing the bindings failed: {exc}", status=502) from exc
+    return len(rows)
+
+
+def debug_payload(session: DebugSession) -> dict[str, Any]:
+    """The JSON shape of a debug session (API and command)."""
+    run = session.run
+    payload: dict[str, Any] = {
+        "stops": [s.as_dict() for s in run.stops],
+        "truncated": run.truncated,
+    }
+    if run.result is not None:
+        payload["result"] = result_payload(run.result)
+        payload["written"] = session.written
+        payload["stored"] = session.stored
+    if run.error is not None:
+        payload["error"] = run.error.as_dict()
+    return payload
+
+
+def result_payload(result) -> dict[str, Any]:
+    return {"bindings": result.bindings, "changed": sorted(result.changed), "output": result.output}
+
+
+__all__ = ["DebugSession", "ScriptDebugError", "ScriptError", "debug_payload", "script_debug", "write_plan"]
