@@ -1,3 +1,10 @@
-"""HTTP API routes of the hubs app."""
+"""HTTP API routes of the hubs app (included under api/)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("projects/<int:project_id>/export", views.api_project_export, name="api-project-export"),
+    path("projects/import", views.api_project_import, name="api-project-import"),
+]
