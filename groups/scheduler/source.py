@@ -4,8 +4,8 @@ Change detection costs two small queries a poll (default every 0.5 s): groups wi
 since a watermark (indexed; key, hub and project edits bump it too, see ``groups.signals``) and
 django-celery-beat's one-row ``PeriodicTasks.last_update`` (any PeriodicTask saved or deleted, e.g.
 a person disabling a group's entry in the django-celery-beat admin), plus a ``COUNT(*)`` of groups.
-Only when the PeriodicTask mark or the count moved does it read more: the changed PeriodicTasks and
-the list of group ids (to find deletions). Nothing reloads every group.
+When the mark moved it reads the changed PeriodicTasks' group ids; when the count differs from what
+the scheduler holds, the list of group ids (to find deletions). Nothing reloads every group.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class GroupSource:
                 changed += group_specs(ids=ids)
         for spec in changed:
             self.engine.upsert(spec)
-        if mark != self._mark or count != self._count or count != len(self.engine.specs):
+        if count != self._count or count != len(self.engine.specs):  # a deletion (maybe hidden by an insert)
             alive = set(Group.objects.values_list("pk", flat=True))
             for gid in [g for g in self.engine.specs if g not in alive]:
                 self.engine.remove(gid)
