@@ -358,6 +358,9 @@ class HubClient:
             self._retry_at = time.monotonic() + self._backoff()
             self._last_error = self._redact(f"{type(exc).__name__}: {exc}" if exc else "closed")
         try:
+            # SHUT_RDWR first: a bare close() would neither wake the reader blocked in
+            # recv() nor send the FIN while that recv() holds the socket.
+            ws.abort()
             ws.shutdown()
         except Exception:
             pass

@@ -197,7 +197,14 @@ def serve_handler_in_thread(handler: Callable, *, host: str = "127.0.0.1", port:
         ready.set()
         await box["stop"].wait()
         server.close()
-        await server.wait_closed()
+        try:
+            await asyncio.wait_for(server.wait_closed(), 5)
+        except asyncio.TimeoutError:
+            log.warning("hub on port %s: connections still open at shutdown", port)
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name=f"hubsim-{port}", daemon=True)
     thread.start()

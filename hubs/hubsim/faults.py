@@ -1,0 +1,181 @@
+"""A real, misbehaving hub for tests: a WebSocket server that breaks the contract on purpose.
+
+Each mode is one item of hub protocol v1's "What a client must survive" (plus error injection):
+
+  slow                answers after `delay` seconds (without holding up other requests)
+  not_json            sends a text frame that is not JSON and a binary junk frame before each answer
+  close_mid_request   drops the connection when a request arrives, without answering
+  never_answer        reads requests and never answers
+  wrong_ids           answers ids that were never asked (a string one and an integer one), then the right one
+  out_of_order        holds answers and sends each batch of `batch` in reverse order
+  error               answers every request with error `code` (503, 429, ...)
+  wrong_types         correct ids, but results with values and items of unexpected types and shapes
+  ghost_notifications sends dataChange for subscriptions that do not exist or were dropped
+
+`times` limits the fault to the first N requests (counted over all connections); after
+that the hub answers like the reference hub, whose state produces every correct answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from typing import Iterator
+
+from .protocol import error_frame
+from .server import HubServer, RunningServer, _ConnectionSession, serve_handler_in_thread
+
+MODES = ("slow", "not_json", "close_mid_request", "never_answer", "wrong_ids", "out_of_order",
+         "error", "wrong_types", "ghost_notifications")
+
+
+class FaultyHub:
+    def __init__(self, mode: str, *, key: str = "demo-key", name: str = "faulty", delay: float = 2.0,
+                 code: int = 503, times: int | None = None, batch: int = 4, methods: set[str] | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(MODES)}")
+        self.mode, self.delay, self.code, self.times, self.batch = mode, delay, code, times, batch
+        self.hub = HubServer(key=key, name=name, methods=methods)
+        self.received = 0   # requests received
+        self.faulted = 0    # requests that got the fault
+
+    @property
+    def state(self):
+        return self.hub.state
+
+    async def handler(self, ws) -> None:
+        session = _ConnectionSession(self.hub, ws)
+        held: list[str] = []
+        tasks: set[asyncio.Task] = set()
+
+        async def later(coro):
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def send_after(answer: str, delay: float):
+            await asyncio.sleep(delay)
+            with contextlib.suppress(Exception):
+                await ws.send(answer)
+                session.start_pending()
+
+        async def flush_held(after: float):
+            await asyncio.sleep(after)
+            batch, held[:] = held[:], []
+            for answer in reversed(batch):
+                with contextlib.suppress(Exception):
+                    await ws.send(answer)
+            session.start_pending()
+
+        try:
+            async for message in ws:
+                self.received += 1
+                answer = self.hub.protocol.handle(message, session)
+                if self.times is not None and self.faulted >= self.times:
+                    await ws.send(answer)
+                    session.start_pending()
+                    continue
+                self.faulted += 1
+                mode = self.mode
+                if mode == "slow":
+                    await later(send_after(answer, self.delay))
+                elif mode == "not_json":
+                    await ws.send("this is not JSON {")
+                    await ws.send(b"\x00\xff\xfe junk")
+                    await ws.send(answer)
+                    session.start_pending()
+                elif mode == "close_mid_request":
+                    ws.transport.abort()
+                    return
+                elif mode == "never_answer":
+                    continue
+                elif mode == "wrong_ids":
+                    wrong = json.loads(answer)
+                    for rid in (f"never-asked-{self.received}", 10**9 + self.received):
+                        wrong["id"] = rid
+                        await ws.send(json.dumps(wrong))
+                    await ws.send(answer)
+                    session.start_pending()
+                elif mode == "out_of_order":
+                    held.append(answer)
+                    if len(held) >= self.batch:
+                        await flush_held(0)
+                    elif len(held) == 1:
+                        await later(flush_held(0.2))  # a lone answer still goes out
+                elif mode == "error":
+                    rid = json.loads(answer).get("id")
+                    await ws.send(error_frame(rid, self.code, f"injected error {self.code}: retry later"))
+                elif mode == "wrong_types":
+                    await ws.send(_garble(answer))
+                    session.start_pending()
+                elif mode == "ghost_notifications":
+                    await ws.send(_ghost("s-ghost"))
+                    await ws.send(answer)
+                    session.start_pending()
+                    request = json.loads(message)
+                    if request.get("method") == "unsubscribe":
+                        # as if it crossed the unsubscribe on the wire
+                        await ws.send(_ghost(str((request.get("params") or {}).get("subscription"))))
+        except Exception:
+            pass
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            session.close()
+
+
+def _ghost(subscription: str) -> str:
+    return json.dumps({"method": "dataChange", "params": {
+        "subscription": subscription, "entity": "plant/line1/pump1",
+        "values": [{"key": "flow", "value": 1.0, "ts": "2026-11-20T10:00:00.120Z", "quality": "good"}]}})
+
+
+def _garble(answer: str) -> str:
+    """The same answer with values and list items of unexpected types."""
+    msg = json.loads(answer)
+    result = msg.get("result")
+    if not isinstance(result, dict):
+        return answer
+    if "values" in result:
+        weird = [{"nested": {"deeper": [1, "two", None]}}, "a string", None, [1, 2], True]
+        result["values"] = [
+            {"key": v["key"], "value": weird[i % len(weird)], "ts": 1234567890, "quality": "excellent"}
+            for i, v in enumerate(result["values"])
+        ] + ["not an object", {"value": 1}, {"key": 42, "value": 2}]
+    if "entities" in result:
+        result["entities"] = "not a list"
+    if "params" in result:
+        result["params"] = result["params"][:1] + [17, {"name": "no key"}]
+    if "written" in result:
+        result["written"] = {"not": "a list"}
+    if "time" in result:
+        result["time"] = 1234567890
+    if "methods" in result:
+        result["methods"] = "getEntities"
+    return json.dumps(msg)
+
+
+@contextlib.contextmanager
+def serve_in_thread(mode: str, *, port: int = 0, key: str = "demo-key", host: str = "127.0.0.1",
+                    **options) -> Iterator[RunningServer]:
+    """Run a misbehaving hub on a background thread; yields an object with `.url`, `.port`,
+    `.faulty` (received / faulted counters, `.state`) and `.drop_connections()`.
+    Options: delay (s), code, times, batch, methods, name."""
+    faulty = FaultyHub(mode, key=key, **options)
+    with serve_handler_in_thread(faulty.handler, host=host, port=port) as running:
+        running.extra["faulty"] = faulty
+        running.faulty = faulty
+        yield running
+
+
+def unused_port(host: str = "127.0.0.1") -> int:
+    """A TCP port where nothing listens (bound and released at once), for an unreachable hub."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def unreachable_url(host: str = "127.0.0.1") -> str:
+    return f"ws://{host}:{unused_port(host)}/connect"
