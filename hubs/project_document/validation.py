@@ -186,6 +186,10 @@ def _semantic_errors(doc: dict) -> list[str]:
     for section in ("hubs", "scripts", "sinks", "data_sources"):
         errors.extend(_duplicates(doc.get(section, []), "name", [section]))
     script_names = {script["name"] for script in doc.get("scripts", [])}
+    for index, script in enumerate(doc.get("scripts", [])):
+        problem = _code_error(script.get("code", ""))
+        if problem:
+            errors.append(f"scripts[{index}].code: {problem}")
     for h, hub in enumerate(doc.get("hubs", [])):
         at_hub = ["hubs", h]
         params: dict[str, set[str]] = {}
@@ -237,6 +241,14 @@ def _group_errors(group: dict, at: list, params: dict[str, set[str]], script_nam
         if params and key["key"] not in params.get(key["entity"], ()):
             where = "no entity parameter" if key["entity"] in params else "no entity"
             yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} names {where} of this hub"
+
+
+def _code_error(code: str) -> str | None:
+    """Why the sandbox would refuse ``code`` (with line and column), or None; the Script model refuses it at save."""
+    from scripts_engine.models import Script
+
+    error = Script(code=code).code_error()
+    return str(error) if error is not None else None
 
 
 def run_at_parse(value: str) -> datetime | None:

@@ -511,8 +511,12 @@ def test_group_rules_the_schema_cannot_say_are_checked(existing_project):
     nightly["cron"] = "*/5 * * * *"  # five fields
     once = doc["hubs"][1]["groups"][0]
     once["run_at"] = "next tuesday"
+    doc["scripts"][0]["code"] = "flow1 = (\n"
     doc["hubs"][1]["groups"][1]["trigger"] = "once"
-    assert refused(text(doc), existing_project) == [
+    errors = refused(text(doc), existing_project)
+    assert errors[1].startswith("scripts[0].code: ") and "line" in errors[1]
+    del errors[1]
+    assert errors == [
         'time_zone: unknown time zone "Mars/Olympus"',
         'hubs[0].groups[0].script: no script named "missing" in this document',
         'hubs[0].groups[0].keys[1]: binding name "flow2" is used twice in this group',

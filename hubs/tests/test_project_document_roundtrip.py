@@ -103,7 +103,7 @@ def project_document(draw) -> dict:
         "time_zone": draw(st.sampled_from(["UTC", "Europe/Berlin", "America/New_York"])),
         "hubs": hubs,
         "scripts": [
-            {"name": s, "code": draw(texts), "description": draw(texts), "timeout": draw(floats),
+            {"name": s, "code": draw(st.sampled_from(["", "x = 1\n", "v0 = v0 * 2 if v0 < 10 else 1\n", "# é €\n"])), "description": draw(texts), "timeout": draw(floats),
              "memory_limit_mb": draw(st.integers(min_value=16, max_value=65536))}
             for s in scripts
         ],
