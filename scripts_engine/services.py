@@ -37,7 +37,7 @@ def script_data_sources(*, project_id: int) -> dict[str, str]:
 def write_plan(*, bindings: dict, result_bindings: dict[str, Any], changed: set[str]) -> dict[str, dict[str, Any]]:
     """What goes back to the hub: changed bindings whose parameter is writable, grouped by entity.
 
-    ``bindings``: name -> groups.services.Binding (entity, key, writable). One ``setEntityParams``
+    ``bindings``: name -> a value's origin (``entity``, ``key``, ``writable``). One ``setEntityParams``
     per entity carries all of its changes (hub protocol v1: all or nothing).
     """
     writes: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -94,13 +94,26 @@ def script_debug(
     return session
 
 
+@dataclass
+class LiveValue:
+    """One value read for a live debug session: where it came from, and whether the hub lets it be written."""
+
+    name: str
+    entity: str
+    key: str
+    value: Any
+    ts: str | None = None
+    quality: str = "good"
+    writable: bool = False
+
+
 def _poll_group(*, script: Script, group_id: int):
+    """Read the group's keys now (one ``getEntityParams`` per entity); returns (group, client, {name: LiveValue})."""
     from django.conf import settings
 
-    from groups.execution import poll
     from groups.models import Group
-    from groups.services import GroupRunError
     from hubs.client import HubError, hub_client
+    from hubs.models import Parameter
 
     group = Group.objects.select_related("hub").filter(pk=group_id).first()
     if group is None:
@@ -112,10 +125,30 @@ def _poll_group(*, script: Script, group_id: int):
         hub.url, hub.api_key, timeout=hub.timeout,
         max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
     )
-    try:
-        live = poll(client=client, hub_name=hub.name, group=group, keys=list(group.keys.all()))
-    except (GroupRunError, HubError) as exc:
-        raise ScriptDebugError(f"live values of group {group.name!r}: {exc}", status=502) from exc
+    keys = list(group.keys.all())
+    by_entity: dict[str, list] = defaultdict(list)
+    for gk in keys:
+        by_entity[gk.entity].append(gk)
+    writable = set(
+        Parameter.objects.filter(entity__hub_id=hub.pk, writable=True, entity__path__in=list(by_entity))
+        .values_list("entity__path", "key")
+    )
+    live: dict[str, LiveValue] = {}
+    for entity, gks in by_entity.items():
+        try:
+            values = client.get_entity_params(entity, [gk.key for gk in gks])
+        except HubError as exc:
+            raise ScriptDebugError(f"live values of group {group.name!r}: hub {hub.name!r}, entity {entity!r}: {exc}",
+                                   status=502) from exc
+        got = {v.get("key"): v for v in values if isinstance(v, dict)}
+        for gk in gks:
+            item = got.get(gk.key)
+            if item is None:
+                raise ScriptDebugError(f"live values of group {group.name!r}: no value for {entity}.{gk.key}", status=502)
+            live[gk.binding] = LiveValue(
+                name=gk.binding, entity=entity, key=gk.key, value=item.get("value"), ts=item.get("ts"),
+                quality=str(item.get("quality") or "good"), writable=(entity, gk.key) in writable,
+            )
     return group, client, live
 
 
