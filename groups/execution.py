@@ -1,117 +1,160 @@
-"""The data path of one group execution: poll the hub, run the script, write back, store in the sinks."""
+"""The data path of group executions, batch-first: poll the hubs, run scripts, write back, store in the sinks.
+
+A batch is a list of ticks (group, scheduled time), typically one hub's due groups of one tick.
+All of a batch's reads go out pipelined on the hubs' persistent connections before any answer
+is awaited; the values of the whole batch reach each sink in one write. One group's fault (hub,
+script, sink) fails that group's execution only.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
-from hubs.client import HubError, hub_client
-from hubs.models import Parameter
-from scripts_engine.sinks import SinkError, ValueRow, sink_targets_for_project, sinks_write
+from hubs.client import HubClient, HubError, hub_client
+from hubs.models import Hub, Parameter
+from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_targets_for_projects, sinks_submit
 
 from .models import Group
-from .services import Binding, GroupRunError
 
 
-def execute(*, group: Group, scheduled_for: datetime) -> int:
-    """Run the whole path for ``group`` at tick ``scheduled_for``; returns the number of values stored.
+class GroupRunError(Exception):
+    """An execution failed for a reason a person can act on; the message says what and where."""
 
-    Raises ``GroupRunError`` with a message naming the hub, entity, key or script line at fault.
-    """
-    hub = group.hub
-    keys = list(group.keys.all())
-    if not keys:
-        raise GroupRunError("the group reads no keys")
-    client = hub_client(
+
+@dataclass
+class Binding:
+    """One value of an execution: where it came from and what the script left in it."""
+
+    name: str
+    entity: str
+    key: str
+    value: Any
+    ts: str | None = None
+    quality: str = "good"
+    writable: bool = False
+
+
+@dataclass
+class Outcome:
+    """What became of one tick: ``values`` stored, or ``error`` (empty when it went well)."""
+
+    group: Group
+    scheduled_for: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    values: int = 0
+    error: str = ""
+    bindings: dict[str, Binding] = field(default_factory=dict)
+    reads: dict[str, Future] = field(default_factory=dict)  # entity -> pending getEntityParams
+
+
+def client_for(hub: Hub) -> HubClient:
+    """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub)."""
+    return hub_client(
         hub.url,
         hub.api_key,
         timeout=hub.timeout,
         max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
     )
-    bindings = poll(client=client, hub_name=hub.name, group=group, keys=keys)
-    if group.script_id:
-        run_script(client=client, hub_name=hub.name, group=group, bindings=bindings)
-    rows = [
-        ValueRow(
-            tick=scheduled_for,
-            ts=b.ts,
-            project=hub.project.name,
-            hub=hub.name,
-            group_id=group.pk,
-            group=group.name,
-            entity=b.entity,
-            key=b.key,
-            value=b.value,
-            quality=b.quality,
+
+
+def execute_batch(*, ticks: list[tuple[Group, datetime]]) -> list[Outcome]:
+    """Execute ``ticks`` (groups with prefetched ``keys``, ``hub__project`` and ``script``).
+
+    Returns one Outcome per tick, in order. Never raises for a hub, script or sink fault.
+    """
+    started = timezone.now()
+    outcomes = [Outcome(group=g, scheduled_for=t, started_at=started) for g, t in ticks]
+    writable = _writable_params({o.group.hub_id for o in outcomes})
+    for outcome in outcomes:  # every read goes out before any answer is awaited
+        _fail_on_error(outcome, _send_reads, outcome)
+    for outcome in outcomes:
+        if not outcome.error:
+            _fail_on_error(outcome, _collect_reads, outcome, writable)
+        if not outcome.error and outcome.group.script_id:
+            _fail_on_error(outcome, _run_script, outcome)
+    _store(outcomes)
+    finished = timezone.now()
+    for outcome in outcomes:
+        outcome.finished_at = finished
+    return outcomes
+
+
+def _fail_on_error(outcome: Outcome, step, *args) -> None:
+    try:
+        step(*args)
+    except GroupRunError as exc:
+        outcome.error = str(exc)
+
+
+def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
+    return set(
+        Parameter.objects.filter(entity__hub_id__in=hub_ids, writable=True).values_list(
+            "entity__hub_id", "entity__path", "key"
         )
-        for b in bindings.values()
-    ]
-    targets = sink_targets_for_project(project_id=hub.project_id)
-    try:
-        sinks_write(targets=targets, rows=rows)
-    except SinkError as exc:
-        raise GroupRunError(str(exc)) from exc
-    return len(rows)
-
-
-def poll(*, client, hub_name: str, group: Group, keys: list) -> dict[str, Binding]:
-    """Read every key of the group, one pipelined ``getEntityParams`` per entity; returns bindings by name."""
-    by_entity: dict[str, list] = defaultdict(list)
-    for gk in keys:
-        by_entity[gk.entity].append(gk)
-    writable = set(
-        Parameter.objects.filter(
-            entity__hub_id=group.hub_id, writable=True, entity__path__in=list(by_entity)
-        ).values_list("entity__path", "key")
     )
-    futures = {
-        entity: client.call_async("getEntityParams", {"entity": entity, "keys": [gk.key for gk in gks]})
-        for entity, gks in by_entity.items()
+
+
+def _send_reads(outcome: Outcome) -> None:
+    """One pipelined ``getEntityParams`` per entity of the group."""
+    keys = list(outcome.group.keys.all())
+    if not keys:
+        raise GroupRunError("the group reads no keys")
+    by_entity: dict[str, list[str]] = defaultdict(list)
+    for gk in keys:
+        by_entity[gk.entity].append(gk.key)
+    client = client_for(outcome.group.hub)
+    outcome.reads = {
+        entity: client.call_async("getEntityParams", {"entity": entity, "keys": entity_keys})
+        for entity, entity_keys in by_entity.items()
     }
-    bindings: dict[str, Binding] = {}
-    for entity, future in futures.items():
+
+
+def _collect_reads(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
+    group, hub = outcome.group, outcome.group.hub
+    got: dict[str, dict[str, dict]] = {}
+    for entity, future in outcome.reads.items():
         try:
-            values = _result(future, client).get("values")
+            values = future.result(timeout=hub.timeout + 1.0).get("values")
         except HubError as exc:
-            if exc.code == -32601:  # hub protocol v1: no getEntityParams, fall back to subscribe
-                values = _fallback(client, hub_name, entity, [gk.key for gk in by_entity[entity]])
-            else:
-                raise GroupRunError(f"hub {hub_name!r}, entity {entity!r}: {exc}") from exc
+            if exc.code != -32601:
+                raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
+            # hub protocol v1: a hub without getEntityParams is read through subscribe
+            values = _read_via_subscribe(hub, entity, [gk.key for gk in group.keys.all() if gk.entity == entity])
         if not isinstance(values, list):
-            raise GroupRunError(f"hub {hub_name!r}, entity {entity!r}: answer has no 'values' list")
-        got = {v.get("key"): v for v in values if isinstance(v, dict)}
-        for gk in by_entity[entity]:
-            item = got.get(gk.key)
-            if item is None:
-                raise GroupRunError(f"hub {hub_name!r}, entity {entity!r}: no value for key {gk.key!r}")
-            bindings[gk.binding] = Binding(
-                name=gk.binding,
-                entity=entity,
-                key=gk.key,
-                value=item.get("value"),
-                ts=item.get("ts"),
-                quality=str(item.get("quality") or "good"),
-                writable=(entity, gk.key) in writable,
-            )
-    return bindings
+            raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: the answer has no 'values' list")
+        got[entity] = {v.get("key"): v for v in values if isinstance(v, dict)}
+    for gk in group.keys.all():
+        item = got[gk.entity].get(gk.key)
+        if item is None:
+            raise GroupRunError(f"hub {hub.name!r}, entity {gk.entity!r}: no value for key {gk.key!r}")
+        outcome.bindings[gk.binding] = Binding(
+            name=gk.binding,
+            entity=gk.entity,
+            key=gk.key,
+            value=item.get("value"),
+            ts=item.get("ts"),
+            quality=str(item.get("quality") or "good"),
+            writable=(hub.pk, gk.entity, gk.key) in writable,
+        )
+    outcome.reads = {}
 
 
-def _result(future, client) -> dict:
-    return future.result(timeout=client.timeout + 1.0)
-
-
-def _fallback(client, hub_name: str, entity: str, keys: list[str]) -> list:
+def _read_via_subscribe(hub: Hub, entity: str, keys: list[str]) -> list:
     try:
-        return client.get_entity_params(entity, keys)
+        return client_for(hub).get_entity_params(entity, keys)
     except HubError as exc:
-        raise GroupRunError(f"hub {hub_name!r}, entity {entity!r}: {exc}") from exc
+        raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
 
 
-def run_script(*, client, hub_name: str, group: Group, bindings: dict[str, Binding]) -> None:
+def _run_script(outcome: Outcome) -> None:
     """Run the group's script on the bindings; write back changed writable ones, one call per entity.
 
     Rule (docs/scripts.md): a binding is written back when the script changed its value and the
@@ -121,15 +164,15 @@ def run_script(*, client, hub_name: str, group: Group, bindings: dict[str, Bindi
     """
     from scripts_engine.sandbox import ScriptError, script_execute
 
+    group, hub, bindings = outcome.group, outcome.group.hub, outcome.bindings
     script = group.script
-    before = {name: b.value for name, b in bindings.items()}
     try:
         result = script_execute(
             code=script.code,
-            bindings=before,
+            bindings={name: b.value for name, b in bindings.items()},
             timeout=script.timeout,
             memory_limit_mb=script.memory_limit_mb,
-            data_sources=_data_sources(group),
+            data_sources=_data_sources(hub.project_id),
         )
     except ScriptError as exc:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
@@ -139,22 +182,63 @@ def run_script(*, client, hub_name: str, group: Group, bindings: dict[str, Bindi
         binding = bindings.get(name)
         if binding is None:
             bindings[name] = Binding(name=name, entity="", key=name, value=value, ts=now_ts)
-            continue
-        if name in result.changed:
+        elif name in result.changed:
             binding.value = value
             if binding.writable:
                 writes[binding.entity][binding.key] = value
+    client = client_for(hub)
     for entity, values in writes.items():
         try:
             client.set_entity_params(entity, values)
         except HubError as exc:
-            raise GroupRunError(f"hub {hub_name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
+            raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
 
 
-def _data_sources(group: Group) -> dict[str, str]:
+def _data_sources(project_id: int) -> dict[str, str]:
     from scripts_engine.models import DataSource
 
-    return dict(DataSource.objects.filter(project_id=group.hub.project_id).values_list("name", "url"))
+    return dict(DataSource.objects.filter(project_id=project_id).values_list("name", "url"))
+
+
+def _store(outcomes: list[Outcome]) -> None:
+    """Every value of the batch's good executions to their projects' sinks; wait until committed."""
+    good = [o for o in outcomes if not o.error]
+    targets = sink_targets_for_projects(project_ids={o.group.hub.project_id for o in good})
+    by_target: dict[SinkTarget, list[ValueRow]] = defaultdict(list)
+    rows_of: dict[int, list[ValueRow]] = {}
+    for o in good:
+        hub = o.group.hub
+        rows = [
+            ValueRow(
+                tick=o.scheduled_for,
+                ts=b.ts,
+                project=hub.project.name,
+                hub=hub.name,
+                group_id=o.group.pk,
+                group=o.group.name,
+                entity=b.entity,
+                key=b.key,
+                value=b.value,
+                quality=b.quality,
+            )
+            for b in o.bindings.values()
+        ]
+        rows_of[id(o)] = rows
+        for target in targets[hub.project_id]:
+            by_target[target].extend(rows)
+    pending = {target: sinks_submit(target=target, rows=rows) for target, rows in by_target.items()}
+    failures: dict[SinkTarget, str] = {}
+    for target, future in pending.items():
+        try:
+            future.result()
+        except SinkError as exc:
+            failures[target] = exc.message
+    for o in good:
+        errors = [failures[t] for t in targets[o.group.hub.project_id] if t in failures]
+        if errors:
+            o.error = "; ".join(errors)
+        else:
+            o.values = len(rows_of[id(o)])
 
 
 def _now_ts() -> str:

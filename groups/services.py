@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -112,29 +111,11 @@ def groups_schedule_sync_all() -> int:
 # --- execution ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Binding:
-    """One value of an execution: where it came from and what the script left in it."""
-
-    name: str
-    entity: str
-    key: str
-    value: Any
-    ts: str | None = None
-    quality: str = "good"
-    writable: bool = False
-
-
-@dataclass
-class Execution:
-    group: Group
-    scheduled_for: datetime
-    bindings: dict[str, Binding] = field(default_factory=dict)
-    written: dict[str, list[str]] = field(default_factory=dict)
-
-
-class GroupRunError(Exception):
-    """An execution failed for a reason a person can act on; the message says what and where."""
+def _groups_for_execution(group_ids: set[int]) -> dict[int, Group]:
+    return {
+        g.pk: g
+        for g in Group.objects.select_related("hub__project", "script").prefetch_related("keys").filter(pk__in=group_ids)
+    }
 
 
 def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupRun:
@@ -143,31 +124,56 @@ def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupR
     Never raises for a hub, script or sink fault: those end the run as ``failed`` with the error text,
     so that a worker serving many groups stays up. Raises ``Group.DoesNotExist`` for an unknown id.
     """
-    from .execution import execute  # the data path: hub client, sandbox, sinks
+    runs = group_runs_execute(runs=[(group_id, scheduled_for or timezone.now())])
+    if not runs:
+        raise Group.DoesNotExist(f"group {group_id} does not exist")
+    return runs[0]
 
-    now = timezone.now()
-    scheduled_for = scheduled_for or now
-    group = (
-        Group.objects.select_related("hub__project", "script").prefetch_related("keys").get(pk=group_id)
-    )
-    run = GroupRun.objects.create(group=group, scheduled_for=scheduled_for, started_at=now, status=RunStatus.RUNNING)
-    lag_ms = max(0, int((now - scheduled_for).total_seconds() * 1000))
-    error = ""
-    values = 0
+
+def group_runs_execute(*, runs: list[tuple[int, datetime]]) -> list[GroupRun]:
+    """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` as one batch, in the order given.
+
+    The caller (the batch task) has already applied expiry, the overlap lock and round-robin order.
+    A group that no longer exists is left out. Each tick ends as a GroupRun (``ok`` or ``failed``),
+    written in one bulk insert, and in its group's counters.
+    """
+    from .execution import Outcome, execute_batch
+
+    groups = _groups_for_execution({group_id for group_id, _ in runs})
+    ticks = []
+    for group_id, scheduled_for in runs:
+        if group_id in groups:
+            ticks.append((groups[group_id], scheduled_for))
+        else:
+            logger.info("group %s is gone; tick %s dropped", group_id, scheduled_for)
     try:
-        values = execute(group=group, scheduled_for=scheduled_for)
-        status = RunStatus.OK
-    except GroupRunError as exc:
-        status, error = RunStatus.FAILED, str(exc)
-    except Exception as exc:  # a bug must not take the worker down; it is recorded and logged in full
-        logger.exception("group %s: unexpected error", group.pk)
-        status, error = RunStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
-    if error:
-        logger.warning("group %s (%s/%s) failed: %s", group.pk, group.hub.name, group.name, error)
-    run.status, run.error, run.values_count, run.finished_at = status, error, values, timezone.now()
-    run.save(update_fields=["status", "error", "values_count", "finished_at"])
-    group_stats_record(group_id=group.pk, run=run, lag_ms=lag_ms)
-    return run
+        outcomes = execute_batch(ticks=ticks)
+    except Exception as exc:  # a bug must not take the worker down: the batch's ticks are recorded as failed
+        logger.exception("batch of %d ticks: unexpected error", len(ticks))
+        now = timezone.now()
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        outcomes = [Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks]
+    records = []
+    for outcome in outcomes:
+        if outcome.error:
+            logger.warning("group %s (%s/%s) failed: %s", outcome.group.pk, outcome.group.hub.name,
+                           outcome.group.name, outcome.error)
+        records.append(
+            GroupRun(
+                group=outcome.group,
+                scheduled_for=outcome.scheduled_for,
+                started_at=outcome.started_at,
+                finished_at=outcome.finished_at,
+                status=RunStatus.FAILED if outcome.error else RunStatus.OK,
+                error=outcome.error,
+                values_count=outcome.values,
+            )
+        )
+    GroupRun.objects.bulk_create(records, batch_size=500)
+    for record in records:
+        lag_ms = max(0, int((record.started_at - record.scheduled_for).total_seconds() * 1000))
+        group_stats_record(group_id=record.group_id, run=record, lag_ms=lag_ms)
+    return records
 
 
 def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:
@@ -187,18 +193,3 @@ def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:
     if not GroupStats.objects.filter(group_id=group_id).update(**updates):
         GroupStats.objects.get_or_create(group_id=group_id)
         GroupStats.objects.filter(group_id=group_id).update(**updates)
-
-
-def group_runs_execute(*, runs: list[tuple[int, datetime]]) -> list[GroupRun]:
-    """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` in the order given.
-
-    The caller (the batch task) has already applied expiry, the overlap lock and round-robin order.
-    A group that no longer exists is left out; any other fault ends that run as failed only.
-    """
-    done = []
-    for group_id, scheduled_for in runs:
-        try:
-            done.append(group_run(group_id=group_id, scheduled_for=scheduled_for))
-        except Group.DoesNotExist:
-            logger.info("group %s is gone; tick %s dropped", group_id, scheduled_for)
-    return done

@@ -1,0 +1,70 @@
+"""SQL sinks through SQLAlchemy: where every polled value is stored (the one adapter for sink databases).
+
+Layouts and their tables: ``tables.py``; one batch to one sink (INSERT, COPY): ``writers.py``;
+gathering many executions' values into one write: ``batcher.py``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+from .batcher import batcher
+from .tables import DEFAULT_TABLE, tall_table, wide_table_name
+from .writers import (
+    SinkError,
+    SinkTarget,
+    ValueRow,
+    engines_dispose,
+    parse_ts,
+    safe_url,
+    sink_engine,
+    sink_write,
+    value_json,
+)
+
+__all__ = [
+    "DEFAULT_TABLE", "SinkError", "SinkTarget", "ValueRow", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
+    "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_submit", "sinks_write", "tall_table", "value_json",
+    "wide_table_name",
+]
+
+
+def sink_targets_for_projects(*, project_ids: set[int]) -> dict[int, list[SinkTarget]]:
+    """Each project's enabled sinks; the settings' default sink (HUBSCHED_SINK_URL) for one that has none."""
+    from django.conf import settings
+
+    from ..models import Sink
+
+    targets: dict[int, list[SinkTarget]] = {pid: [] for pid in project_ids}
+    for sink in Sink.objects.enabled().filter(project_id__in=project_ids).order_by("pk"):
+        targets[sink.project_id].append(
+            SinkTarget(name=sink.name, url=sink.url, table=sink.table or DEFAULT_TABLE, layout=sink.layout)
+        )
+    default = SinkTarget(name="default", url=settings.HUBSCHED_SINK_URL)
+    return {pid: found or [default] for pid, found in targets.items()}
+
+
+def sink_targets_for_project(*, project_id: int) -> list[SinkTarget]:
+    return sink_targets_for_projects(project_ids={project_id})[project_id]
+
+
+def sinks_submit(*, target: SinkTarget, rows: list[ValueRow]) -> Future:
+    """Queue ``rows`` for ``target`` in this process's batcher; the Future is done once they are committed."""
+    return batcher().submit(target=target, rows=rows)
+
+
+def sinks_write(*, targets: list[SinkTarget], rows: list[ValueRow]) -> None:
+    """Write ``rows`` to every target now; raises one ``SinkError`` naming every target that failed."""
+    errors = []
+    for target in targets:
+        try:
+            sink_write(target=target, rows=rows)
+        except SinkError as exc:
+            errors.append(exc.message)
+    if errors:
+        raise SinkError("; ".join(errors))
+
+
+def sinks_dispose() -> None:
+    """Close every pooled sink connection and forget known tables (after fork, and in tests)."""
+    engines_dispose()

@@ -1,0 +1,122 @@
+"""Values from many group executions gathered into one write per sink (a bounded window, then one statement).
+
+Each sink target has one writer thread per process. Submitted rows wait until the target's batch
+holds ``max_rows`` values or its oldest rows are ``max_age`` seconds old (settings
+HUBSCHED_SINK_BATCH_SIZE and HUBSCHED_SINK_BATCH_AGE_S), then go in one write; while a write runs,
+new rows gather for the next. A submitter gets a Future that is done once its rows are committed
+(or fails with the SinkError of that write), so a run counts as stored only when it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+
+from .writers import SinkError, SinkTarget, ValueRow, sink_write
+
+logger = logging.getLogger(__name__)
+
+
+class _Lane:
+    """The pending batch of one target, and the thread that writes it."""
+
+    def __init__(self, batcher: SinkBatcher, target: SinkTarget) -> None:
+        self.batcher = batcher
+        self.target = target
+        self.rows: list[ValueRow] = []
+        self.futures: list[Future] = []
+        self.oldest = 0.0
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name=f"sink-{target.name}", daemon=True)
+        self.thread.start()
+
+    def add(self, rows: list[ValueRow]) -> Future:
+        future: Future = Future()
+        with self.ready:
+            if not self.rows:
+                self.oldest = time.monotonic()
+            self.rows.extend(rows)
+            self.futures.append(future)
+            self.ready.notify()
+        return future
+
+    def _take(self) -> tuple[list[ValueRow], list[Future]]:
+        max_rows, max_age = self.batcher.max_rows, self.batcher.max_age
+        with self.ready:
+            while True:
+                if self.rows:
+                    wait = self.oldest + max_age - time.monotonic()
+                    if len(self.rows) >= max_rows or wait <= 0:
+                        rows, futures = self.rows, self.futures
+                        self.rows, self.futures = [], []
+                        return rows, futures
+                    self.ready.wait(wait)
+                else:
+                    self.ready.wait()
+
+    def _run(self) -> None:
+        while True:
+            rows, futures = self._take()
+            try:
+                sink_write(target=self.target, rows=rows)
+            except SinkError as exc:
+                for future in futures:
+                    future.set_exception(exc)
+            except Exception as exc:  # a bug in a writer must fail its batch, not kill the lane
+                logger.exception("sink %s: unexpected error", self.target.name)
+                error = SinkError(f"sink {self.target.name!r}: internal error: {type(exc).__name__}: {exc}")
+                for future in futures:
+                    future.set_exception(error)
+            else:
+                self.batcher.batches += 1
+                for future in futures:
+                    future.set_result(len(rows))
+
+
+class SinkBatcher:
+    """Per-process gatherer of sink writes; thread-safe. ``max_rows`` values, ``max_age`` seconds."""
+
+    def __init__(self, *, max_rows: int, max_age: float) -> None:
+        self.max_rows = max_rows
+        self.max_age = max_age
+        self.batches = 0
+        self._lanes: dict[SinkTarget, _Lane] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, *, target: SinkTarget, rows: list[ValueRow]) -> Future:
+        """Queue ``rows`` for ``target``; the Future's result is the size of the committed batch."""
+        lane = self._lanes.get(target)
+        if lane is None:
+            with self._lock:
+                lane = self._lanes.get(target) or self._lanes.setdefault(target, _Lane(self, target))
+        return lane.add(rows)
+
+
+_batcher: SinkBatcher | None = None
+_batcher_lock = threading.Lock()
+
+
+def batcher() -> SinkBatcher:
+    """The process's batcher, configured from settings on first use."""
+    global _batcher
+    if _batcher is None:
+        from django.conf import settings
+
+        with _batcher_lock:
+            if _batcher is None:
+                _batcher = SinkBatcher(
+                    max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S
+                )
+    return _batcher
+
+
+def _forget_after_fork() -> None:
+    # writer threads do not survive fork(); a child builds its own batcher on first use
+    global _batcher
+    _batcher = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,170 @@
+"""Sink table layouts (tall and wide), created on first use and cached per process.
+
+Tall (default), one row per value, table ``hubsched_values`` (the sink's ``table``):
+
+=========== ======================= ===================================================================
+column      type                    meaning
+=========== ======================= ===================================================================
+id          integer, primary key    row number
+tick        timestamp (UTC)         the scheduled tick of the execution that read the value
+ts          timestamp (UTC), null   the hub's timestamp of the value (hub protocol v1: ``ts``)
+project     varchar(200)            project name
+hub         varchar(200)            hub name
+group_id    integer                 hubsched group id
+group_name  varchar(200)            group name
+entity      varchar(500)            entity id on the hub; "" for a value the script computed
+key         varchar(200)            parameter key (or the script's binding name)
+value_num   double, null            the value when it is a number or a boolean, else null
+value_json  text                    the value as JSON, always (strings, arrays of objects: stored faithfully)
+quality     varchar(16)             good, uncertain or bad (hub protocol v1)
+=========== ======================= ===================================================================
+
+A unique key on (group_id, tick, entity, key) makes writes idempotent.
+
+Wide (SCADA transaction groups), one table per group named ``<table>_<hub>_<group>``, one row per
+execution: ``id``, ``tick`` (unique), ``ts`` (the newest value timestamp), ``quality`` (the worst of
+the row's values), then one column per binding: double for numbers, integers and booleans, JSON
+text for anything else. A binding that appears later adds its column (ALTER TABLE ... ADD).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+DEFAULT_TABLE = "hubsched_values"
+MAX_IDENTIFIER = 60  # PostgreSQL cuts at 63, MySQL refuses past 64
+
+# MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise; hub timestamps carry milliseconds.
+# Times are stored as UTC everywhere (MySQL's DATETIME has no zone).
+Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+RowId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+TALL_COLUMNS = (
+    "tick", "ts", "project", "hub", "group_id", "group_name", "entity", "key", "value_num", "value_json", "quality",
+)
+NUMBER, JSON_TEXT = "number", "json"
+
+
+def tall_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tick", Timestamp, nullable=False),
+        sa.Column("ts", Timestamp, nullable=True),
+        sa.Column("project", sa.String(200), nullable=False),
+        sa.Column("hub", sa.String(200), nullable=False),
+        sa.Column("group_id", sa.Integer, nullable=False),
+        sa.Column("group_name", sa.String(200), nullable=False),
+        sa.Column("entity", sa.String(500), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("value_num", sa.Float(precision=53), nullable=True),
+        sa.Column("value_json", sa.Text, nullable=False),
+        sa.Column("quality", sa.String(16), nullable=False),
+        # serves idempotent writes, and "values of a group over time"
+        sa.UniqueConstraint("group_id", "tick", "entity", "key", name=f"uq_{name}_value"[:MAX_IDENTIFIER]),
+    )
+
+
+def identifier(text: str) -> str:
+    """A portable SQL identifier from free text: lower case, [a-z0-9_], starting with a letter."""
+    name = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "x"
+    return name if name[0].isalpha() else f"c_{name}"
+
+
+def wide_table_name(prefix: str, hub: str, group: str) -> str:
+    return identifier(f"{prefix}_{hub}_{group}")[:MAX_IDENTIFIER]
+
+
+def wide_table(metadata: sa.MetaData, name: str, columns: dict[str, str]) -> sa.Table:
+    """``columns`` maps column name to NUMBER or JSON_TEXT, in order."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("tick", Timestamp, nullable=False, unique=True),  # serves idempotent writes
+        sa.Column("ts", Timestamp, nullable=True),
+        sa.Column("quality", sa.String(16), nullable=False),
+        *[sa.Column(col, sa.Float(precision=53) if kind == NUMBER else sa.Text, nullable=True) for col, kind in columns.items()],
+    )
+
+
+class TableCache:
+    """Tables known to exist, per (URL, name); creation is serialized per process and safe across processes."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[str, str], sa.Table] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+
+    def tall(self, engine: sa.Engine, url: str, name: str) -> sa.Table:
+        table = self._tables.get((url, name))
+        if table is not None:
+            return table
+        with self._lock:
+            table = self._tables.get((url, name))
+            if table is None:
+                table = tall_table(sa.MetaData(), name)
+                _create(engine, table)
+                self._tables[(url, name)] = table
+        return table
+
+    def wide(self, engine: sa.Engine, url: str, name: str, columns: dict[str, str]) -> sa.Table:
+        """The wide table with at least ``columns``; adds missing ones. Raises ValueError on a type clash."""
+        table = self._tables.get((url, name))
+        if table is not None and all(c in table.c for c in columns):
+            return table
+        with self._lock:
+            table = self._tables.get((url, name))
+            if table is None:
+                table = _reflect(engine, name)
+            if table is None:
+                table = wide_table(sa.MetaData(), name, columns)
+                _create(engine, table)
+            missing = {c: k for c, k in columns.items() if c not in table.c}
+            if missing:
+                with engine.begin() as conn:
+                    for col, kind in missing.items():
+                        sql_type = sa.Float(precision=53) if kind == NUMBER else sa.Text()
+                        compiled = sql_type.compile(dialect=engine.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {_quote(engine, name)} ADD COLUMN {_quote(engine, col)} {compiled}"))
+                table = _reflect(engine, name)
+            self._tables[(url, name)] = table
+        return table
+
+
+def column_kind(table: sa.Table, column: str) -> str:
+    return NUMBER if isinstance(table.c[column].type, sa.Float) else JSON_TEXT
+
+
+def _quote(engine: sa.Engine, name: str) -> str:
+    return engine.dialect.identifier_preparer.quote(name)
+
+
+def _reflect(engine: sa.Engine, name: str) -> sa.Table | None:
+    if not sa.inspect(engine).has_table(name):
+        return None
+    metadata = sa.MetaData()
+    table = sa.Table(name, metadata, autoload_with=engine)
+    # reflected DATETIME loses the time zone flag; restore the declared types
+    for col in ("tick", "ts"):
+        table.c[col].type = Timestamp
+    for col in table.c:
+        if isinstance(col.type, (sa.Float, sa.Double)) or col.type.__class__.__name__ in {"DOUBLE", "DOUBLE_PRECISION", "REAL"}:
+            col.type = sa.Float(precision=53)
+    return table
+
+
+def _create(engine: sa.Engine, table: sa.Table) -> None:
+    try:
+        table.metadata.create_all(engine, tables=[table], checkfirst=True)
+    except sa.exc.DatabaseError:
+        # another process created it between the check and the CREATE: fine if it is there now
+        if not sa.inspect(engine).has_table(table.name):
+            raise
