@@ -1,25 +1,274 @@
-"""Admin for groups and their runs."""
+"""Admin for groups, their keys, runs and counters; and django-celery-beat's PeriodicTask, guarded for hubsched's entries."""
 
-from django.contrib import admin
+from __future__ import annotations
 
-from .models import Group, GroupKey, GroupRun
+from django import forms
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
+
+from hubs.project_document.validation import cron_problem
+from hubs.services import groups_enabled_set, groups_run_now
+
+from .models import Group, GroupKey, GroupRun, GroupStats, Trigger
+
+RECENT_RUNS = 10
 
 
 class GroupKeyInline(admin.TabularInline):
     model = GroupKey
-    extra = 0
+    fields = ("position", "entity", "key", "alias")
+    extra = 1
+
+
+class GroupForm(forms.ModelForm):
+    class Meta:
+        model = Group
+        fields = "__all__"
+
+    def clean(self):
+        # The trigger's own fields must be there before the PeriodicTask mirror can be built from them.
+        cleaned = super().clean()
+        trigger = cleaned.get("trigger")
+        if trigger == Trigger.CRON:
+            problem = cron_problem(cleaned.get("cron") or "") if cleaned.get("cron") else "a cron trigger needs a cron expression"
+            if problem:
+                self.add_error("cron", problem)
+        elif cleaned.get("cron") and cron_problem(cleaned["cron"]):
+            self.add_error("cron", cron_problem(cleaned["cron"]))
+        if trigger == Trigger.ONCE and not cleaned.get("run_at"):
+            self.add_error("run_at", "a once trigger needs a date and time")
+        hub, script = cleaned.get("hub"), cleaned.get("script")
+        if hub and script and script.project_id != hub.project_id:
+            self.add_error("script", f"script {script.name!r} belongs to another project than hub {hub.name!r}")
+        return cleaned
+
+
+def _ids(queryset) -> list[int]:
+    return list(queryset.values_list("pk", flat=True))
 
 
 @admin.register(Group)
 class GroupAdmin(admin.ModelAdmin):
-    list_display = ("name", "hub", "trigger", "period", "enabled")
-    list_filter = ("enabled", "trigger", "hub")
-    search_fields = ("name",)
+    form = GroupForm
+    list_display = ("name", "hub", "project", "trigger", "schedule", "enabled", "last_status", "last_run_at", "beat_entry")
+    list_filter = ("enabled", "trigger", "hub__project", "hub", "stats__last_status")
+    search_fields = ("name", "hub__name", "hub__project__name", "keys__entity", "keys__key")
+    list_select_related = ("hub__project", "stats", "periodic_task")
+    autocomplete_fields = ("hub",)
+    readonly_fields = ("beat_entry", "counters", "recent_runs")
+    fieldsets = (
+        (None, {"fields": ("hub", "name", "enabled", "script")}),
+        ("Trigger", {"fields": ("trigger", "period", "offset", "expires", "cron", "run_at", "deadband")}),
+        ("Status", {"fields": ("beat_entry", "counters", "recent_runs")}),
+    )
     inlines = [GroupKeyInline]
+    actions = ["run_now", "enable", "disable"]
+
+    @admin.display(description="project", ordering="hub__project__name")
+    def project(self, obj):
+        return obj.hub.project
+
+    @admin.display(description="schedule")
+    def schedule(self, obj):
+        if obj.trigger == Trigger.INTERVAL:
+            return f"every {obj.period:g} s" + (f" +{obj.offset:g} s" if obj.offset else "")
+        if obj.trigger == Trigger.CRON:
+            return obj.cron
+        if obj.trigger == Trigger.ONCE:
+            return f"at {obj.run_at:%Y-%m-%d %H:%M:%S}" if obj.run_at else "-"
+        return f"on change (deadband {obj.deadband:g})" if obj.deadband is not None else "on change"
+
+    def _stats(self, obj):
+        return getattr(obj, "stats", None) if obj.pk else None
+
+    @admin.display(description="last status", ordering="stats__last_status")
+    def last_status(self, obj):
+        stats = self._stats(obj)
+        return stats.get_last_status_display() if stats and stats.last_status else "-"
+
+    @admin.display(description="last run", ordering="stats__last_run_at")
+    def last_run_at(self, obj):
+        stats = self._stats(obj)
+        return stats.last_run_at if stats else None
+
+    @admin.display(description="beat entry")
+    def beat_entry(self, obj):
+        if obj.periodic_task_id is None:
+            return "none (on-change groups are driven by hub subscriptions)" if obj.trigger == Trigger.ON_CHANGE else "-"
+        task = obj.periodic_task
+        return format_html(
+            '<a href="{}">{}</a>{}',
+            reverse("admin:django_celery_beat_periodictask_change", args=[task.pk]),
+            task.name,
+            "" if task.enabled else " (disabled)",
+        )
+
+    @admin.display(description="counters")
+    def counters(self, obj):
+        stats = self._stats(obj)
+        if stats is None:
+            return "no runs yet"
+        return (
+            f"{stats.done} ok, {stats.failed} failed, {stats.skipped} skipped, {stats.missed} missed; "
+            f"{stats.values} values" + (f"; mean lag {stats.lag_ms_mean:.0f} ms" if stats.lag_ms_mean is not None else "")
+        )
+
+    @admin.display(description="recent runs")
+    def recent_runs(self, obj):
+        if not obj.pk:
+            return "-"
+        runs = list(obj.runs.order_by("-scheduled_for")[:RECENT_RUNS])
+        all_runs = reverse("admin:groups_grouprun_changelist") + f"?group__id__exact={obj.pk}"
+        if not runs:
+            return format_html('No runs yet (<a href="{}">all runs</a>).', all_runs)
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a>: {} ({} values){}</li>',
+            (
+                (
+                    reverse("admin:groups_grouprun_change", args=[run.pk]),
+                    f"{run.scheduled_for:%Y-%m-%d %H:%M:%S}",
+                    run.get_status_display(),
+                    run.values_count,
+                    f" – {run.error[:200]}" if run.error else "",
+                )
+                for run in runs
+            ),
+        )
+        return format_html('<ul>{}</ul><a href="{}">all runs of this group</a>', rows, all_runs)
+
+    @admin.action(description="Run now (once, in a worker)")
+    def run_now(self, request, queryset):
+        count = groups_run_now(group_ids=_ids(queryset))
+        self.message_user(request, f"{count} group(s) queued; their runs appear under Group runs.", messages.SUCCESS)
+
+    @admin.action(description="Enable selected groups")
+    def enable(self, request, queryset):
+        count = groups_enabled_set(group_ids=_ids(queryset), enabled=True)
+        self.message_user(request, f"{count} group(s) enabled.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected groups")
+    def disable(self, request, queryset):
+        count = groups_enabled_set(group_ids=_ids(queryset), enabled=False)
+        self.message_user(request, f"{count} group(s) disabled.", messages.SUCCESS)
+
+
+@admin.register(GroupKey)
+class GroupKeyAdmin(admin.ModelAdmin):
+    list_display = ("group", "entity", "key", "alias", "position")
+    list_filter = ("group__hub",)
+    search_fields = ("entity", "key", "alias", "group__name")
+    list_select_related = ("group",)
+    autocomplete_fields = ("group",)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written by workers: looked at, never edited by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(GroupRun)
-class GroupRunAdmin(admin.ModelAdmin):
-    list_display = ("group", "scheduled_for", "status", "values_count", "error")
-    list_filter = ("status",)
+class GroupRunAdmin(ReadOnlyAdmin):
+    list_display = ("group", "hub", "scheduled_for", "status", "started_at", "finished_at", "values_count", "short_error")
+    list_filter = ("status", "group__hub__project", "group__hub", "group")
+    search_fields = ("group__name", "error")
     date_hierarchy = "scheduled_for"
+    list_select_related = ("group__hub",)
+
+    @admin.display(description="hub", ordering="group__hub__name")
+    def hub(self, obj):
+        return obj.group.hub
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return obj.error[:120] + ("…" if len(obj.error) > 120 else "")
+
+
+@admin.register(GroupStats)
+class GroupStatsAdmin(ReadOnlyAdmin):
+    list_display = ("group", "last_status", "last_run_at", "done", "failed", "skipped", "missed", "values", "dispatched")
+    list_filter = ("last_status",)
+    search_fields = ("group__name",)
+    list_select_related = ("group",)
+
+
+# --- django-celery-beat -------------------------------------------------------------------------------------
+# A hubsched group owns its PeriodicTask and rewrites it on every save, so an edit made here would be lost
+# silently. Such entries are therefore read-only here, with a pointer to the group; other entries are as before.
+
+
+def _group_of(task: PeriodicTask) -> Group | None:
+    return Group.objects.filter(periodic_task=task).select_related("hub").first() if task is not None else None
+
+
+OWNED_MESSAGE = "This entry belongs to hubsched group {} and is kept in step with it: edit the group instead."
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
+    list_display = (*BeatPeriodicTaskAdmin.list_display, "hubsched_group")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("hubsched_group__hub")
+
+    @admin.display(description="hubsched group")
+    def hubsched_group(self, obj):
+        group = getattr(obj, "hubsched_group", None) if obj.pk else None
+        if group is None:
+            return "-"
+        return format_html('<a href="{}">{}/{}</a>', reverse("admin:groups_group_change", args=[group.pk]), group.hub.name, group.name)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and _group_of(obj) is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and _group_of(obj) is not None:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        group = _group_of(self.get_object(request, object_id)) if object_id else None
+        if group is not None and request.method == "GET":
+            link = format_html('<a href="{}">{}/{}</a>', reverse("admin:groups_group_change", args=[group.pk]), group.hub.name, group.name)
+            self.message_user(request, format_html(OWNED_MESSAGE, link), messages.WARNING)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def _unowned(self, request, queryset):
+        owned = queryset.filter(hubsched_group__isnull=False)
+        if owned.exists():
+            names = ", ".join(owned.order_by("name").values_list("name", flat=True)[:5])
+            self.message_user(
+                request,
+                f"Left unchanged {owned.count()} entry(ies) owned by hubsched groups ({names}): enable, disable or "
+                "delete the groups instead.",
+                messages.WARNING,
+            )
+        return queryset.filter(hubsched_group__isnull=True)
+
+    @admin.action(description=BeatPeriodicTaskAdmin.enable_tasks.short_description)
+    def enable_tasks(self, request, queryset):
+        return super().enable_tasks(request, self._unowned(request, queryset))
+
+    @admin.action(description=BeatPeriodicTaskAdmin.disable_tasks.short_description)
+    def disable_tasks(self, request, queryset):
+        return super().disable_tasks(request, self._unowned(request, queryset))
+
+    @admin.action(description=BeatPeriodicTaskAdmin.toggle_tasks.short_description)
+    def toggle_tasks(self, request, queryset):
+        return super().toggle_tasks(request, self._unowned(request, queryset))
+
+    def delete_queryset(self, request, queryset):
+        return super().delete_queryset(request, self._unowned(request, queryset))

@@ -1,39 +1,318 @@
-"""Admin for projects, hubs and the entity tree."""
+"""Admin for projects, hubs and the entity tree: import/export, entity sync, connection test, the tree as a tree."""
 
-from django.contrib import admin
+from __future__ import annotations
 
+import io
+import zipfile
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from groups.models import Group
+from scripts_engine.models import Script
+
+from .client import HubError
 from .models import Entity, Hub, Parameter, Project
+from .project_document import ProjectDocumentError
+from .project_document.validation import max_bytes
+from .selectors import hub_entity_tree
+from .services import hub_connection_test, hub_entities_sync, hubs_enabled_set, project_export, project_import
+
+
+# --- projects ------------------------------------------------------------------------------------------------
 
 
 class HubInline(admin.TabularInline):
     model = Hub
-    fields = ("name", "url", "timeout", "enabled")
+    fields = ("name", "url", "timeout", "max_in_flight", "enabled")  # never the API key
     extra = 0
     show_change_link = True
 
 
+class ScriptInline(admin.TabularInline):
+    model = Script
+    fields = ("name", "description", "timeout", "memory_limit_mb")
+    extra = 0
+    show_change_link = True
+
+
+class ProjectImportForm(forms.Form):
+    document = forms.FileField(help_text="A hubsched.project/1 JSON document, as export writes it.")
+    replace = forms.BooleanField(
+        required=False, help_text="Update the project of the same name in place; its groups keep their run history."
+    )
+
+
+def _download(project: Project, *, include_secrets: bool) -> tuple[str, str]:
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in project.name) or "project"
+    return f"{name}.json", project_export(project=project, include_secrets=include_secrets)
+
+
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ("name", "time_zone", "updated_at")
+    list_display = ("name", "time_zone", "hub_count", "group_count", "updated_at")
     search_fields = ("name", "description")
-    inlines = [HubInline]
+    list_filter = ("time_zone",)
+    readonly_fields = ("created_at", "updated_at")
+    inlines = [HubInline, ScriptInline]
+    actions = ["export_documents", "export_documents_with_secrets"]
+    change_list_template = "admin/hubs/project/change_list.html"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _hubs=Count("hubs", distinct=True), _groups=Count("hubs__groups", distinct=True)
+        )
+
+    @admin.display(description="hubs", ordering="_hubs")
+    def hub_count(self, obj):
+        return obj._hubs
+
+    @admin.display(description="groups", ordering="_groups")
+    def group_count(self, obj):
+        return obj._groups
+
+    def _export(self, queryset, *, include_secrets: bool) -> HttpResponse:
+        files = [_download(project, include_secrets=include_secrets) for project in queryset.order_by("name")]
+        if len(files) == 1:
+            filename, text = files[0]
+            response = HttpResponse(text, content_type="application/json")
+        else:
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for filename, text in files:
+                    archive.writestr(filename, text)
+            filename = "projects.zip"
+            response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+    @admin.action(description="Export as JSON documents (secrets as ${NAME} references)")
+    def export_documents(self, request, queryset):
+        return self._export(queryset, include_secrets=False)
+
+    @admin.action(description="Export as JSON documents with secrets in clear")
+    def export_documents_with_secrets(self, request, queryset):
+        return self._export(queryset, include_secrets=True)
+
+    def get_urls(self):
+        urls = [path("import/", self.admin_site.admin_view(self.import_view), name="hubs_project_import")]
+        return urls + super().get_urls()
+
+    def import_view(self, request):
+        """Upload a document; on success go to the project, else show every error and change nothing."""
+        if not self.has_add_permission(request) or not self.has_change_permission(request):
+            return redirect("admin:hubs_project_changelist")
+        errors: list[str] = []
+        form = ProjectImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["document"]
+            raw = upload.read(max_bytes() + 1)
+            try:
+                result = project_import(raw=raw, replace=form.cleaned_data["replace"])
+            except ProjectDocumentError as exc:
+                errors = exc.errors
+            else:
+                verb = "imported" if result.created else "replaced"
+                self.message_user(request, f"Project {result.project.name!r} {verb}.", messages.SUCCESS)
+                return redirect("admin:hubs_project_change", result.project.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import a project",
+            "opts": self.model._meta,
+            "form": form,
+            "errors": errors,
+        }
+        return TemplateResponse(request, "admin/hubs/project/import.html", context)
+
+
+# --- hubs ----------------------------------------------------------------------------------------------------
+
+
+class HubForm(forms.ModelForm):
+    # The key is write-only: never rendered back into the page; left blank, the current key is kept.
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Sent with every request. Leave blank to keep the current key; it is never shown.",
+    )
+    clear_api_key = forms.BooleanField(label="clear the API key", required=False)
+
+    class Meta:
+        model = Hub
+        fields = "__all__"
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("clear_api_key"):
+            cleaned["api_key"] = ""
+        elif not cleaned.get("api_key") and self.instance.pk:
+            cleaned["api_key"] = Hub.objects.get(pk=self.instance.pk).api_key
+        return cleaned
+
+
+class GroupInline(admin.TabularInline):
+    model = Group
+    fields = ("name", "trigger", "period", "offset", "cron", "run_at", "script", "enabled")
+    extra = 0
+    show_change_link = True
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "script":  # only the scripts of the hub's own project
+            hub_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+            kwargs["queryset"] = Script.objects.filter(project__hubs__pk=hub_id) if hub_id else Script.objects.none()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def _tree_html(nodes: list[dict]) -> str:
+    if not nodes:
+        return ""
+    items = []
+    for node in nodes:
+        entity = node["entity"]
+        params = format_html_join(
+            "",
+            "<li><code>{}</code> {} <small>{}{}{}</small></li>",
+            (
+                (p.key, p.name, p.type, f" [{p.unit}]" if p.unit else "", ", writable" if p.writable else "")
+                for p in node["params"]
+            ),
+        )
+        items.append(
+            format_html(
+                '<li><a href="{}"><strong>{}</strong></a> {} <small>{}</small>{}{}</li>',
+                reverse("admin:hubs_entity_change", args=[entity.pk]),
+                entity.path.rpartition("/")[2],
+                entity.name,
+                entity.type,
+                format_html('<ul class="hubsched-params">{}</ul>', params) if node["params"] else "",
+                mark_safe(_tree_html(node["children"])),
+            )
+        )
+    return format_html('<ul class="hubsched-tree">{}</ul>', mark_safe("".join(items)))
 
 
 @admin.register(Hub)
 class HubAdmin(admin.ModelAdmin):
-    list_display = ("name", "project", "url", "timeout", "enabled")  # never the API key
+    form = HubForm
+    list_display = ("name", "project", "url", "timeout", "max_in_flight", "enabled", "entity_count", "group_count")
     list_filter = ("enabled", "project")
-    search_fields = ("name", "url")
+    search_fields = ("name", "url", "project__name")  # never the API key
+    list_select_related = ("project",)
+    fieldsets = (
+        (None, {"fields": ("project", "name", "url", "api_key", "clear_api_key", "timeout", "max_in_flight", "enabled")}),
+        ("Entity tree", {"fields": ("entity_tree",), "description": "What the hub exposes; refresh it with the action "
+                                                                   "“Sync entities from the hub”."}),
+    )
+    readonly_fields = ("entity_tree",)
+    inlines = [GroupInline]
+    actions = ["test_connection", "sync_entities", "enable", "disable"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _entities=Count("entities", distinct=True), _groups=Count("groups", distinct=True)
+        )
+
+    @admin.display(description="entities", ordering="_entities")
+    def entity_count(self, obj):
+        return obj._entities
+
+    @admin.display(description="groups", ordering="_groups")
+    def group_count(self, obj):
+        return obj._groups
+
+    @admin.display(description="entities and parameters")
+    def entity_tree(self, obj):
+        tree = hub_entity_tree(hub=obj) if obj.pk else []
+        return _tree_html(tree) or "No entities yet: save the hub, then run “Sync entities from the hub”."
+
+    @admin.action(description="Test connection (getInfo, or ping)")
+    def test_connection(self, request, queryset):
+        for hub in queryset:
+            report = hub_connection_test(hub=hub)
+            self.message_user(request, f"{hub.name}: {report.summary()}", messages.SUCCESS if report.ok else messages.ERROR)
+
+    @admin.action(description="Sync entities from the hub (getEntities, getParams)")
+    def sync_entities(self, request, queryset):
+        for hub in queryset:
+            try:
+                changes = hub_entities_sync(hub=hub)
+            except HubError as exc:
+                self.message_user(request, f"{hub.name}: sync failed, nothing changed: {exc}", messages.ERROR)
+                continue
+            detail = "; ".join(
+                f"{label}: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}"
+                for label, names in (("added", changes.added), ("changed", changes.changed), ("gone", changes.gone))
+                if names
+            )
+            self.message_user(
+                request,
+                f"{hub.name}: {len(changes.added)} added, {len(changes.changed)} changed, {len(changes.gone)} gone"
+                + (f" ({detail})" if detail else ""),
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Enable selected hubs")
+    def enable(self, request, queryset):
+        count = hubs_enabled_set(hub_ids=list(queryset.values_list("pk", flat=True)), enabled=True)
+        self.message_user(request, f"{count} hub(s) enabled.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected hubs (their groups stop)")
+    def disable(self, request, queryset):
+        count = hubs_enabled_set(hub_ids=list(queryset.values_list("pk", flat=True)), enabled=False)
+        self.message_user(request, f"{count} hub(s) disabled.", messages.SUCCESS)
+
+
+# --- the entity tree -----------------------------------------------------------------------------------------
 
 
 class ParameterInline(admin.TabularInline):
     model = Parameter
+    fields = ("key", "name", "type", "unit", "writable")
     extra = 0
 
 
 @admin.register(Entity)
 class EntityAdmin(admin.ModelAdmin):
-    list_display = ("path", "name", "type", "hub")
-    list_filter = ("hub",)
-    search_fields = ("path", "name")
+    list_display = ("tree_path", "name", "type", "hub", "param_count")
+    list_filter = ("hub__project", "hub", "type")
+    search_fields = ("path", "name", "params__key")
+    ordering = ("hub__project__name", "hub__name", "path")
+    list_select_related = ("hub",)
+    autocomplete_fields = ("parent",)
     inlines = [ParameterInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_params=Count("params"))
+
+    @admin.display(description="id", ordering="path")
+    def tree_path(self, obj):
+        # Ordered by path, the list reads as the tree: each level indented under its parent.
+        return format_html(
+            '<span style="padding-left:{}em">{}<strong>{}</strong></span>',
+            obj.depth * 1.5,
+            "└ " if obj.depth else "",
+            obj.path.rpartition("/")[2],
+        )
+
+    @admin.display(description="parameters", ordering="_params")
+    def param_count(self, obj):
+        return obj._params
+
+
+@admin.register(Parameter)
+class ParameterAdmin(admin.ModelAdmin):
+    list_display = ("key", "entity", "name", "type", "unit", "writable")
+    list_filter = ("type", "writable", "entity__hub")
+    search_fields = ("key", "name", "entity__path")
+    list_select_related = ("entity",)
+    autocomplete_fields = ("entity",)
+

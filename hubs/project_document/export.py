@@ -44,6 +44,19 @@ def url_has_password(url: str) -> bool:
         return True  # unreadable: treat as secret rather than risk writing one in clear
 
 
+def url_redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for lists and messages."""
+    if not url_has_password(url):
+        return url
+    try:
+        parts = urlsplit(url)
+        userinfo = f"{parts.username}:***" if parts.username else ":***"
+        host = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{userinfo}@{host}").geturl()
+    except ValueError:
+        return "***"
+
+
 def _secret(value: str, *, include: bool, reference: str, is_secret: bool) -> str:
     return value if include or not is_secret else "${%s}" % reference
 

@@ -215,8 +215,8 @@ def _group_errors(group: dict, at: list, params: dict[str, set[str]], script_nam
     cron = group.get("cron", "")
     if trigger == "cron" and not cron:
         yield f"{json_path(at + ['cron'])}: a cron trigger needs a cron expression"
-    if cron and (len(cron.split()) != 6 or not croniter.is_valid(cron, second_at_beginning=True)):
-        yield f"{json_path(at + ['cron'])}: not a six-field cron expression (seconds first, e.g. */5 * * * * *)"
+    if cron and cron_problem(cron):
+        yield f"{json_path(at + ['cron'])}: {cron_problem(cron)}"
     run_at = group.get("run_at")
     if trigger == "once" and run_at is None:
         yield f"{json_path(at + ['run_at'])}: a once trigger needs run_at"
@@ -241,6 +241,13 @@ def _group_errors(group: dict, at: list, params: dict[str, set[str]], script_nam
         if params and key["key"] not in params.get(key["entity"], ()):
             where = "no entity parameter" if key["entity"] in params else "no entity"
             yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} names {where} of this hub"
+
+
+def cron_problem(cron: str) -> str | None:
+    """Why ``cron`` is not a six-field cron expression with seconds first (groups.models.Group.cron), or None."""
+    if len(cron.split()) != 6 or not croniter.is_valid(cron, second_at_beginning=True):
+        return "not a six-field cron expression (seconds first, e.g. */5 * * * * *)"
+    return None
 
 
 def _code_error(code: str) -> str | None:
