@@ -176,13 +176,32 @@ def _run_script(outcome: Outcome) -> None:
         )
     except ScriptError as exc:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
+    bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed)
+
+
+def group_poll(*, group: Group) -> dict[str, Binding]:
+    """Read ``group``'s keys now; returns its bindings by name. Raises ``GroupRunError`` naming the fault."""
+    now = timezone.now()
+    outcome = Outcome(group=group, scheduled_for=now, started_at=now)
+    _send_reads(outcome)
+    _collect_reads(outcome, _writable_params({group.hub_id}))
+    return outcome.bindings
+
+
+def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict[str, Any], changed: set[str]) -> dict[str, dict]:
+    """Apply a script's ``results`` to ``bindings`` and write the changed writable ones back to ``hub``.
+
+    One ``setEntityParams`` per entity (hub protocol v1: all or nothing). Names the script bound
+    anew join ``bindings`` as derived values (entity ""). Returns what was written,
+    ``{entity: {key: value}}``; raises ``GroupRunError`` naming the entity and keys of a refused write.
+    """
     writes: dict[str, dict[str, Any]] = defaultdict(dict)
     now_ts = _now_ts()
-    for name, value in result.bindings.items():
+    for name, value in results.items():
         binding = bindings.get(name)
         if binding is None:
             bindings[name] = Binding(name=name, entity="", key=name, value=value, ts=now_ts)
-        elif name in result.changed:
+        elif name in changed:
             binding.value = value
             if binding.writable:
                 writes[binding.entity][binding.key] = value
@@ -192,6 +211,7 @@ def _run_script(outcome: Outcome) -> None:
             client.set_entity_params(entity, values)
         except HubError as exc:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
+    return dict(writes)
 
 
 def _data_sources(project_id: int) -> dict[str, str]:
