@@ -38,6 +38,8 @@ class Scheduler(beat.Scheduler):
                              subscriptions=self.subscriptions)
         self.source = GroupSource(self.engine)
         self._next_poll = 0.0
+        self._last_flush = 0.0
+        self._flush_now = threading.Event()
         self._flusher: threading.Thread | None = None
         super().__init__(app, *args, **kwargs)
 
@@ -54,15 +56,19 @@ class Scheduler(beat.Scheduler):
     def tick(self, *args, **kwargs) -> float:
         """Send what is due, then wait for the next tick, poll or event; returns 0 (beat: call again)."""
         now = self.clock.now()
-        if now >= self._next_poll:
+        self.engine.run_due(now)  # first: reading changes must not delay a due tick
+        due = self.engine.next_due()
+        if now >= self._next_poll and (due is None or due - now > 0.02 or now >= self._next_poll + 2 * self.poll_s):
             try:
                 self.source.poll()
             except Exception:  # a database hiccup: keep ticking on what we know, try again next poll
                 logger.exception("hubsched scheduler: reading changes failed")
             self._next_poll = now + self.poll_s
-        self.engine.run_due(now)
-        due = self.engine.next_due()
-        until = min(due if due is not None else math.inf, self._next_poll, now + self.max_interval)
+            due = self.engine.next_due()
+        if now - self._last_flush >= self.flush_s:
+            self._last_flush = now
+            self._flush_now.set()  # the flusher writes counters right after a tick, not in the middle of one
+        until = min(due if due is not None else math.inf, max(self._next_poll, now + 0.02), now + self.max_interval)
         self.clock.wait(self._wake, until - self.clock.now())
         self._wake.clear()
         return 0.0
@@ -75,6 +81,7 @@ class Scheduler(beat.Scheduler):
 
     def close(self) -> None:
         self._stop.set()
+        self._flush_now.set()
         if self.subscriptions is not None:
             self.subscriptions.stop()
         self.flush()
@@ -125,6 +132,8 @@ class Scheduler(beat.Scheduler):
     def _flush_loop(self) -> None:
         from django.db import connection
 
-        while not self._stop.wait(self.flush_s):
+        while not self._stop.is_set():
+            self._flush_now.wait(5 * self.flush_s)
+            self._flush_now.clear()
             self.flush()
         connection.close()

@@ -86,39 +86,47 @@ class RedisLocks:
 class FileLocks:
     MAX_SLOTS = 1024
 
+    # Per process, shared by every FileLocks on the same directory: the open descriptors (never
+    # closed: closing any descriptor of a file drops all of the process's record locks on it) and
+    # the locks this process holds (record locks do not exclude the process's own threads).
+    _fds: dict[str, int] = {}
+    _held: set[str] = set()
+    _pid: int | None = None
+    _mutex = threading.Lock()
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._fds: dict[str, int] = {}
-        self._pid = None
-        self._mutex = threading.Lock()
-        self._held: set[tuple[str, int]] = set()
 
-    def _fd(self, name: str) -> int:
-        if self._pid != os.getpid():  # after fork: record locks are not inherited, nor are our sets
-            self._fds, self._held, self._pid = {}, set(), os.getpid()
-        fd = self._fds.get(name)
+    def _fd(self, path: str) -> int:
+        cls = FileLocks
+        if cls._pid != os.getpid():  # after fork: record locks are not inherited, nor are our sets
+            cls._fds, cls._held, cls._pid = {}, set(), os.getpid()
+        fd = cls._fds.get(path)
         if fd is None:
-            # never closed: closing any descriptor of a file drops all of the process's locks on it
-            fd = self._fds[name] = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = cls._fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         return fd
 
     def _try(self, name: str, offset: int) -> bool:
-        with self._mutex:
-            if (name, offset) in self._held:
+        path = str(self.directory / name)
+        with FileLocks._mutex:
+            fd = self._fd(path)
+            if f"{path}:{offset}" in FileLocks._held:
                 return False
             try:
-                fcntl.lockf(self._fd(name), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
             except OSError:
                 return False
-            self._held.add((name, offset))
+            FileLocks._held.add(f"{path}:{offset}")
             return True
 
     def _free(self, name: str, offset: int) -> None:
-        with self._mutex:
-            if (name, offset) in self._held:
-                fcntl.lockf(self._fd(name), fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-                self._held.discard((name, offset))
+        path = str(self.directory / name)
+        with FileLocks._mutex:
+            fd = self._fd(path)
+            if f"{path}:{offset}" in FileLocks._held:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+                FileLocks._held.discard(f"{path}:{offset}")
 
     def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
         return "", [gid for gid in group_ids if self._try("runs.lock", gid)]

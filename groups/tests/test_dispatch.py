@@ -1,0 +1,165 @@
+"""The worker side of a batch: expiry, the overlap lock, the per-hub gate and round-robin."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from groups.models import Group, GroupStats
+from groups.scheduler.clock import FakeClock
+from groups.scheduler.dispatch import hub_batch_run, round_robin
+from groups.scheduler.locks import FileLocks, RedisLocks
+from hubs.models import Hub
+from hubsched.testing import redis_url
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(params=["files", "redis"])
+def locks(request, tmp_path):
+    if request.param == "files":
+        yield FileLocks(tmp_path / "locks")
+        return
+    backend = RedisLocks(redis_url(), ttl=30, prefix=f"hubsched-test-{tmp_path.name}")
+    yield backend
+    for key in backend.redis.scan_iter(f"{backend.prefix}:*"):
+        backend.redis.delete(key)
+
+
+class Runner:
+    """Stands in for group execution: records runs and lets time pass on the fake clock."""
+
+    def __init__(self, clock, cost=None, during=None):
+        self.clock, self.cost, self.during = clock, cost or {}, during
+        self.ran: list[int] = []
+
+    def __call__(self, runs):
+        for gid, _ in runs:
+            self.ran.append(gid)
+            if self.during:
+                self.during(gid)
+            self.clock.advance(self.cost.get(gid, 0.001))
+
+
+def run(ticks, *, clock, locks, hub_id=1, limit=8, execute=None):
+    execute = execute or Runner(clock)
+    return hub_batch_run(hub_id=hub_id, ticks=ticks, limit=limit, clock=clock, locks=locks, execute=execute,
+                         record=False)
+
+
+def test_a_tick_older_than_its_expiry_is_missed_not_run(locks):
+    clock = FakeClock(T0 + 1.5)
+    out = run([[T0, 1.0, 0, [1, 2]], [T0 + 1, 1.0, 0, [3]]], clock=clock, locks=locks)
+    assert out.missed == [1, 2] and [g for g, _ in out.ran] == [3]
+
+
+def test_ticks_do_not_pile_up_behind_a_slow_group(locks):
+    clock = FakeClock(T0)
+    runner = Runner(clock, cost={1: 0.7})
+    out = run([[T0, 1.0, 0, [1, 2, 3]]], clock=clock, locks=locks, execute=runner)
+    assert runner.ran == [1, 2, 3]  # 2 and 3 started at +0.7 s, within the expiry
+    clock.set(T0 + 1)
+    runner = Runner(clock, cost={1: 1.2})
+    out = run([[T0 + 1, 1.0, 0, [1, 2, 3]]], clock=clock, locks=locks, execute=runner)
+    assert runner.ran == [1] and out.missed == [2, 3]  # their turn came 1.2 s late: dropped
+
+
+def test_a_group_still_running_skips_its_next_tick(locks):
+    clock = FakeClock(T0)
+    nested = []
+
+    def next_tick_arrives(gid):  # while group 1 runs, its next tick reaches another worker
+        if gid == 1:
+            nested.append(run([[T0 + 0.1, 1.0, 0, [1, 2]]], clock=clock, locks=locks))
+
+    out = run([[T0, 1.0, 0, [1, 2]]], clock=clock, locks=locks, execute=Runner(clock, during=next_tick_arrives))
+    assert [g for g, _ in out.ran] == [1, 2]
+    assert nested[0].skipped == [1, 2]  # 1 is running, 2 waits in the running batch
+    again = run([[T0 + 1, 1.0, 0, [1, 2]]], clock=clock, locks=locks)
+    assert [g for g, _ in again.ran] == [1, 2] and not again.skipped  # released afterwards
+
+
+def test_the_overlap_lock_heals_when_a_worker_dies(tmp_path):
+    directory = tmp_path / "locks"
+    ctx = multiprocessing.get_context("fork")
+    holding, die = ctx.Event(), ctx.Event()
+    worker = ctx.Process(target=_lock_and_die, args=(directory, holding, die))
+    worker.start()
+    assert holding.wait(10)
+    assert FileLocks(directory).acquire([1])[1] == []  # held by the other worker process
+    die.set()
+    worker.join(10)
+    assert worker.exitcode == 7
+    assert FileLocks(directory).acquire([1])[1] == [1]  # the kernel dropped the dead worker's lock
+
+
+def _lock_and_die(directory, holding, die):
+    import os
+
+    assert FileLocks(directory).acquire([1])[1] == [1]
+    assert FileLocks(directory).acquire([1])[1] == []  # nor can the same process take it twice
+    holding.set()
+    die.wait(10)
+    os._exit(7)  # dies holding the lock, without releasing it
+
+
+def test_the_redis_overlap_lock_expires_after_its_ttl(tmp_path):
+    import time
+
+    locks = RedisLocks(redis_url(), ttl=0.05, prefix=f"hubsched-test-{tmp_path.name}")
+    assert locks.acquire([1])[1] == [1]  # a worker takes the lock, then dies without releasing it
+    assert locks.acquire([1])[1] == []
+    time.sleep(0.1)  # the TTL is real time in Redis
+    assert locks.acquire([1])[1] == [1]
+
+
+def test_round_robin_puts_each_group_of_a_hub_first_in_turn():
+    assert [round_robin([1, 2, 3], rr)[0] for rr in range(1, 7)] == [2, 3, 1, 2, 3, 1]
+
+
+def test_a_huge_group_does_not_always_push_the_same_groups_past_their_expiry(locks):
+    clock = FakeClock(T0)
+    missed = []
+    for n in range(1, 5):  # group 1 takes 0.9 s, its neighbours 0.05 s; expiry one second
+        clock.set(T0 + n)
+        out = run([[T0 + n, 1.0, n, [1, 2, 3, 4]]], clock=clock, locks=locks, execute=Runner(clock, cost={1: 0.95}))
+        missed.append(sorted(out.missed))
+    assert missed == [[], [], [], []] or len({tuple(m) for m in missed}) > 1
+    every_group_ran_at_least_once = set().union(*[set([1, 2, 3, 4]) - set(m) for m in missed])
+    assert every_group_ran_at_least_once == {1, 2, 3, 4}
+
+
+def test_a_slow_hub_cannot_starve_a_fast_one(locks):
+    """Hub 1 is slow and limited to one batch in flight; hub 2 is fast. While hub 1's batch runs, the
+    next batches of both hubs arrive at other workers: hub 2's runs at once, hub 1's is sent back
+    (no worker waits on the slow hub) and, when hub 1 is still busy past the expiry, counted missed."""
+    clock = FakeClock(T0)
+    seen = {}
+
+    def others_arrive(gid):
+        if gid == 10:
+            clock.advance(0.2)
+            seen["fast"] = run([[T0 + 0.2, 1.0, 0, [20, 21]]], clock=clock, locks=locks, hub_id=2, limit=1)
+            seen["slow"] = run([[T0 + 0.2, 1.0, 0, [11]]], clock=clock, locks=locks, hub_id=1, limit=1)
+
+    slow = run([[T0, 1.0, 0, [10]]], clock=clock, locks=locks, hub_id=1, limit=1,
+               execute=Runner(clock, cost={10: 2.0}, during=others_arrive))
+    assert [g for g, _ in slow.ran] == [10]
+    assert [g for g, _ in seen["fast"].ran] == [20, 21] and seen["fast"].ran[0][1] == T0 + 0.2
+    assert not seen["slow"].ran and seen["slow"].requeue == [[T0 + 0.2, 1.0, 0, [11]]]
+    assert 0 < seen["slow"].countdown <= 0.1
+    later = run(seen["slow"].requeue, clock=clock, locks=locks, hub_id=1, limit=1)  # hub 1 is free again
+    assert later.missed == [11]  # but that tick is 2 s old by now: dropped, not run late
+
+
+def test_skipped_and_missed_ticks_are_counted_in_group_stats(project, tmp_path):
+    hub = Hub.objects.create(project=project, name="hub-a", url="ws://127.0.0.1:9/connect")
+    a, b = (Group.objects.create(hub=hub, name=name, period=1) for name in "ab")
+    locks = FileLocks(tmp_path / "locks")
+    locks.acquire([b.pk])  # b is running elsewhere
+    clock = FakeClock(T0 + 0.5)
+    out = hub_batch_run(hub_id=hub.pk, ticks=[[T0 - 2, 1.0, 0, [a.pk]], [T0, 1.0, 0, [b.pk]]], limit=4,
+                        clock=clock, locks=locks, execute=Runner(clock))
+    assert out.missed == [a.pk] and out.skipped == [b.pk]
+    assert (GroupStats.objects.get(group=a).missed, GroupStats.objects.get(group=b).skipped) == (1, 1)
