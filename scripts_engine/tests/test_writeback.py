@@ -57,3 +57,19 @@ def test_a_debug_session_on_live_values_writes_nothing_unless_asked(staff_client
     answer = staff_client.post(url, data=json.dumps(body), content_type="application/json").json()
     assert answer["written"] == {BURNER: {"stage": 2}}
     assert hub_stage(burner_group) == 2
+
+
+def test_a_debug_session_stores_every_binding_only_when_asked(staff_client, burner_group):
+    import sqlalchemy as sa
+
+    sink = Sink.objects.get(project=burner_group.hub.project)
+    url = f"/api/scripts/{burner_group.script_id}/debug"
+    answer = staff_client.post(url, data=json.dumps({"live": True, "group": burner_group.pk, "store": True}),
+                               content_type="application/json").json()
+    assert answer["stored"] == 1 and answer["written"] == {}
+    engine = sa.create_engine(sink.url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.text(f"SELECT entity, key, value_num FROM {sink.table}"))]
+    engine.dispose()
+    assert rows == [(BURNER, "stage", 2.0)]
+    assert hub_stage(burner_group) == 1
