@@ -105,7 +105,7 @@ class FaultyHub:
                     elif len(held) == 1:
                         await later(flush_held(0.2))  # a lone answer still goes out
                 elif mode == "error":
-                    rid = json.loads(answer).get("id")
+                    rid = json.loads(answer).get("id")  # the hub's own answer has parsed the request
                     await ws.send(error_frame(rid, self.code, f"injected error {self.code}: retry later"))
                 elif mode == "wrong_types":
                     await ws.send(_garble(answer))
@@ -114,8 +114,11 @@ class FaultyHub:
                     await ws.send(_ghost("s-ghost"))
                     await ws.send(answer)
                     session.start_pending()
-                    request = json.loads(message)
-                    if request.get("method") == "unsubscribe":
+                    try:
+                        request = json.loads(message)
+                    except ValueError:
+                        continue
+                    if isinstance(request, dict) and request.get("method") == "unsubscribe":
                         # as if it crossed the unsubscribe on the wire
                         await ws.send(_ghost(str((request.get("params") or {}).get("subscription"))))
         except Exception:

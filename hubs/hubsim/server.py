@@ -132,6 +132,7 @@ class HubServer:
 
 def _serve(handler, host: str, port: int, **kwargs):
     # compression off: frames are small and deflate costs more CPU than it saves on a LAN
+    kwargs.setdefault("close_timeout", 2)
     return serve(handler, host, port, compression=None, max_queue=64, **kwargs)
 
 
@@ -200,7 +201,7 @@ def serve_handler_in_thread(handler: Callable, *, host: str = "127.0.0.1", port:
         try:
             await asyncio.wait_for(server.wait_closed(), 5)
         except asyncio.TimeoutError:
-            log.warning("hub on port %s: connections still open at shutdown", port)
+            log.warning("hub on port %s: connections still open at shutdown", server.sockets[0].getsockname()[1] if server.sockets else port)
         rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in rest:
             task.cancel()
