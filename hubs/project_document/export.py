@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from groups.models import Group
-from hubs.models import Entity, Hub, Project
+from hubs.models import Hub, Project
+from hubs.selectors import hub_entity_tree
 from scripts_engine.models import DataSource, Script, Sink
 
 from .validation import FORMAT
@@ -71,24 +72,20 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _entity_trees(hub: Hub) -> list[dict]:
-    entities = sorted(Entity.objects.filter(hub=hub).prefetch_related("params"), key=lambda e: e.path)
-    nodes: dict[int, dict] = {}
-    roots: list[dict] = []
-    for entity in entities:
-        nodes[entity.pk] = {
+    def node(item: dict) -> dict:
+        entity = item["entity"]
+        return {
             "id": entity.path,
             "name": entity.name,
             "type": entity.type,
             "params": [
                 {"key": p.key, "name": p.name, "type": p.type, "unit": p.unit, "writable": p.writable}
-                for p in sorted(entity.params.all(), key=lambda p: p.key)
+                for p in sorted(item["params"], key=lambda p: p.key)
             ],
-            "children": [],
+            "children": [node(child) for child in item["children"]],
         }
-    for entity in entities:  # ordered by path, so siblings come out in path order
-        parent = nodes.get(entity.parent_id)
-        (parent["children"] if parent is not None else roots).append(nodes[entity.pk])
-    return roots
+
+    return [node(root) for root in hub_entity_tree(hub=hub)]
 
 
 def _group(group: Group) -> dict:
