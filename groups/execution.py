@@ -163,6 +163,7 @@ def _run_script(outcome: Outcome) -> None:
     derived values (entity ""). Every binding is stored with its final value.
     """
     from scripts_engine.sandbox import ScriptError, script_execute
+    from scripts_engine.services import script_data_sources
 
     group, hub, bindings = outcome.group, outcome.group.hub, outcome.bindings
     script = group.script
@@ -172,7 +173,7 @@ def _run_script(outcome: Outcome) -> None:
             bindings={name: b.value for name, b in bindings.items()},
             timeout=script.timeout,
             memory_limit_mb=script.memory_limit_mb,
-            data_sources=_data_sources(hub.project_id),
+            data_sources=script_data_sources(project_id=hub.project_id),
         )
     except ScriptError as exc:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
@@ -212,12 +213,6 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
         except HubError as exc:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
     return dict(writes)
-
-
-def _data_sources(project_id: int) -> dict[str, str]:
-    from scripts_engine.models import DataSource
-
-    return dict(DataSource.objects.filter(project_id=project_id).values_list("name", "url"))
 
 
 def _store(outcomes: list[Outcome]) -> None:

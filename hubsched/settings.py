@@ -186,4 +186,7 @@ HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 32, minimum=1
 HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
 
+# Long-lived sandbox processes per worker process that run integrator scripts; 0 means one per CPU (at least 2).
+HUBSCHED_SANDBOX_PROCESSES = env_int("HUBSCHED_SANDBOX_PROCESSES", 0, minimum=0)
+
 VAR_DIR.mkdir(parents=True, exist_ok=True)

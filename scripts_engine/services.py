@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,20 +33,6 @@ def script_data_sources(*, project_id: int) -> dict[str, str]:
     return dict(DataSource.objects.filter(project_id=project_id).values_list("name", "url"))
 
 
-def write_plan(*, bindings: dict, result_bindings: dict[str, Any], changed: set[str]) -> dict[str, dict[str, Any]]:
-    """What goes back to the hub: changed bindings whose parameter is writable, grouped by entity.
-
-    ``bindings``: name -> a value's origin (``entity``, ``key``, ``writable``). One ``setEntityParams``
-    per entity carries all of its changes (hub protocol v1: all or nothing).
-    """
-    writes: dict[str, dict[str, Any]] = defaultdict(dict)
-    for name in sorted(changed):
-        binding = bindings.get(name)
-        if binding is not None and binding.writable and binding.entity:
-            writes[binding.entity][binding.key] = result_bindings[name]
-    return dict(writes)
-
-
 def script_debug(
     *,
     script: Script,
@@ -67,9 +52,8 @@ def script_debug(
     """
     live: dict = {}
     group = None
-    client = None
     if group_id is not None:
-        group, client, live = _poll_group(script=script, group_id=group_id)
+        group, live = _poll_group(script=script, group_id=group_id)
     elif write_back:
         raise ScriptDebugError("write_back needs live values: give a group")
     values = {name: b.value for name, b in live.items()}
@@ -87,81 +71,33 @@ def script_debug(
     if run.result is None:
         return session
     if write_back:
-        session.written = write_plan(bindings=live, result_bindings=run.result.bindings, changed=run.result.changed)
-        _write_back(client=client, group=group, writes=session.written)
+        from groups.execution import GroupRunError, bindings_write_back
+
+        try:
+            session.written = bindings_write_back(
+                hub=group.hub, bindings=dict(live), results=run.result.bindings, changed=run.result.changed
+            )
+        except GroupRunError as exc:
+            raise ScriptDebugError(str(exc), status=502) from exc
     if store:
         session.stored = _store(script=script, group=group, live=live, result_bindings=run.result.bindings)
     return session
 
 
-@dataclass
-class LiveValue:
-    """One value read for a live debug session: where it came from, and whether the hub lets it be written."""
-
-    name: str
-    entity: str
-    key: str
-    value: Any
-    ts: str | None = None
-    quality: str = "good"
-    writable: bool = False
-
-
 def _poll_group(*, script: Script, group_id: int):
-    """Read the group's keys now (one ``getEntityParams`` per entity); returns (group, client, {name: LiveValue})."""
-    from django.conf import settings
-
+    """Read the group's keys now; returns (group, {name: Binding}). Raises ScriptDebugError."""
+    from groups.execution import GroupRunError, group_poll
     from groups.models import Group
-    from hubs.client import HubError, hub_client
-    from hubs.models import Parameter
 
-    group = Group.objects.select_related("hub").filter(pk=group_id).first()
+    group = Group.objects.select_related("hub__project").prefetch_related("keys").filter(pk=group_id).first()
     if group is None:
         raise ScriptDebugError(f"no group {group_id}", status=404)
     if group.hub.project_id != script.project_id:
         raise ScriptDebugError(f"group {group_id} belongs to another project than script {script.pk}")
-    hub = group.hub
-    client = hub_client(
-        hub.url, hub.api_key, timeout=hub.timeout,
-        max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
-    )
-    keys = list(group.keys.all())
-    by_entity: dict[str, list] = defaultdict(list)
-    for gk in keys:
-        by_entity[gk.entity].append(gk)
-    writable = set(
-        Parameter.objects.filter(entity__hub_id=hub.pk, writable=True, entity__path__in=list(by_entity))
-        .values_list("entity__path", "key")
-    )
-    live: dict[str, LiveValue] = {}
-    for entity, gks in by_entity.items():
-        try:
-            values = client.get_entity_params(entity, [gk.key for gk in gks])
-        except HubError as exc:
-            raise ScriptDebugError(f"live values of group {group.name!r}: hub {hub.name!r}, entity {entity!r}: {exc}",
-                                   status=502) from exc
-        got = {v.get("key"): v for v in values if isinstance(v, dict)}
-        for gk in gks:
-            item = got.get(gk.key)
-            if item is None:
-                raise ScriptDebugError(f"live values of group {group.name!r}: no value for {entity}.{gk.key}", status=502)
-            live[gk.binding] = LiveValue(
-                name=gk.binding, entity=entity, key=gk.key, value=item.get("value"), ts=item.get("ts"),
-                quality=str(item.get("quality") or "good"), writable=(entity, gk.key) in writable,
-            )
-    return group, client, live
-
-
-def _write_back(*, client, group, writes: dict[str, dict[str, Any]]) -> None:
-    from hubs.client import HubError
-
-    for entity, values in writes.items():
-        try:
-            client.set_entity_params(entity, values)
-        except HubError as exc:
-            raise ScriptDebugError(
-                f"hub {group.hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}", status=502
-            ) from exc
+    try:
+        return group, group_poll(group=group)
+    except GroupRunError as exc:
+        raise ScriptDebugError(f"live values of group {group.name!r}: {exc}", status=502) from exc
 
 
 def _store(*, script: Script, group, live: dict, result_bindings: dict[str, Any]) -> int:
@@ -213,4 +149,4 @@ def result_payload(result) -> dict[str, Any]:
     return {"bindings": result.bindings, "changed": sorted(result.changed), "output": result.output}
 
 
-__all__ = ["DebugSession", "ScriptDebugError", "ScriptError", "debug_payload", "script_debug", "write_plan"]
+__all__ = ["DebugSession", "ScriptDebugError", "ScriptError", "debug_payload", "script_debug"]

@@ -32,10 +32,10 @@ MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 def pool_size_default() -> int:
-    raw = os.environ.get("HUBSCHED_SANDBOX_PROCESSES", "")
-    if raw.strip():
-        return max(1, int(raw))
-    return max(2, os.cpu_count() or 2)
+    """Sandbox processes per worker process: settings.HUBSCHED_SANDBOX_PROCESSES, or the CPU count (at least 2)."""
+    from django.conf import settings
+
+    return settings.HUBSCHED_SANDBOX_PROCESSES or max(2, os.cpu_count() or 2)
 
 
 def wall_deadline_s(timeout: float) -> float:
