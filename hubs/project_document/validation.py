@@ -107,7 +107,7 @@ def document_parse(*, raw: bytes | str) -> Any:
     except json.JSONDecodeError as exc:
         raise ProjectDocumentError([f"document: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
     except RecursionError:  # not reached below the depth limit; kept so that a low recursion limit fails cleanly
-        raise ProjectDocumentError([f"document: nested too deeply"]) from None
+        raise ProjectDocumentError(["document: nested too deeply"]) from None
 
 
 # --- the schema -------------------------------------------------------------------------------------------

@@ -260,9 +260,8 @@ def test_replace_updates_in_place_and_keeps_run_history():
     doc["description"] = "changed"
     hub_a = doc["hubs"][0]
     hub_a["groups"][0]["period"] = 2.0
-    hub_a["groups"][0]["keys"] = hub_a["groups"][0]["keys"][:1]
     hub_a["groups"].pop(1)  # "nightly" is gone
-    hub_a["entities"][0]["children"][0]["children"].pop()  # pump2 is gone; pumps reads only its flow... keep valid:
+    hub_a["entities"][0]["children"][0]["children"].pop()  # pump2 is gone, so "pumps" reads pump1 only
     hub_a["groups"][0]["keys"] = [{"entity": "plant/line1/pump1", "key": "flow", "alias": ""}]
     doc["hubs"].pop()  # hub-b is gone
     result = project_import(raw=text(doc), replace=True)
