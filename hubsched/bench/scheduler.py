@@ -107,6 +107,7 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
     consumer = subprocess.Popen([sys.executable, "-m", "hubsched.bench.scheduler", "consume", broker, queue, str(out),
                                  str(first)], env=env, cwd=ROOT)
     beat = None
+    beat_log = open(work / f"{path}-beat.log", "w")
     try:
         deadline = time.time() + 30
         while not (work / f"{path}.json.ready").exists():
@@ -116,13 +117,13 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
         beat = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp", "beat", "-S", PATHS[path],
              "--loglevel", "WARNING", "-s", str(work / f"{path}-celerybeat-schedule"), "--pidfile", ""],
-            env=env, cwd=ROOT,
+            env=env, cwd=ROOT, stdout=beat_log, stderr=subprocess.STDOUT,  # keep --json output clean
         )
         deadline = time.time() + warmup_timeout
         while not first.exists() and time.time() < deadline and beat.poll() is None:
             time.sleep(0.05)
         if beat.poll() is not None:
-            raise RuntimeError(f"beat ({path}) exited with {beat.returncode}")
+            raise RuntimeError(f"beat ({path}) exited with {beat.returncode}:\n{(work / f'{path}-beat.log').read_text()[-3000:]}")
         # the window starts half a period off the tick grid, a little after warm-up
         grid = max(period, 1.0)
         t0 = (int((time.time() + 2.0) / grid) + 0.5) * grid
@@ -141,6 +142,7 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
                 beat.kill()
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(60)
+        beat_log.close()
         _delete_queue(broker, queue)
     records = json.loads(out.read_text()) if out.exists() else []
     inside = [(recv, due, n) for recv, due, n in records if t0 <= recv < t1]

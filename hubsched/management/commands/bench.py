@@ -24,7 +24,7 @@ class Command(BaseCommand):
     def handle(self, *args, bench: str, json: bool = False, **options):
         module = import_module(BENCHES[bench])
         keep = {k: v for k, v in options.items() if k not in {"verbosity", "settings", "pythonpath", "traceback",
-                                                               "no_color", "force_color", "skip_checks"}}
+                                                               "no_color", "force_color", "skip_checks", "stdout", "stderr"}}
         result = module.run(log=self.stderr.write if options.get("verbosity", 1) >= 1 else (lambda _: None), **keep)
         self.stdout.write(_json.dumps(result, indent=2) if json else module.report(result))
 
