@@ -87,6 +87,9 @@ class Stack:
             self.out(f"started {part.name:<12} pid {part.process.pid:<7} log var/log/{part.name}.log")
 
     def stop(self, grace: float = 8.0) -> None:
+        # a second Ctrl-C (or the SIGTERM that follows it) must not cut the shutdown short and orphan parts
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for part in self.parts:
             if part.process and part.process.poll() is None:
                 os.killpg(part.process.pid, signal.SIGTERM)
