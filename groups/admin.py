@@ -10,7 +10,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from hubs.project_document.validation import cron_problem
-from hubs.services import groups_enabled_set, groups_run_now
+from .services import groups_enabled_set, groups_run_now
 
 from .models import Group, GroupKey, GroupRun, GroupStats, Trigger
 

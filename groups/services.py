@@ -108,6 +108,33 @@ def groups_schedule_sync_all() -> int:
     return count
 
 
+# --- switches and "run now" ----------------------------------------------------------------------
+
+
+def groups_enabled_set(*, group_ids: list[int], enabled: bool) -> int:
+    """Enable or disable groups; saved one by one so that their PeriodicTasks follow. Returns the count."""
+    count = 0
+    with transaction.atomic():
+        for group in Group.objects.filter(pk__in=group_ids).exclude(enabled=enabled).select_related("hub__project", "periodic_task"):
+            group.enabled = enabled
+            group.save(update_fields=["enabled"])
+            count += 1
+    return count
+
+
+def groups_run_now(*, group_ids: list[int]) -> int:
+    """Queue one execution of each group now (``groups.tasks.group_run``), once the transaction commits.
+
+    Disabled groups run too: a person asked for it. Returns how many were queued.
+    """
+    from .tasks import group_run
+
+    ids = list(Group.objects.filter(pk__in=group_ids).values_list("pk", flat=True))
+    for group_id in ids:
+        transaction.on_commit(lambda group_id=group_id: group_run.delay(group_id))
+    return len(ids)
+
+
 # --- execution ------------------------------------------------------------------------------------
 
 

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from .hubsim.tree import demo_tree, walk
-from .models import Entity, Hub, Parameter, Project
+from .hubsim.tree import demo_tree
+from .models import Hub, Project
+from .project_document.importer import entity_tree_write
 
 DEMO_PROJECT = "demo"
 DEMO_HUBS = (("hub-a", 8765, "demo-key-a"), ("hub-b", 8766, "demo-key-b"))
@@ -72,27 +73,6 @@ class DemoSummary:
     admin_password: str
 
 
-def demo_entities_write(*, hub: Hub, tree: list[dict]) -> int:
-    """Create or update ``hub``'s entities and parameters from a tree in the getEntities/getParams shape."""
-    by_path: dict[str, Entity] = {}
-    count = 0
-    for node, parent_id in walk(tree):
-        entity, _ = Entity.objects.update_or_create(
-            hub=hub,
-            path=node["id"],
-            defaults={"name": node["name"], "type": node["type"], "parent": by_path.get(parent_id)},
-        )
-        by_path[node["id"]] = entity
-        for param in node.get("params", []):
-            Parameter.objects.update_or_create(
-                entity=entity,
-                key=param["key"],
-                defaults={k: param[k] for k in ("name", "type", "unit", "writable")},
-            )
-        count += 1
-    return count
-
-
 def demo_admin_ensure(*, username: str = "admin") -> tuple[str, str]:
     """Create the demo superuser once; its password is kept in ``var/admin-password`` (mode 600)."""
     path = Path(settings.VAR_DIR) / "admin-password"
@@ -141,7 +121,7 @@ def demo_load(*, hub_urls: dict[str, str] | None = None) -> DemoSummary:
                     "enabled": True,
                 },
             )
-            demo_entities_write(hub=hubs[name], tree=demo_tree(name))
+            entity_tree_write(hub=hubs[name], tree=demo_tree(name))
         script, _ = Script.objects.update_or_create(
             project=project,
             name="double-stage",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hubs.demo import demo_entities_write
 from hubs.hubsim import faults
 from hubs.hubsim.server import serve_in_thread
 from hubs.hubsim.tree import demo_tree
 from hubs.models import Hub, Project
+from hubs.project_document.importer import entity_tree_write
 from scripts_engine.models import Sink
 from scripts_engine.sinks import sinks_dispose
 
@@ -33,7 +33,7 @@ def project(db, tmp_path):
 def make_hub(project):
     def make(url: str, *, name: str = "hub-a", key: str = HUB_KEY, timeout: float = 2.0) -> Hub:
         hub = Hub.objects.create(project=project, name=name, url=url, api_key=key, timeout=timeout)
-        demo_entities_write(hub=hub, tree=demo_tree(name))
+        entity_tree_write(hub=hub, tree=demo_tree(name))
         return hub
 
     return make

@@ -14,9 +14,8 @@ from hubs.client import hub_clients_close_all
 from hubs.hubsim.server import serve_in_thread
 from hubs.hubsim.tree import demo_tree, walk
 from hubs.models import Entity, Hub, Parameter, Project
+from groups.services import groups_enabled_set, groups_run_now
 from hubs.services import (
-    groups_enabled_set,
-    groups_run_now,
     hub_connection_test,
     hub_entities_sync,
     hubs_enabled_set,
