@@ -175,7 +175,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat.schedulers:DatabaseScheduler")
+# hubsched's own beat scheduler: batched dispatch, one message per hub per tick (docs/scheduler.md).
+CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "groups.scheduler:Scheduler")
 
 # --- hubsched -----------------------------------------------------------------------------------
 # Where values go when a project names no sink of its own (any SQLAlchemy URL).
@@ -185,6 +186,11 @@ HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 32, minimum=1
 # Sink batching window (issue 6): a batch is written when it holds this many values or is this old.
 HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
+
+# Overlap locks and hub gates (docs/scheduler.md): Redis when this or the broker is redis://, else file locks
+# under var/locks; a run lock left by a dead worker expires after HUBSCHED_RUN_LOCK_TTL_S seconds (Redis).
+HUBSCHED_LOCK_URL = env_str("HUBSCHED_LOCK_URL", "")
+HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 60.0, minimum=1.0)
 
 # Long-lived sandbox processes per worker process that run integrator scripts; 0 means one per CPU (at least 2).
 HUBSCHED_SANDBOX_PROCESSES = env_int("HUBSCHED_SANDBOX_PROCESSES", 0, minimum=0)

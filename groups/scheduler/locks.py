@@ -158,11 +158,11 @@ def locks_backend():
     if _BACKEND is None or _BACKEND_PID != os.getpid():
         from django.conf import settings
 
-        url = getattr(settings, "HUBSCHED_LOCK_URL", None) or os.environ.get("HUBSCHED_LOCK_URL") or ""
+        url = settings.HUBSCHED_LOCK_URL
         broker = settings.CELERY_BROKER_URL or ""
         if not url and broker.startswith(("redis://", "rediss://")):
             url = broker
-        ttl = float(getattr(settings, "HUBSCHED_RUN_LOCK_TTL_S", None) or os.environ.get("HUBSCHED_RUN_LOCK_TTL_S") or 60)
+        ttl = settings.HUBSCHED_RUN_LOCK_TTL_S
         if url.startswith(("redis://", "rediss://")):
             _BACKEND = RedisLocks(url, ttl=ttl)
         else:
