@@ -25,3 +25,14 @@ def reference_hub():
 
     with serve_in_thread(key="test-key", name="hub-a") as hub:
         yield hub
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def sink_url(request, tmp_path):
+    """A sink database URL, once per server: a SQLite file, the real PostgreSQL, the real MariaDB."""
+    from hubsched.testing import mariadb_url, postgres_url
+    from scripts_engine.sinks import sinks_dispose
+
+    urls = {"sqlite": lambda: f"sqlite:///{tmp_path / 'values.sqlite3'}", "postgresql": postgres_url, "mariadb": mariadb_url}
+    yield urls[request.param]()
+    sinks_dispose()

@@ -9,21 +9,9 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from hubsched.testing import mariadb_url, postgres_url
 from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_engine, sink_write, sinks_dispose, tall_table
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def sink_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'values.sqlite3'}"
-    elif request.param == "postgresql":
-        yield postgres_url()
-    else:
-        yield mariadb_url()
-    sinks_dispose()
 
 
 @pytest.fixture

@@ -10,19 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from hubsched.testing import mariadb_url, postgres_url
 from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_engine, sink_write, sinks_dispose, wide_table_name
 from scripts_engine.sinks.batcher import SinkBatcher
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def sink_url(request, tmp_path):
-    yield {"sqlite": lambda: f"sqlite:///{tmp_path / 'v.sqlite3'}", "postgresql": postgres_url, "mariadb": mariadb_url}[
-        request.param
-    ]()
-    sinks_dispose()
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from groups.models import Group, GroupKey, RunStatus
-from hubs.demo import DOUBLING_SCRIPT, demo_entities_write
+from hubs.demo import DOUBLING_SCRIPT
+from hubs.project_document.importer import entity_tree_write
 from hubs.hubsim.tree import demo_tree
 from hubs.models import Hub
 from scripts_engine.models import Script, Sink
@@ -21,7 +22,7 @@ TICK = datetime(2026, 11, 20, 10, 0, 5, tzinfo=timezone.utc)
 def burner_group(project, reference_hub, tmp_path):
     Sink.objects.create(project=project, name="main", url=f"sqlite:///{tmp_path / 'values.sqlite3'}")
     hub = Hub.objects.create(project=project, name="hub-a", url=reference_hub.url, api_key="test-key", timeout=2.0)
-    demo_entities_write(hub=hub, tree=demo_tree("hub-a"))
+    entity_tree_write(hub=hub, tree=demo_tree("hub-a"))
     script = Script.objects.create(project=project, name="double-stage", code=DOUBLING_SCRIPT)
     group = Group.objects.create(hub=hub, name="burner-stage", period=5.0, script=script)
     GroupKey.objects.create(group=group, entity=BURNER, key="stage", alias="stage")
