@@ -186,6 +186,9 @@ HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=
 # under var/locks; a run lock left by a dead worker expires after HUBSCHED_RUN_LOCK_TTL_S seconds (Redis).
 HUBSCHED_LOCK_URL = env_str("HUBSCHED_LOCK_URL", "")
 HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 60.0, minimum=1.0)
+# Beat sends a tick this long before it is due, with the tick's time as the Celery eta, so that sending costs no
+# lag (docs/scheduler.md); per cohort at most half its period. 0 sends at the tick itself.
+HUBSCHED_DISPATCH_LEAD_S = env_float("HUBSCHED_DISPATCH_LEAD_S", 0.25, minimum=0.0)
 
 # Long-lived sandbox processes per worker process that run integrator scripts; 0 means one per CPU (at least 2).
 HUBSCHED_SANDBOX_PROCESSES = env_int("HUBSCHED_SANDBOX_PROCESSES", 0, minimum=0)
