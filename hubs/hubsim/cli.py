@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", type=method_set, default=None,
                         help="comma-separated methods the hub supports (default: all), "
                              "e.g. setEntityParams,subscribe,unsubscribe,getEntities,getParams")
+    parser.add_argument("--tree", default="demo",
+                        help="entity tree: demo (default), bench:ENTITIES:KEYS (flat, for load tests), "
+                             "or a JSON file in the shape of hubs.hubsim.tree.DEMO_TREE")
     parser.add_argument("--processes", type=int, default=1,
                         help="processes sharing the port with SO_REUSEPORT (writes are per process)")
 
@@ -39,7 +42,22 @@ def run_from_options(options: dict, out=print) -> None:
         f"(seed {options['seed']}, methods {','.join(sorted(methods)) if methods else 'all'}, "
         f"processes {options['processes']}); Ctrl-C stops")
     run(host=options["host"], port=options["port"], key=options["key"], name=options["name"], seed=options["seed"],
-        tick=options["tick"], methods=methods, processes=options["processes"])
+        tick=options["tick"], methods=methods, processes=options["processes"], tree=load_tree(options.get("tree")))
+
+
+def load_tree(spec: str | None) -> list[dict] | None:
+    """The tree named by ``--tree``: None for the demo tree."""
+    import json
+
+    from .tree import bench_tree
+
+    if not spec or spec == "demo":
+        return None
+    if spec.startswith("bench:"):
+        _, entities, keys = spec.split(":")
+        return bench_tree(entities=int(entities), keys=int(keys))
+    with open(spec) as f:
+        return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,8 +112,8 @@ class HubServer:
     """One reference hub: state, protocol and the connection handler for `websockets.serve`."""
 
     def __init__(self, *, key: str = "demo-key", name: str = "hub", seed: int = 1, tick: float = 0.1,
-                 methods: set[str] | None = None):
-        self.state = HubState(name=name, seed=seed, tick=tick)
+                 methods: set[str] | None = None, tree: list[dict] | None = None):
+        self.state = HubState(name=name, seed=seed, tick=tick, tree=tree)
         self.protocol = HubProtocol(self.state, key=key, methods=methods)
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -245,14 +245,16 @@ async def _serve_forever(hub: HubServer, host: str, port: int, reuse_port: bool)
 
 
 def run(*, host: str = "127.0.0.1", port: int = 8765, key: str = "demo-key", name: str = "hub", seed: int = 1,
-        tick: float = 0.1, methods: set[str] | None = None, processes: int = 1) -> None:
+        tick: float = 0.1, methods: set[str] | None = None, processes: int = 1,
+        tree: list[dict] | None = None) -> None:
     """Run the reference hub in the foreground until Ctrl-C or SIGTERM.
 
     With processes > 1 the hub forks that many processes sharing the port (SO_REUSEPORT) so
     the kernel spreads connections; each process keeps its own written values and subscriptions.
+    ``tree`` replaces the demo entity tree (see ``hubs.hubsim.tree.bench_tree``).
     """
     def one(reuse_port: bool) -> None:
-        hub = HubServer(key=key, name=name, seed=seed, tick=tick, methods=methods)
+        hub = HubServer(key=key, name=name, seed=seed, tick=tick, methods=methods, tree=tree)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve_forever(hub, host, port, reuse_port))
 
@@ -268,6 +270,11 @@ def run(*, host: str = "127.0.0.1", port: int = 8765, key: str = "demo-key", nam
             finally:
                 os._exit(0)
         children.append(pid)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # SIGTERM to the parent stops its children too
     try:
         for pid in children:
             os.waitpid(pid, 0)

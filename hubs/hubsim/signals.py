@@ -35,7 +35,7 @@ class Signal:
     `tick` is the hub's sampling interval in seconds; tick k covers [k*tick, (k+1)*tick).
     """
 
-    __slots__ = ("type", "spec", "phase", "flaky", "seed_key", "tick")
+    __slots__ = ("type", "spec", "phase", "flaky", "seed_key", "tick", "_number", "_qbucket", "_uncertain")
 
     def __init__(self, type_: str, spec: dict, *, seed: int, entity: str, key: str, tick: float, flaky: bool = False):
         self.type = type_
@@ -44,14 +44,19 @@ class Signal:
         self.flaky = flaky
         self.seed_key = f"{seed}|{entity}|{key}"
         self.phase = _unit_hash(self.seed_key)
+        # a number's constants, worked out once: the hub samples every parameter every tick
+        self._number = (spec.get("mean", 0.0), spec.get("amp", 1.0), spec.get("period", 60), spec.get("step"),
+                        spec.get("step_every", 300)) if type_ == "number" else None
+        self._qbucket, self._uncertain = None, False
 
     def value(self, k: int):
         s = self.spec
         t = k * self.tick
-        if self.type == "number":
-            v = s.get("mean", 0.0) + s.get("amp", 1.0) * math.sin(2 * math.pi * (t / s.get("period", 60) + self.phase))
-            if s.get("step"):
-                v += s["step"] * (int(t // s.get("step_every", 300) + self.phase * 7) % 3)
+        if self._number is not None:
+            mean, amp, period, step, step_every = self._number
+            v = mean + amp * math.sin(2 * math.pi * (t / period + self.phase))
+            if step:
+                v += step * (int(t // step_every + self.phase * 7) % 3)
             return round(v, 3)
         if self.type == "integer":
             n = s.get("base", 0) + int(max(0.0, t - COUNTER_EPOCH) // s.get("every", 1)) + int(self.phase * 100)
@@ -75,6 +80,7 @@ class Signal:
         t = k * self.tick
         if self.flaky and int(t // 30 + self.phase * 10) % 10 == 0:
             return "bad"
-        if _unit_hash(self.seed_key, int(t // 10)) < 0.03:
-            return "uncertain"
-        return "good"
+        bucket = int(t // 10)
+        if bucket != self._qbucket:  # the same for ten seconds: hash once per bucket, not per read
+            self._qbucket, self._uncertain = bucket, _unit_hash(self.seed_key, bucket) < 0.03
+        return "uncertain" if self._uncertain else "good"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -12,11 +13,24 @@ from .tree import PUBLIC_PARAM_FIELDS, private_tree, walk
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def _encode(value) -> str:
+    """JSON text of a value; numbers and booleans without the encoder's overhead (the hub's hot path)."""
+    kind = type(value)
+    if kind is float and math.isfinite(value):
+        return repr(value)  # what json.dumps writes for a finite float
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    return _dumps(value)
+
+
 class Param:
-    __slots__ = ("key", "public", "type", "writable", "signal", "value", "ts")
+    __slots__ = ("key", "public", "type", "writable", "signal", "value", "ts", "prefix")
 
     def __init__(self, entity: str, raw: dict, *, seed: int, tick: float):
         self.key = raw["key"]
+        self.prefix = f'{{"key":{_dumps(self.key)},"value":'  # the start of every value item, encoded once
         self.public = {f: raw[f] for f in PUBLIC_PARAM_FIELDS}
         self.type = raw["type"]
         self.writable = raw["writable"]
@@ -119,7 +133,7 @@ class HubState:
             else:
                 value, vts, quality = p.signal.value(k), ts, p.signal.quality(k)
             values[key] = (value, quality)
-            frags[key] = f'{{"key":{_dumps(key)},"value":{_dumps(value)},"ts":"{vts}","quality":"{quality}"}}'
+            frags[key] = f'{p.prefix}{_encode(value)},"ts":"{vts}","quality":"{quality}"}}'
         entity._frags, entity._values, entity._tick = frags, values, k
 
     def value_fragments(self, entity: Entity, keys: list[str] | None, k: int | None = None) -> list[str]:

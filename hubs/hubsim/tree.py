@@ -204,6 +204,34 @@ def walk(entities: list[dict]):
         stack.extend((c, entity["id"]) for c in reversed(entity.get("children", [])))
 
 
+def bench_tree(*, entities: int, keys: int) -> list[dict]:
+    """A flat tree for load tests: ``bench/e<n>`` entities, each with ``keys`` read-only parameters.
+
+    Keys are ``k000``, ``k001``, ...; four in five are numbers, the rest integers, strings,
+    arrays of objects and booleans, so that a benchmark also stores values that are not numbers.
+    """
+    kinds = ["number"] * 16 + ["integer", "string", "array", "boolean"]
+    signals = {
+        "number": lambda n: {"mean": 10.0 + n, "amp": 1.0 + n % 5, "period": 7 + n % 60},
+        "integer": lambda n: {"base": n, "every": 2},
+        "string": lambda n: {"choices": ["auto", "manual", "off"], "every": 3},
+        "array": lambda n: {"items": [{"code": f"A{n}", "severity": 2}, {"code": f"B{n}", "severity": 1}], "every": 5},
+        "boolean": lambda n: {"every": 4},
+    }
+    return [
+        {
+            "id": "bench", "name": "Bench", "type": "area", "params": [],
+            "children": [
+                {
+                    "id": f"bench/e{e}", "name": f"E{e}", "type": "device", "children": [],
+                    "params": [_p(f"k{n:03d}", f"K{n}", kinds[n % 20], signal=signals[kinds[n % 20]](n)) for n in range(keys)],
+                }
+                for e in range(entities)
+            ],
+        }
+    ]
+
+
 def private_tree() -> list[dict]:
     """A private deep copy of DEMO_TREE with signals and initial values (for the hub itself)."""
     return copy.deepcopy(DEMO_TREE)

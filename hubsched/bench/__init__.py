@@ -7,4 +7,5 @@ To add one: write ``hubsched/bench/<name>.py`` with ``HELP``, ``add_arguments(pa
 
 BENCHES = {
     "scheduler": "hubsched.bench.scheduler",
+    "e2e": "hubsched.bench.e2e",
 }

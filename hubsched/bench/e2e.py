@@ -1,0 +1,508 @@
+"""End-to-end benchmark: reference hubs, beat, workers and a SQL sink, the stock path against hubsched's, counting committed rows.
+
+One invocation runs both paths on the same workload (``--groups`` groups of ``--keys`` keys on
+``--hubs`` hubs, every ``--period`` seconds), one after the other, in a throwaway environment:
+
+- a temporary directory holding a migrated SQLite Django database (projects, hubs, groups, keys, a
+  sink and the stock path's PeriodicTasks, filled by bulk inserts) and the subprocesses' logs;
+- reference hubs as real subprocesses (``manage.py hubsim --tree bench:E:K --processes N``), shared
+  by both paths;
+- a Redis broker (``--broker``, default ``HUBSCHED_BENCH_BROKER`` or ``redis://127.0.0.1:6379/13``)
+  with a queue per path, deleted afterwards;
+- a fresh sink table per path (``e2e_<pid>_<path>`` in ``--sink``, default a SQLite file in the
+  temporary directory), dropped afterwards. It has the tall layout's columns plus ``committed_at``, a
+  column the database fills with its own clock at insert (the writers name their columns, so the
+  default applies), and a non-unique index where the tall layout has its unique key, so that a
+  value delivered twice is counted rather than absorbed.
+
+The paths:
+
+- **stock**: django-celery-beat's DatabaseScheduler (``hubsched.bench.scheduler:StockScheduler``, the
+  due time in a header), one ``hubsched.bench.stock.group_run`` task per group, a WebSocket
+  connection per call, one INSERT and COMMIT per value, Celery's default prefork pool with one
+  process per CPU.
+- **hubsched**: ``groups.scheduler:Scheduler`` (one message per hub per tick) and the project's worker
+  (``--pool``/``--concurrency``, default the command line of ``hubsched.stack.worker_argv``).
+
+For each path: workers and beat start, the first committed row ends the start-up, then after
+``--warmup`` seconds a window of ``--seconds`` starts half a period off the tick grid. Rows whose tick
+lies in the window and that are committed before ``--drain`` seconds after it are counted: ``lost`` =
+groups x keys x ticks in the window - distinct (group, tick, entity, key) stored; ``duplicated`` = rows
+beyond those; latency = ``committed_at`` minus the tick, per execution (its last row), weighted by
+rows. ``cpu_percent`` is user + system time from ``/proc/<pid>/stat`` over the window, of every process
+of a kind and its descendants, in percent of one core (``database`` sums every PostgreSQL or MariaDB
+process on the machine; a SQLite sink works inside the worker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HELP = ("End to end, hubs to SQL: stock django-celery-beat + a task per group against hubsched, "
+        "counting committed rows (needs Redis).")
+ROOT = Path(__file__).resolve().parent.parent.parent
+API_KEY = "bench-key"
+BEATS = {"stock": "hubsched.bench.scheduler:StockScheduler", "hubsched": "groups.scheduler:Scheduler"}
+# committed_at: the database's own clock at insert, as epoch seconds
+COMMITTED_AT = {
+    "postgresql": "extract(epoch from clock_timestamp())",
+    "mysql": "(UNIX_TIMESTAMP(NOW(6)))",
+    "mariadb": "(UNIX_TIMESTAMP(NOW(6)))",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+DATABASE_PROCESSES = {"postgres", "mariadbd", "mysqld"}
+KEYS = ("offered_values_per_s", "stored_values_per_s", "lost", "duplicated", "latency_p50_ms", "latency_p99_ms")
+
+
+def _default_worker() -> tuple[str, int]:
+    from hubsched.stack import worker_argv
+
+    argv = worker_argv()
+    return argv[argv.index("--pool") + 1], int(argv[argv.index("--concurrency") + 1])
+
+
+def add_arguments(parser) -> None:
+    pool, concurrency = _default_worker()
+    parser.add_argument("--groups", type=int, default=1000, help="Interval groups (default 1000).")
+    parser.add_argument("--keys", type=int, default=100, help="Keys per group, on one entity each (default 100).")
+    parser.add_argument("--hubs", type=int, default=10, help="Reference hubs the groups are spread over (default 10).")
+    parser.add_argument("--period", type=float, default=1.0, help="Period of every group, seconds (default 1).")
+    parser.add_argument("--seconds", type=float, default=60.0, help="Measured window per path (default 60).")
+    parser.add_argument("--sink", default=None,
+                        help="SQLAlchemy URL of the sink database (default: a SQLite file in a temporary directory). "
+                             "Only a fresh table e2e_<pid>_<path> is created there, and dropped afterwards.")
+    parser.add_argument("--paths", default="stock,hubsched", help="Which paths to run (default stock,hubsched).")
+    parser.add_argument("--pool", default=pool, choices=["threads", "prefork", "solo", "gevent"],
+                        help=f"hubsched's worker pool (default {pool}, as shipped).")
+    parser.add_argument("--concurrency", type=int, default=concurrency,
+                        help=f"hubsched's worker concurrency (default {concurrency}, as shipped).")
+    parser.add_argument("--workers", type=int, default=1, help="hubsched worker processes (default 1).")
+    parser.add_argument("--hub-processes", type=int, default=1, help="Processes per reference hub (default 1).")
+    parser.add_argument("--broker", default=os.environ.get("HUBSCHED_BENCH_BROKER", "redis://127.0.0.1:6379/13"),
+                        help="Redis URL of the broker and locks (default db 13).")
+    parser.add_argument("--warmup", type=float, default=5.0, help="Seconds after the first stored row before the window.")
+    parser.add_argument("--drain", type=float, default=5.0,
+                        help="Seconds after the window in which rows of its ticks may still arrive (default 5).")
+    parser.add_argument("--warmup-timeout", type=float, default=120.0, help="Longest wait for the first stored row.")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="Extra environment for hubsched's workers (repeatable), e.g. HUBSCHED_SINK_BATCH_AGE_S=0.1.")
+    parser.add_argument("--py-spy", default="", metavar="FILE",
+                        help="Record the (first) hubsched worker with py-spy over the window into FILE (speedscope JSON).")
+
+
+def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sink: str | None = None,
+        paths: str = "stock,hubsched", pool: str | None = None, concurrency: int | None = None, workers: int = 1,
+        hub_processes: int = 1, broker: str = "redis://127.0.0.1:6379/13", warmup: float = 5.0, drain: float = 5.0,
+        warmup_timeout: float = 120.0, worker_env: list[str] | None = None, py_spy: str = "",
+        log=lambda _: None) -> dict:
+    """Returns ``{"params": {...}, "stock": {...}, "hubsched": {...}, "ratio": float | None}``."""
+    default_pool, default_concurrency = _default_worker()
+    pool, concurrency = pool or default_pool, concurrency or default_concurrency
+    work = Path(tempfile.mkdtemp(prefix="hubsched-e2e-"))
+    sink = sink or f"sqlite:///{work / 'sink.sqlite3'}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{work / 'django.sqlite3'}",
+        "HUBSCHED_VAR_DIR": str(work / "var"),
+        "CELERY_BROKER_URL": broker,
+        "HUBSCHED_LOCK_URL": broker,
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    per_hub = math.ceil(groups / hubs)
+    ports = _free_ports(hubs)
+    result: dict = {"params": {
+        "groups": groups, "keys": keys, "hubs": hubs, "period": period, "seconds": seconds,
+        "sink": _safe_url(sink), "pool": pool, "concurrency": concurrency, "workers": workers,
+        "hub_processes": hub_processes, "broker": broker.split("@")[-1], "cpus": os.cpu_count(),
+        "worker_env": worker_env or [],
+    }}
+    hub_procs: list[subprocess.Popen] = []
+    try:
+        log(f"e2e: migrating a throwaway database in {work}")
+        _check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+        log(f"e2e: {groups} groups of {keys} keys on {hubs} hubs at {period} s")
+        spec = {"groups": groups, "keys": keys, "hubs": hubs, "period": period, "ports": ports, "sink": sink}
+        _check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
+        for i, port in enumerate(ports):
+            hub_log = open(work / f"hub{i}.log", "w")
+            hub_procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "hubsim", "--port", str(port), "--name", f"hub{i}",
+                 "--key", API_KEY, "--tree", f"bench:{per_hub}:{keys}", "--processes", str(hub_processes)],
+                env=env, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
+            hub_log.close()
+        _wait_for_ports(ports, hub_procs)
+        for path in [p.strip() for p in paths.split(",") if p.strip()]:
+            if path not in BEATS:
+                raise ValueError(f"unknown path {path!r}; known: {', '.join(BEATS)}")
+            log(f"e2e: {path} ...")
+            result[path] = _measure(
+                path, env=env, work=work, sink=sink, groups=groups, keys=keys, period=period, seconds=seconds,
+                broker=broker, pool=pool, concurrency=concurrency, workers=workers, warmup=warmup, drain=drain,
+                warmup_timeout=warmup_timeout, hub_procs=hub_procs, worker_env=worker_env or [], py_spy=py_spy,
+            )
+            log(f"e2e: {path}: {json.dumps(result[path])}")
+    finally:
+        for proc in hub_procs:
+            _stop(proc, group=True)
+        shutil.rmtree(work, ignore_errors=True)
+    stock, ours = result.get("stock"), result.get("hubsched")
+    result["ratio"] = (
+        round(ours["stored_values_per_s"] / stock["stored_values_per_s"], 1)
+        if stock and ours and stock["stored_values_per_s"] else None
+    )
+    return result
+
+
+def report(result: dict) -> str:
+    p = result["params"]
+    lines = [f"{p['groups']} groups x {p['keys']} keys on {p['hubs']} hubs, period {p['period']} s, "
+             f"window {p['seconds']} s, sink {p['sink']}, {p['cpus']} CPUs"]
+    lines.append(f"{'':10}" + "".join(f"{k:>22}" for k in KEYS))
+    for path in ("stock", "hubsched"):
+        if path in result:
+            r = result[path]
+            lines.append(f"{path:10}" + "".join(f"{r[k]!s:>22}" for k in KEYS))
+            lines.append(f"{'':10}cpu %: " + ", ".join(f"{k} {v}" for k, v in r["cpu_percent"].items()))
+    lines.append(f"ratio (hubsched / stock stored_values_per_s): {result['ratio']}")
+    return "\n".join(lines) + "\n"
+
+
+# --- one path ---------------------------------------------------------------------------------------
+
+
+def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: int, period: float, seconds: float,
+             broker: str, pool: str, concurrency: int, workers: int, warmup: float, drain: float,
+             warmup_timeout: float, hub_procs: list, worker_env: list[str], py_spy: str) -> dict:
+    table = f"e2e_{os.getpid()}_{path}"
+    queue = f"hubsched-e2e-{os.getpid()}-{path}"
+    env = {**env, "HUBSCHED_BENCH_QUEUE": queue}
+    engine, sink_table = _sink_table_create(sink, table)
+    _check([sys.executable, "-m", "hubsched.bench.e2e", "sink", table], env)
+    procs: dict[str, list[subprocess.Popen]] = {"worker": [], "beat": []}
+    logs = []
+    spy = None
+    try:
+        celery = [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp"]
+        if path == "stock":  # Celery's defaults: prefork, a process per CPU
+            worker_argvs = [celery + ["worker", "--pool", "prefork", "--concurrency", str(os.cpu_count() or 1),
+                                      "-I", "hubsched.bench.stock", "-l", "WARNING", "-n", f"e2e-stock@{socket.gethostname()}"]]
+            wenv = env
+        else:
+            worker_argvs = [celery + ["worker", "--pool", pool, "--concurrency", str(concurrency), "-l", "WARNING",
+                                      "-n", f"e2e-{i}@{socket.gethostname()}"] for i in range(workers)]
+            wenv = {**env, **dict(item.split("=", 1) for item in worker_env)}
+        for i, argv in enumerate(worker_argvs):
+            out = open(work / f"{path}-worker{i}.log", "w")
+            logs.append(out)
+            procs["worker"].append(subprocess.Popen(argv, env=wenv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                                    start_new_session=True))
+        out = open(work / f"{path}-beat.log", "w")
+        logs.append(out)
+        procs["beat"].append(subprocess.Popen(
+            celery + ["beat", "-S", BEATS[path], "-l", "WARNING", "-s", str(work / f"{path}-celerybeat-schedule"),
+                      "--pidfile", ""],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.time() + warmup_timeout
+        while not _any_row(engine, sink_table):
+            for kind, ps in procs.items():
+                for p in ps:
+                    if p.poll() is not None:
+                        name = f"{path}-{kind}{ps.index(p)}.log" if kind == "worker" else f"{path}-beat.log"
+                        raise RuntimeError(f"{kind} ({path}) exited with {p.returncode}:\n"
+                                           f"{(work / name).read_text()[-3000:]}")
+            if time.time() > deadline:
+                raise RuntimeError(f"{path}: no row reached the sink within {warmup_timeout} s; see {work}")
+            time.sleep(0.2)
+        # the window starts half a period off the tick grid, after the warm-up
+        grid = max(period, 1.0)
+        t0 = (int((time.time() + warmup) / grid) + 0.5) * grid
+        t1 = t0 + seconds
+        time.sleep(max(0.0, t0 - time.time()))
+        kinds = {"hubs": [p.pid for p in hub_procs], "beat": [p.pid for p in procs["beat"]],
+                 "worker": [p.pid for p in procs["worker"]]}
+        cpu0 = _cpu_by_kind(kinds)
+        if py_spy and path == "hubsched":
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs["worker"][0].pid), "-d",
+                 str(int(seconds)), "-f", "speedscope", "-o", py_spy, "--nonblocking", "-s"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(max(0.0, t1 - time.time()))
+        cpu1 = _cpu_by_kind(kinds)
+        time.sleep(drain)
+        cutoff = time.time()
+    finally:
+        for p in procs["beat"] + procs["worker"]:
+            _stop(p, group=True)
+        for out in logs:
+            out.close()
+        if spy is not None:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        _delete_queue(broker, queue)
+    stats = _count(engine, sink_table, t0, t1, cutoff)
+    with engine.begin() as conn:
+        sink_table.drop(conn)
+    engine.dispose()
+    offered = groups * keys / period
+    expected = round(groups * keys * seconds / period)
+    return {
+        "offered_values_per_s": round(offered, 1),
+        "stored_values_per_s": round(stats["distinct"] / seconds, 1),
+        "lost": max(0, expected - stats["distinct"]),
+        "duplicated": stats["rows"] - stats["distinct"],
+        "latency_p50_ms": _percentile(stats["latencies"], 0.50),
+        "latency_p99_ms": _percentile(stats["latencies"], 0.99),
+        "cpu_percent": {k: round(100.0 * (cpu1[k] - cpu0[k]) / seconds, 1) for k in cpu0},
+        "expected_values": expected,
+        "executions": stats["executions"],
+    }
+
+
+def _count(engine, table, t0: float, t1: float, cutoff: float) -> dict:
+    """Rows with ticks in [t0, t1) committed before ``cutoff``: totals and per-execution latencies."""
+    import sqlalchemy as sa
+
+    c = table.c
+    start, end = (datetime.fromtimestamp(t, timezone.utc) for t in (t0, t1))
+    inner = (
+        sa.select(c.group_id, c.tick, sa.func.count().label("copies"), sa.func.max(c.committed_at).label("last"))
+        .where(c.tick >= start, c.tick < end, c.committed_at < cutoff)
+        .group_by(c.group_id, c.tick, c.entity, c.key)
+        .subquery()
+    )
+    outer = sa.select(inner.c.tick, sa.func.sum(inner.c.copies), sa.func.count(), sa.func.max(inner.c.last)).group_by(
+        inner.c.group_id, inner.c.tick
+    )
+    rows = distinct = executions = 0
+    latencies: list[tuple[float, int]] = []
+    with engine.connect() as conn:
+        for tick, copies, n, last in conn.execute(outer):
+            if isinstance(tick, str):
+                tick = datetime.fromisoformat(tick)
+            if tick.tzinfo is None:
+                tick = tick.replace(tzinfo=timezone.utc)
+            rows += int(copies)
+            distinct += int(n)
+            executions += 1
+            latencies.append(((float(last) - tick.timestamp()) * 1000.0, int(n)))
+    latencies.sort()
+    return {"rows": rows, "distinct": distinct, "executions": executions, "latencies": latencies}
+
+
+def _percentile(weighted: list[tuple[float, int]], q: float) -> float | None:
+    total = sum(n for _, n in weighted)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for value, n in weighted:
+        seen += n
+        if seen >= rank:
+            return round(value, 1)
+    return round(weighted[-1][0], 1)
+
+
+def _sink_table_create(url: str, name: str):
+    """A fresh tall table with ``committed_at`` and a non-unique (group_id, tick, entity, key) index."""
+    import sqlalchemy as sa
+
+    from scripts_engine.sinks.tables import tall_table
+
+    engine = sa.create_engine(url)
+    dialect = engine.dialect.name
+    if dialect not in COMMITTED_AT:
+        raise ValueError(f"sink dialect {dialect!r}: the benchmark knows postgresql, mysql/mariadb and sqlite")
+    metadata = sa.MetaData()
+    table = tall_table(metadata, name)
+    table.constraints = {k for k in table.constraints if not isinstance(k, sa.UniqueConstraint)}
+    table.append_column(sa.Column("committed_at", sa.Float(precision=53), nullable=False,
+                                  server_default=sa.text(COMMITTED_AT[dialect])))
+    sa.Index(f"ix_{name}_value", table.c.group_id, table.c.tick, table.c.entity, table.c.key)
+    with engine.begin() as conn:
+        table.drop(conn, checkfirst=True)
+        metadata.create_all(conn)
+    return engine, table
+
+
+def _any_row(engine, table) -> bool:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return conn.execute(sa.select(table.c.id).limit(1)).first() is not None
+
+
+def _cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) of each kind's processes and their live descendants, plus database and broker."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}  # pid -> (ppid, comm, cpu s)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        procs[int(entry)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(pid: int) -> float:
+        if pid not in procs:
+            return 0.0
+        return procs[pid][2] + sum(tree(child) for child in children.get(pid, ()))
+
+    out = {kind: sum(tree(pid) for pid in pids) for kind, pids in kinds.items()}
+    out["database"] = sum(cpu for _, comm, cpu in procs.values() if comm in DATABASE_PROCESSES)
+    out["broker"] = sum(cpu for _, comm, cpu in procs.values() if comm.startswith("redis-server"))
+    return out
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _wait_for_ports(ports: list[int], procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    for port, proc in zip(ports, procs):
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the reference hub on port {port} did not start") from None
+                time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20.0) -> None:
+    """SIGTERM (to its process group, which it leads), then SIGKILL after ``timeout``."""
+    def send(sig):
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(10)
+    if group:
+        send(signal.SIGKILL)  # children that outlived their parent
+
+
+def _check(cmd: list[str], env: dict) -> None:
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{done.stdout}{done.stderr}")
+
+
+def _delete_queue(broker: str, queue: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(broker) as conn:
+            conn.default_channel.queue_delete(queue)
+    except Exception:
+        pass
+
+
+def _safe_url(url: str) -> str:
+    from scripts_engine.sinks import safe_url
+
+    return safe_url(url)
+
+
+# --- subprocess entry points (run with the throwaway database's settings) ----------------------------
+
+
+def populate(spec: dict) -> None:
+    """Project, hubs, groups (one entity of ``keys`` keys each), a sink, and the stock path's PeriodicTasks."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.db import transaction
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+
+    from groups.models import Group, GroupKey
+    from hubs.models import Hub, Project
+    from scripts_engine.models import Sink
+
+    groups, keys, hubs, period = spec["groups"], spec["keys"], spec["hubs"], spec["period"]
+    with transaction.atomic():
+        project = Project.objects.create(name="e2e", time_zone=settings.TIME_ZONE)
+        Sink.objects.create(project=project, name="bench", url=spec["sink"], table="e2e_pending")
+        hub_rows = Hub.objects.bulk_create([
+            Hub(project=project, name=f"hub{i}", url=f"ws://127.0.0.1:{port}/connect", api_key=API_KEY)
+            for i, port in enumerate(spec["ports"])
+        ])
+        if float(period).is_integer():
+            every, unit = int(period), IntervalSchedule.SECONDS
+        else:
+            every, unit = round(period * 1_000_000), IntervalSchedule.MICROSECONDS
+        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=unit)
+        tasks, rows, key_rows = [], [], []
+        for i in range(groups):
+            hub = hub_rows[i % hubs]
+            gid = i + 1
+            tasks.append(PeriodicTask(
+                id=gid, name=f"e2e stock group {gid}", task="hubsched.bench.stock.group_run",
+                kwargs=json.dumps({"group_id": gid}), interval=interval, expire_seconds=max(1, round(period)),
+            ))
+            rows.append(Group(id=gid, hub=hub, name=f"g{gid}", period=period))
+            entity = f"bench/e{i // hubs}"
+            key_rows.extend(GroupKey(group_id=gid, entity=entity, key=f"k{n:03d}", position=n) for n in range(keys))
+        PeriodicTask.objects.bulk_create(tasks, batch_size=2000)
+        Group.objects.bulk_create(rows, batch_size=2000)
+        GroupKey.objects.bulk_create(key_rows, batch_size=5000)
+    PeriodicTasks.update_changed()
+
+
+def sink_point(table: str) -> None:
+    """Point the benchmark project's sink at ``table``."""
+    import django
+
+    django.setup()
+    from scripts_engine.models import Sink
+
+    Sink.objects.update(table=table)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsched.settings")
+    command, *rest = sys.argv[1:]
+    if command == "populate":
+        populate(json.loads(rest[0]))
+    elif command == "sink":
+        sink_point(rest[0])
+    else:
+        raise SystemExit(f"unknown command {command!r}")
