@@ -214,6 +214,9 @@ class HubAdmin(admin.ModelAdmin):
     )
     readonly_fields = ("entity_tree",)
     inlines = [GroupInline]
+
+    class Media:
+        css = {"all": ["hubs/admin/entity_tree.css"]}
     actions = ["test_connection", "sync_entities", "enable", "disable"]
 
     def get_queryset(self, request):

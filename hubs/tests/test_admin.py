@@ -104,6 +104,8 @@ def test_the_entity_tree_is_shown_as_a_tree_on_the_hub_page(staff, project):
     nested = re.search(r"<strong>plant</strong>.*?<ul class=\"hubsched-tree\">.*?<strong>line1</strong>.*?"
                        r"<ul class=\"hubsched-tree\">.*?<strong>pump1</strong>.*?<code>speed_sp</code>", page, re.S)
     assert nested
+    # the admin's form CSS would push every nested list 160 px right; the tree's own stylesheet undoes it
+    assert "hubs/admin/entity_tree.css" in page
 
 
 def test_the_entity_list_is_ordered_by_path_and_indented(staff, project):
