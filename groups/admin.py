@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
@@ -177,7 +178,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(GroupRun)
 class GroupRunAdmin(ReadOnlyAdmin):
-    list_display = ("group", "hub", "scheduled_for", "status", "started_at", "finished_at", "values_count", "short_error")
+    list_display = ("group", "hub", "tick", "status", "started_at", "finished_at", "values_count", "short_error")
     list_filter = ("status", "group__hub__project", "group__hub", "group")
     search_fields = ("group__name", "error")
     date_hierarchy = "scheduled_for"
@@ -186,6 +187,11 @@ class GroupRunAdmin(ReadOnlyAdmin):
     @admin.display(description="hub", ordering="group__hub__name")
     def hub(self, obj):
         return obj.group.hub
+
+    @admin.display(description="scheduled for", ordering="scheduled_for")
+    def tick(self, obj):
+        # to the millisecond: ticks of a sub-minute group differ only in seconds
+        return timezone.localtime(obj.scheduled_for).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
     @admin.display(description="error")
     def short_error(self, obj):

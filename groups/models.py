@@ -126,11 +126,10 @@ class GroupKey(models.Model):
 
 
 class RunStatus(models.TextChoices):
-    RUNNING = "running", "running"
+    # An execution is recorded when it ends. Ticks that never ran (skipped: the group was still
+    # running; missed: older than their expiry) are counted in GroupStats, not stored as runs.
     OK = "ok", "ok"
     FAILED = "failed", "failed"
-    SKIPPED = "skipped", "skipped (still running)"
-    MISSED = "missed", "missed (expired)"
 
 
 class GroupRun(models.Model):
