@@ -2,9 +2,10 @@
 
 It replaces django-celery-beat's DatabaseScheduler for hubsched groups (only those: other
 PeriodicTasks are not run by it). Each loop it re-reads what changed (every ``poll_s``), sends what
-is due through the Engine (one ``groups.tasks.group_batch_run`` message per hub per tick), and waits
-until the next tick or the next on-change event. A thread adds the counters to GroupStats once a
-second (``flush_s``).
+is due through the Engine (one ``groups.tasks.group_batch_run`` message per hub per tick, sent
+``HUBSCHED_DISPATCH_LEAD_S`` ahead with the tick's time as its eta, through ``publish.BatchPublisher``),
+and waits until the next send or the next on-change event. A thread adds the counters to GroupStats
+once a second (``flush_s``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from celery import beat
 
 from .clock import Clock, SystemClock
 from .engine import Engine, StatsBuffer
+from .publish import BatchPublisher
 from .source import GroupSource
 from .subscriptions import Subscriptions
 
@@ -28,14 +30,19 @@ class Scheduler(beat.Scheduler):
     flush_s = 1.0
     batch_max = 1000
 
-    def __init__(self, app, *args, clock: Clock | None = None, subscriptions=None, **kwargs):
+    def __init__(self, app, *args, clock: Clock | None = None, subscriptions=None, lead: float | None = None,
+                 **kwargs):
+        from django.conf import settings
+
         self.clock = clock or SystemClock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.stats = StatsBuffer()
         self.subscriptions = subscriptions if subscriptions is not None else Subscriptions(self.post_event)
+        self.publisher = BatchPublisher(app, lambda: self.producer)
         self.engine = Engine(publish=self._publish, clock=self.clock, batch_max=self.batch_max, stats=self.stats,
-                             subscriptions=self.subscriptions)
+                             subscriptions=self.subscriptions, batch=self._batch,
+                             lead=settings.HUBSCHED_DISPATCH_LEAD_S if lead is None else lead)
         self.source = GroupSource(self.engine)
         self._next_poll = 0.0
         self._last_flush = 0.0
@@ -106,10 +113,11 @@ class Scheduler(beat.Scheduler):
         self.engine.post_event(group_id, entity, values)
         self._wake.set()
 
-    def _publish(self, hub_id: int, ticks: list, limit: int) -> None:
-        from groups.tasks import BATCH_TASK
+    def _publish(self, hub_id: int, ticks: list, limit: int, eta: float | None) -> None:
+        self.publisher.send(hub_id, ticks, limit, eta)
 
-        self.app.send_task(BATCH_TASK, args=(hub_id, ticks, limit), producer=self.producer)
+    def _batch(self):
+        return self.publisher.batch()
 
     def flush(self) -> None:
         from django.db import close_old_connections

@@ -2,6 +2,10 @@
 
 ``hub_batch_run`` handles one message from the beat scheduler, the ticks due for one hub:
 
+0. Never before its time. Beat sends ticks a little ahead with the tick's time as the Celery eta, and
+   the worker holds such a message until then. Should a message still arrive early (an eta not
+   honoured, clocks a few milliseconds apart), the batch waits for ``scheduled_for``; if it is more
+   than ``EARLY_WAIT_MAX_S`` early, it is sent back with that countdown rather than hold a worker.
 1. A tick older than its expiry when it arrives, or when its turn comes, is dropped and counted
    ``missed``: ticks never pile up behind a slow hub.
 2. The hub gate admits at most ``limit`` batches of one hub at once across all workers (the per-hub
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from .clock import Clock, SystemClock
 logger = logging.getLogger(__name__)
 
 REQUEUE_DELAY_S = 0.1
+EARLY_WAIT_MAX_S = 1.0  # a batch this much early or less waits in the worker; more is sent back with a countdown
 
 
 @dataclass
@@ -35,7 +41,7 @@ class BatchOutcome:
     ran: list[tuple[int, float]] = field(default_factory=list)  # (group, scheduled_for) in run order
     skipped: list[int] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
-    requeue: list | None = None  # ticks to send again after ``countdown`` (the hub gate was full)
+    requeue: list | None = None  # ticks to send again after ``countdown`` (the hub gate was full, or far too early)
     countdown: float = 0.0
 
 
@@ -58,6 +64,7 @@ def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | N
                   record: bool = True) -> BatchOutcome:
     """Run one hub's batch ``ticks = [[scheduled_for, expires_s, rr, [group_id, ...]], ...]``.
 
+    No tick starts before its ``scheduled_for`` (see the module docstring); expiry counts from it.
     ``execute(runs)`` runs admitted ``[(group_id, scheduled_for)]`` (default: the lead's
     ``groups.services.group_runs_execute``). With ``record`` the skipped and missed counts go into
     GroupStats. Never raises for one group's fault; returns what happened.
@@ -70,6 +77,13 @@ def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | N
     execute = execute or _execute
     out = BatchOutcome()
     now = clock.now()
+    early = min((tick[0] for tick in ticks), default=now) - now
+    if early > EARLY_WAIT_MAX_S:
+        out.requeue, out.countdown = [list(tick) for tick in ticks], early
+        return out
+    if early > 0:  # before the overlap lock and the gate: a group finishing its previous tick is not yet "running" late
+        clock.wait(threading.Event(), early)
+        now = clock.now()
     queue: list[tuple[int, float, float]] = []  # (group, scheduled_for, expiry)
     waiting: list = []
     for t, expiry, rr, gids in sorted(ticks, key=lambda tick: tick[0]):
@@ -113,6 +127,9 @@ def _run_admitted(queue, out: BatchOutcome, *, clock: Clock, locks, execute) -> 
     try:
         for index, (gid, t, expiry) in enumerate(admitted):
             now = clock.now()
+            if t > now:  # a later tick of the same batch: its time has not come yet
+                clock.wait(threading.Event(), t - now)
+                now = clock.now()
             if now - last_refresh > 10.0:
                 locks.refresh(token, held[index:])
                 last_refresh = now

@@ -11,6 +11,11 @@ between membership changes) and publishing one message per hub.
 A message carries ``ticks = [[scheduled_for, expires_s, rr, [group_id, ...]], ...]`` for one hub:
 ``scheduled_for`` is epoch seconds, ``expires_s`` the expiry of those groups, ``rr`` the cohort's
 tick number (the worker rotates the list by it: round-robin between the groups of a hub).
+
+Lookahead: with ``lead > 0`` a tick is sent ``lead`` seconds before it is due (per cohort at most half
+its period; for cron half a second), with ``eta = scheduled_for``, so that the time spent sending is
+not lag: the worker starts the tick at its time, not when the message happened to arrive. The
+messages of one hub are grouped by that eta: one message per hub per tick instant.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import queue
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from .clock import Clock, SystemClock
@@ -30,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 INTERVAL, CRON, ONCE, ON_CHANGE = "interval", "cron", "once", "on_change"
 
-Publish = Callable[[int, list, int], None]  # (hub_id, ticks, hub_limit)
+Publish = Callable[[int, list, int, "float | None"], None]  # (hub_id, ticks, hub_limit, eta epoch s or None)
 
 
 @dataclass(frozen=True)
@@ -56,34 +62,55 @@ class GroupSpec:
 
 
 class StatsBuffer:
-    """Counters per field and group, added to in memory and taken out in one piece by the flusher."""
+    """Counters per field and group, added to in memory and taken out in one piece by the flusher.
+
+    ``add`` costs O(1) whatever the number of groups: it counts how often each id *list* was added
+    (beat adds the same cached per-hub lists every tick), and ``take`` expands that into counts per
+    group. So a list passed to ``add`` must not be changed afterwards; beat's lists never are.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, Counter] = defaultdict(Counter)
+        self._parts: dict[str, dict[int, list]] = defaultdict(dict)  # field -> id(list) -> [list, times]
 
     def add(self, field: str, group_ids, times: int = 1) -> None:
+        if not isinstance(group_ids, (list, tuple)):
+            group_ids = tuple(group_ids)
         with self._lock:
-            counter = self._counts[field]
-            if times == 1:
-                counter.update(group_ids)
+            parts = self._parts[field]
+            entry = parts.get(id(group_ids))
+            if entry is None:
+                parts[id(group_ids)] = [group_ids, times]  # the entry keeps the list alive, so its id stays its own
             else:
-                for gid in group_ids:
-                    counter[gid] += times
+                entry[1] += times
 
     def take(self) -> dict[str, Counter]:
         with self._lock:
-            counts, self._counts = self._counts, defaultdict(Counter)
-        return {field: c for field, c in counts.items() if c}
+            taken, self._parts = self._parts, defaultdict(dict)
+        out = {}
+        for field, parts in taken.items():
+            counts: dict[int, int] = {}
+            size = 0
+            for gids, times in parts.values():
+                counts.update(dict.fromkeys(gids, times))  # C speed: beat's lists rarely share a group
+                size += len(gids)
+            if len(counts) != size:  # a group in several lists (it changed cohort, two events): add them up
+                counts = Counter()
+                for gids, times in parts.values():
+                    for gid in gids:
+                        counts[gid] += times
+            if counts:
+                out[field] = Counter(counts)
+        return out
 
 
 class Cohort:
     """Groups that tick at the same instants; their ids by hub and expiry, ready to send."""
 
-    __slots__ = ("key", "trigger", "due", "version", "fired", "members", "_ready")
+    __slots__ = ("key", "trigger", "due", "lead", "version", "fired", "members", "_ready")
 
-    def __init__(self, key, trigger, due: float):
-        self.key, self.trigger, self.due = key, trigger, due
+    def __init__(self, key, trigger, due: float, lead: float = 0.0):
+        self.key, self.trigger, self.due, self.lead = key, trigger, due, lead
         self.version = 0
         self.fired = 0
         self.members: dict[int, dict[int, float | None]] = defaultdict(dict)  # hub -> group -> expiry
@@ -117,6 +144,15 @@ class Cohort:
         return self._ready
 
 
+def cohort_lead(trigger, lead: float) -> float:
+    """How early a cohort's ticks are sent: ``lead``, but at most half the gap between two ticks."""
+    if isinstance(trigger, IntervalTrigger):
+        return min(lead, trigger.period / 2)
+    if isinstance(trigger, CronTrigger):
+        return min(lead, 0.5)  # cron's finest step is one second
+    return lead
+
+
 def cohort_key_and_trigger(spec: GroupSpec, now: float):
     """``(key, trigger)`` for a timed group; raises TriggerError for bad settings."""
     if spec.trigger == INTERVAL:
@@ -135,15 +171,22 @@ def cohort_key_and_trigger(spec: GroupSpec, now: float):
 class Engine:
     """Keeps every active group's next tick and sends what is due, one message per hub per tick.
 
-    ``publish(hub_id, ticks, hub_limit)`` sends one message (see the module docstring for ``ticks``).
+    ``publish(hub_id, ticks, hub_limit, eta)`` sends one message (see the module docstring for
+    ``ticks``); ``eta`` is the epoch second the worker must start it at, or None for at once. ``lead``
+    is how many seconds before its time a tick is sent (lookahead, see the module docstring).
+    ``batch`` (optional) returns a context manager that each round of sending runs inside (beat
+    uses kombu's pipelined publish batch); if leaving it raises, that round's ticks count as missed.
     ``stats`` collects ``dispatched`` (ticks sent) and ``missed`` (ticks beat itself passed over
     after falling behind: only the latest overdue tick is sent). ``subscriptions`` (optional) is told
     which on-change groups exist; it calls ``post_event`` from its own threads.
     """
 
     def __init__(self, *, publish: Publish, clock: Clock | None = None, batch_max: int = 1000,
-                 stats: StatsBuffer | None = None, subscriptions=None):
+                 stats: StatsBuffer | None = None, subscriptions=None, lead: float = 0.0,
+                 batch: Callable[[], AbstractContextManager] | None = None):
         self.publish = publish
+        self.lead = max(0.0, lead)
+        self.batch = batch
         self.clock = clock or SystemClock()
         self.batch_max = batch_max
         self.stats = stats or StatsBuffer()
@@ -186,7 +229,7 @@ class Engine:
             due = trig.next_after(now)
             if due is None:
                 return  # a once trigger in the past
-            cohort = self.cohorts[key] = Cohort(key, trig, due)
+            cohort = self.cohorts[key] = Cohort(key, trig, due, cohort_lead(trig, self.lead))
             self._push(cohort)
         cohort.add(spec.hub_id, spec.id, spec.expires if spec.expires is not None else self._default_expiry(spec))
         self._where[spec.id] = (key, spec.hub_id)
@@ -214,12 +257,12 @@ class Engine:
     def _push(self, cohort: Cohort) -> None:
         cohort.version += 1
         self._push_seq += 1
-        heapq.heappush(self._heap, (cohort.due, self._push_seq, cohort.key, cohort.version))
+        heapq.heappush(self._heap, (cohort.due - cohort.lead, self._push_seq, cohort.key, cohort.version))
 
     # --- time ----------------------------------------------------------------------------------
 
     def next_due(self) -> float | None:
-        """Epoch seconds of the earliest tick still to send (None: nothing timed)."""
+        """Epoch seconds when the earliest tick still to send is to be sent (its time minus the lead; None: nothing timed)."""
         heap = self._heap
         while heap:
             due, _, key, version = heap[0]
@@ -234,9 +277,10 @@ class Engine:
         self._events.put((group_id, entity, values, self.clock.now()))
 
     def run_due(self, now: float | None = None) -> int:
-        """Send every tick due at ``now`` (default: the clock) and pending change events; returns ticks sent."""
+        """Send every tick to be sent at ``now`` (default: the clock; ticks due up to their cohort's lead
+        ahead) and pending change events; returns group executions sent."""
         now = self.clock.now() if now is None else now
-        outgoing: dict[int, list] = defaultdict(list)
+        outgoing: dict[tuple[int, float | None], list] = defaultdict(list)  # (hub, eta) -> ticks
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, key, version = heapq.heappop(heap)
@@ -247,7 +291,8 @@ class Engine:
         self._drain_events(outgoing)
         return self._send(outgoing)
 
-    def _fire(self, cohort: Cohort, now: float, outgoing: dict[int, list]) -> None:
+    def _fire(self, cohort: Cohort, now: float, outgoing: dict[tuple[int, float | None], list]) -> None:
+        # Catching up counts from ``now``, not from now + lead: a tick sent ahead is never "passed over".
         trig, due = cohort.trigger, cohort.due
         nxt = trig.next_after(due)
         passed_over = 0
@@ -263,9 +308,10 @@ class Engine:
                     due, nxt = nxt, trig.next_after(nxt)
         gap = (nxt - due) if nxt is not None else 60.0
         cohort.fired += 1
+        eta = due if due > now else None
         for hub_id, parts in cohort.ready().items():
             for expiry, gids in parts:
-                outgoing[hub_id].append([due, expiry if expiry is not None else gap, cohort.fired, gids])
+                outgoing[hub_id, eta].append([due, expiry if expiry is not None else gap, cohort.fired, gids])
                 if passed_over:
                     self.stats.add("missed", gids, passed_over)
         if nxt is None:
@@ -277,7 +323,7 @@ class Engine:
             cohort.due = nxt
             self._push(cohort)
 
-    def _drain_events(self, outgoing: dict[int, list]) -> None:
+    def _drain_events(self, outgoing: dict[tuple[int, float | None], list]) -> None:
         while True:
             try:
                 group_id, entity, values, at = self._events.get_nowait()
@@ -289,36 +335,45 @@ class Engine:
                 continue
             if change_filter.accept(entity, values):
                 expiry = spec.expires if spec.expires is not None else spec.period
-                outgoing[spec.hub_id].append([at, expiry, 0, [group_id]])
+                outgoing[spec.hub_id, None].append([at, expiry, 0, [group_id]])
 
-    def _send(self, outgoing: dict[int, list]) -> int:
-        sent = 0
-        for hub_id, ticks in outgoing.items():
-            limit = self._hub_limits.get(hub_id, 32)
-            batch, size = [], 0
-            for tick in ticks:
-                gids = tick[3]
-                for start in range(0, len(gids), self.batch_max):
-                    part = gids if len(gids) <= self.batch_max else gids[start : start + self.batch_max]
-                    if size and size + len(part) > self.batch_max:
-                        sent += self._publish(hub_id, batch, limit)
-                        batch, size = [], 0
-                    batch.append([tick[0], tick[1], tick[2], part])
-                    size += len(part)
-            if batch:
-                sent += self._publish(hub_id, batch, limit)
-        return sent
-
-    def _publish(self, hub_id: int, ticks: list, limit: int) -> int:
+    def _send(self, outgoing: dict[tuple[int, float | None], list]) -> int:
+        if not outgoing:
+            return 0
+        sent: list[list] = []  # ticks handed to publish; counted dispatched once the round is out
         try:
-            self.publish(hub_id, ticks, limit)
+            with self.batch() if self.batch is not None else nullcontext():
+                for (hub_id, eta), ticks in outgoing.items():
+                    limit = self._hub_limits.get(hub_id, 32)
+                    batch, size = [], 0
+                    for tick in ticks:
+                        gids = tick[3]
+                        for start in range(0, len(gids), self.batch_max):
+                            part = gids if len(gids) <= self.batch_max else gids[start : start + self.batch_max]
+                            if size and size + len(part) > self.batch_max:
+                                self._publish(hub_id, batch, limit, eta, sent)
+                                batch, size = [], 0
+                            batch.append([tick[0], tick[1], tick[2], part])
+                            size += len(part)
+                    if batch:
+                        self._publish(hub_id, batch, limit, eta, sent)
+        except Exception:  # the round's pipeline failed as a whole: count its ticks missed
+            logger.exception("could not send %d ticks", sum(len(t[3]) for t in sent))
+            for tick in sent:
+                self.stats.add("missed", tick[3])
+            return 0
+        count = 0
+        for tick in sent:
+            self.stats.add("dispatched", tick[3])
+            count += len(tick[3])
+        return count
+
+    def _publish(self, hub_id: int, ticks: list, limit: int, eta: float | None, sent: list) -> None:
+        try:
+            self.publish(hub_id, ticks, limit, eta)
         except Exception:  # a broker hiccup must not stop the clock: those ticks are counted missed
             logger.exception("could not send %d ticks for hub %s", sum(len(t[3]) for t in ticks), hub_id)
             for tick in ticks:
                 self.stats.add("missed", tick[3])
-            return 0
-        count = 0
-        for tick in ticks:
-            self.stats.add("dispatched", tick[3])
-            count += len(tick[3])
-        return count
+            return
+        sent.extend(ticks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timezone
 
 import pytest
@@ -19,9 +20,11 @@ T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
 class Recorder:
     def __init__(self):
         self.messages: list[tuple[int, list, int]] = []
+        self.etas: list[float | None] = []  # each message's eta, in the same order
 
-    def __call__(self, hub_id, ticks, limit):
+    def __call__(self, hub_id, ticks, limit, eta=None):
         self.messages.append((hub_id, ticks, limit))
+        self.etas.append(eta)
 
     def ticks(self) -> list[tuple[int, float]]:
         """(group, scheduled_for) of every tick sent, in order."""
@@ -29,6 +32,7 @@ class Recorder:
 
     def clear(self):
         self.messages.clear()
+        self.etas.clear()
 
 
 def engine_with(*specs, start=T0 + 0.5):
@@ -144,8 +148,11 @@ class RecordingScheduler(Scheduler):
         self.sent = sent
         super().__init__(*args, **kwargs)
 
-    def _publish(self, hub_id, ticks, limit):
-        self.sent(hub_id, ticks, limit)
+    def _publish(self, hub_id, ticks, limit, eta):
+        self.sent(hub_id, ticks, limit, eta)
+
+    def _batch(self):
+        return nullcontext()
 
 
 @pytest.fixture

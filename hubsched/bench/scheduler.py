@@ -13,9 +13,14 @@ inserts that produce the same rows ``group_schedule_sync`` would, then deleted),
 is never touched. The broker is Redis (``--broker``, default ``HUBSCHED_BENCH_BROKER`` or
 ``redis://127.0.0.1:6379/0``); the queues are named ``hubsched-bench-<pid>-<path>`` and deleted.
 
-Lag: for hubsched, receive time minus the tick's ``scheduled_for``; for stock, receive time minus the
-time the entry fell due (``last_run_at + run_every``, put in a message header by a subclass that
-changes nothing else).
+Lag is when the work becomes startable minus when it was due. For hubsched that is
+``max(receipt, eta) - scheduled_for``: beat sends each tick ``HUBSCHED_DISPATCH_LEAD_S`` ahead with
+``eta = scheduled_for``, and a worker holds such a message until its eta, so a message that arrives
+early is startable at its eta and one that arrives late at its receipt. ``arrival_p50_ms`` and
+``arrival_p99_ms`` show the receipts themselves (negative: that far ahead of the tick). For stock,
+receipt minus the time the entry fell due (``last_run_at + run_every``, put in a message header by a
+subclass that changes nothing else; stock sends no eta). Executions are counted in the window by
+the time they became startable.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 HELP = "Stock django-celery-beat against hubsched's scheduler on the same groups (needs Redis)."
@@ -47,12 +53,17 @@ def add_arguments(parser) -> None:
                         help="Redis URL of the broker.")
     parser.add_argument("--paths", default="stock,hubsched", help="Which paths to run (default stock,hubsched).")
     parser.add_argument("--warmup-timeout", type=float, default=180.0, help="Longest wait for beat's first message.")
+    parser.add_argument("--lead", type=float, default=None,
+                        help="HUBSCHED_DISPATCH_LEAD_S for hubsched's beat (default: the setting, 0.25 s).")
 
 
 def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, paths: str = "stock,hubsched",
-        warmup_timeout: float = 180.0, log=lambda _: None) -> dict:
+        warmup_timeout: float = 180.0, lead: float | None = None, log=lambda _: None) -> dict:
     """Returns ``{"params": {...}, "stock": {...}, "hubsched": {...}, "ratio": float | None}``."""
+    from django.conf import settings
+
     work = Path(tempfile.mkdtemp(prefix="hubsched-bench-"))
+    lead = settings.HUBSCHED_DISPATCH_LEAD_S if lead is None else lead
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
@@ -60,10 +71,11 @@ def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, p
         "CELERY_BROKER_URL": broker,
         "HUBSCHED_LOCK_URL": broker,
         "LOG_LEVEL": "WARNING",
+        "HUBSCHED_DISPATCH_LEAD_S": str(lead),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     result: dict = {"params": {"groups": groups, "hubs": hubs, "period": period, "seconds": seconds,
-                               "broker": broker.split("@")[-1], "cpus": os.cpu_count()}}
+                               "broker": broker.split("@")[-1], "cpus": os.cpu_count(), "lead_s": lead}}
     try:
         log(f"bench: migrating a throwaway database in {work}")
         _check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
@@ -87,7 +99,8 @@ def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, p
 def report(result: dict) -> str:
     p = result["params"]
     lines = [f"{p['groups']} groups, {p['hubs']} hubs, period {p['period']} s, window {p['seconds']} s, {p['cpus']} CPUs"]
-    keys = ["due_per_s", "dispatched_per_s", "dispatched_ratio", "lag_p50_ms", "lag_p99_ms", "beat_cpu_percent"]
+    keys = ["due_per_s", "dispatched_per_s", "dispatched_ratio", "lag_p50_ms", "lag_p99_ms", "arrival_p99_ms",
+            "beat_cpu_percent"]
     lines.append(f"{'':10}" + "".join(f"{k:>18}" for k in keys))
     for path in ("stock", "hubsched"):
         if path in result:
@@ -145,16 +158,21 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
         beat_log.close()
         _delete_queue(broker, queue)
     records = json.loads(out.read_text()) if out.exists() else []
-    inside = [(recv, due, n) for recv, due, n in records if t0 <= recv < t1]
-    received = sum(n for _, _, n in inside)
+    # startable: when a worker may start the tick (it holds a message with an eta until then)
+    inside = [(max(recv, eta or recv), recv, due, n) for recv, due, n, eta in records]
+    inside = [r for r in inside if t0 <= r[0] < t1]
+    received = sum(r[3] for r in inside)
     due_per_s = groups / period
-    lags = sorted(((recv - due) * 1000.0, n) for recv, due, n in inside)
+    lags = sorted(((startable - due) * 1000.0, n) for startable, _, due, n in inside)
+    arrivals = sorted(((recv - due) * 1000.0, n) for _, recv, due, n in inside)
     return {
         "due_per_s": round(due_per_s, 1),
         "dispatched_per_s": round(received / seconds, 1),
         "dispatched_ratio": round(received / (due_per_s * seconds), 5),
         "lag_p50_ms": _percentile(lags, 0.50),
         "lag_p99_ms": _percentile(lags, 0.99),
+        "arrival_p50_ms": _percentile(arrivals, 0.50),
+        "arrival_p99_ms": _percentile(arrivals, 0.99),
         "beat_cpu_percent": round(100.0 * (cpu1 - cpu0) / seconds, 1),
         "messages_per_s": round(len(inside) / seconds, 1) if path == "stock" else None,
     }
@@ -234,12 +252,12 @@ def populate(groups: int, hubs: int, period: float) -> None:
 
 
 def consume(broker: str, queue: str, out: str, first: str) -> None:
-    """Count what reaches a worker: every message on ``queue`` until SIGTERM; writes [[recv, due, n], ...]."""
+    """Count what reaches a worker: every message on ``queue`` until SIGTERM; writes [[recv, due, n, eta], ...]."""
     import socket
 
     from kombu import Connection, Exchange, Queue
 
-    records: list[tuple[float, float, int]] = []
+    records: list[tuple[float, float, int, float | None]] = []
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
@@ -248,11 +266,13 @@ def consume(broker: str, queue: str, out: str, first: str) -> None:
         if not records:
             Path(first).touch()
         args = body[0] if isinstance(body, list) else []
+        eta = message.headers.get("eta")
+        eta = datetime.fromisoformat(eta).timestamp() if eta else None
         if message.headers.get("task") == "groups.tasks.group_batch_run":
             for t, _expiry, _rr, gids in args[1]:
-                records.append((now, t, len(gids)))
+                records.append((now, t, len(gids), eta))
         else:
-            records.append((now, float(message.headers.get("bench_due") or now), 1))
+            records.append((now, float(message.headers.get("bench_due") or now), 1, eta))
 
     with Connection(broker) as conn:
         q = Queue(queue, Exchange(queue, "direct"), routing_key=queue)
