@@ -52,7 +52,7 @@ def group_stats_add(*, counts: Mapping[str, Mapping[int, int]]) -> int:
                 by_amount[amount].append(gid)
         for amount, gids in by_amount.items():
             runs, rest = id_runs(gids)
-            parts = [(Q(group_id__range=run), run[1] - run[0] + 1, run) for run in runs]
+            parts = [(Q(group_id__gte=run[0], group_id__lte=run[1]), run[1] - run[0] + 1, run) for run in runs]
             parts += [(Q(group_id__in=chunk), len(chunk), chunk)
                       for chunk in (rest[i : i + CHUNK] for i in range(0, len(rest), CHUNK))]
             for where, size, ids in parts:

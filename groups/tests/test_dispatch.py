@@ -163,3 +163,61 @@ def test_skipped_and_missed_ticks_are_counted_in_group_stats(project, tmp_path):
                         clock=clock, locks=locks, execute=Runner(clock))
     assert out.missed == [a.pk] and out.skipped == [b.pk]
     assert (GroupStats.objects.get(group=a).missed, GroupStats.objects.get(group=b).skipped) == (1, 1)
+
+
+class Clocked(Runner):
+    """A Runner that also notes the clock when each group starts."""
+
+    def __init__(self, clock, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.started: list[float] = []
+
+    def __call__(self, runs):
+        self.started.extend(self.clock.now() for _ in runs)
+        super().__call__(runs)
+
+
+def test_a_batch_that_arrives_early_waits_for_its_scheduled_time(locks):
+    clock = FakeClock(T0 - 0.2)  # an eta that was not honoured, or clocks a little apart
+    runner = Clocked(clock)
+    out = run([[T0, 1.0, 0, [1, 2]]], clock=clock, locks=locks, execute=runner)
+    assert [g for g, _ in out.ran] == [1, 2] and runner.started[0] == T0
+
+
+def test_a_batch_far_too_early_is_sent_back_until_its_time_and_runs_nothing(locks):
+    clock = FakeClock(T0 - 5)
+    runner = Clocked(clock)
+    out = run([[T0, 1.0, 0, [1]]], clock=clock, locks=locks, execute=runner)
+    assert runner.ran == [] and out.requeue == [[T0, 1.0, 0, [1]]] and out.countdown == 5
+    assert clock.now() == T0 - 5  # it did not wait
+
+
+def test_expiry_counts_from_the_scheduled_time_not_from_an_early_arrival(locks):
+    clock = FakeClock(T0 - 0.5)
+    runner = Clocked(clock, cost={1: 1.2})
+    out = run([[T0, 1.0, 0, [1, 2]]], clock=clock, locks=locks, execute=runner)
+    assert runner.ran == [1] and out.missed == [2]  # 2's turn came at T0 + 1.2: past its expiry, however early it came
+
+
+def test_a_later_tick_in_the_same_batch_waits_for_its_own_time(locks):
+    clock = FakeClock(T0)
+    runner = Clocked(clock)
+    out = run([[T0, 1.0, 0, [1]], [T0 + 0.5, 1.0, 0, [2]]], clock=clock, locks=locks, execute=runner)
+    assert [g for g, _ in out.ran] == [1, 2] and runner.started == [T0, T0 + 0.5]
+
+
+def test_counters_for_consecutive_groups_take_one_statement_and_rows_are_made_when_missing(project):
+    from groups.scheduler.stats import group_stats_add, id_runs
+
+    hub = Hub.objects.create(project=project, name="hub-a", url="ws://127.0.0.1:9/connect")
+    Group.objects.bulk_create([Group(hub=hub, name=f"g{i}", period=1) for i in range(200)])
+    ids = sorted(Group.objects.values_list("pk", flat=True))
+    GroupStats.objects.filter(group_id__in=ids[10:20]).delete()  # some rows not made yet
+    gone = ids[-1] + 1000  # a group deleted since beat counted it
+    counts = {"dispatched": {**dict.fromkeys(ids, 2), ids[0]: 5, gone: 2}}
+    assert id_runs(ids[1:] + [gone]) == ([(ids[1], ids[-1])], [gone])
+    group_stats_add(counts=counts)
+    stats = dict(GroupStats.objects.values_list("group_id", "dispatched"))
+    assert stats[ids[0]] == 5 and stats[ids[15]] == 2 and stats[ids[-1]] == 2 and gone not in stats
+    assert group_stats_add(counts={"dispatched": dict.fromkeys(ids[1:], 1)}) == 1  # all rows there: one BETWEEN
+    assert GroupStats.objects.get(group_id=ids[100]).dispatched == 3

@@ -10,7 +10,7 @@ import pytest
 from groups.models import Group, GroupKey, GroupStats, Trigger
 from groups.scheduler.beat import Scheduler
 from groups.scheduler.clock import FakeClock
-from groups.scheduler.engine import Engine, GroupSpec
+from groups.scheduler.engine import Engine, GroupSpec, StatsBuffer
 from hubs.models import Hub
 from hubsched.celery import app
 
@@ -131,6 +131,139 @@ def test_a_changed_period_moves_the_group_to_its_new_grid():
     assert sent.ticks() == []
 
 
+# --- lookahead: sending ahead with an eta -----------------------------------------------------------
+
+
+def lookahead_engine(*specs, start=T0 + 0.5, lead=0.25):
+    clock, sent = FakeClock(start), Recorder()
+    engine = Engine(publish=sent, clock=clock, lead=lead)
+    for spec in specs:
+        engine.upsert(spec)
+    return engine, clock, sent
+
+
+def test_a_tick_is_sent_lead_seconds_ahead_with_its_time_as_eta():
+    engine, clock, sent = lookahead_engine(GroupSpec(id=1, hub_id=1, trigger="interval", period=1), start=T0 + 0.1)
+    assert engine.next_due() == T0 + 0.75
+    clock.set(T0 + 0.749)
+    assert engine.run_due() == 0
+    clock.set(T0 + 0.75)
+    assert engine.run_due() == 1
+    assert sent.ticks() == [(1, T0 + 1)] and sent.etas == [T0 + 1]
+    assert engine.next_due() == T0 + 1.75
+
+
+def test_without_a_lead_a_tick_is_sent_at_its_time_with_no_eta():
+    engine, clock, sent = lookahead_engine(GroupSpec(id=1, hub_id=1, trigger="interval", period=1), lead=0)
+    clock.set(T0 + 1)
+    engine.run_due()
+    assert sent.ticks() == [(1, T0 + 1)] and sent.etas == [None]
+
+
+def test_the_lead_is_at_most_half_a_period():
+    clock, sent = FakeClock(T0 + 0.01), Recorder()
+    engine = Engine(publish=sent, clock=clock, lead=0.25)
+    engine.upsert(GroupSpec(id=1, hub_id=1, trigger="interval", period=0.2))
+    assert engine.next_due() == pytest.approx(T0 + 0.1, abs=1e-6)  # the tick at +0.2 goes out 0.1 s ahead, not 0.25
+    clock.set(engine.next_due())
+    engine.run_due()
+    assert sent.etas == [pytest.approx(T0 + 0.2, abs=1e-6)]
+
+
+def test_a_beat_that_fell_behind_sends_the_overdue_tick_at_once_and_the_next_one_ahead():
+    engine, clock, sent = lookahead_engine(GroupSpec(id=1, hub_id=1, trigger="interval", period=1))
+    clock.set(T0 + 5.8)  # ticks 1..5 are past, tick 6 is within the lead
+    engine.run_due()
+    assert sent.ticks() == [(1, T0 + 5), (1, T0 + 6)]
+    assert sent.etas == [None, T0 + 6]  # the overdue one is startable at once
+    assert engine.stats.take() == {"dispatched": {1: 2}, "missed": {1: 4}}  # only ticks before now were passed over
+
+
+def test_one_hub_gets_one_message_per_tick_instant_each_with_its_eta():
+    engine, clock, sent = lookahead_engine(
+        GroupSpec(id=1, hub_id=1, trigger="interval", period=1),
+        GroupSpec(id=2, hub_id=1, trigger="interval", period=1, offset=0.1),
+        GroupSpec(id=3, hub_id=1, trigger="interval", period=2),
+    )
+    clock.set(T0 + 0.85)
+    engine.run_due()
+    assert sorted(zip(sent.etas, [sorted(g for t in ticks for g in t[3]) for _, ticks, _ in sent.messages])) == [
+        (T0 + 1, [1]), (T0 + 1.1, [2])]
+    sent.clear()
+    clock.set(T0 + 1.75)
+    engine.run_due()  # groups 1 and 3 tick at +2: two cohorts, one instant, one message
+    assert sent.etas == [T0 + 2] and sorted(g for t in sent.messages[0][1] for g in t[3]) == [1, 3]
+
+
+def test_a_round_whose_batch_fails_counts_its_ticks_missed_not_dispatched():
+    class Broken:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise ConnectionError("the pipeline could not be written")
+
+    engine, clock, sent = lookahead_engine(GroupSpec(id=1, hub_id=1, trigger="interval", period=1))
+    engine.batch = Broken
+    clock.set(T0 + 0.75)
+    assert engine.run_due() == 0
+    assert engine.stats.take() == {"missed": {1: 1}}
+
+
+def test_the_stats_buffer_adds_up_lists_added_many_times_and_groups_in_several_lists():
+    stats = StatsBuffer()
+    a, b = [1, 2, 3], [3, 4]
+    for _ in range(3):
+        stats.add("dispatched", a)
+    stats.add("dispatched", b)
+    stats.add("missed", (g for g in [5]), 2)
+    assert stats.take() == {"dispatched": {1: 3, 2: 3, 3: 4, 4: 1}, "missed": {5: 2}}
+    assert stats.take() == {}
+
+
+@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+def test_the_batch_publisher_sends_celerys_own_task_message_with_the_eta(broker, tmp_path):
+    import time
+
+    from celery import Celery
+    from kombu import Queue
+
+    from groups.scheduler.publish import BatchPublisher
+    from hubsched.testing import redis_url
+
+    queue = f"hubsched-test-publish-{tmp_path.name}"
+    if broker == "redis":
+        celery = Celery("t", broker=redis_url())
+    else:
+        folder = tmp_path / "broker"
+        folder.mkdir()
+        celery = Celery("t", broker="filesystem://", broker_transport_options={
+            "data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False})
+    celery.conf.task_default_queue = queue
+    with celery.connection_for_write() as conn:
+        producer = celery.amqp.Producer(conn, auto_declare=False)
+        publisher = BatchPublisher(celery, lambda: producer)
+        with publisher.batch():
+            task_id = publisher.send(7, [[T0 + 1, 1.0, 3, [10, 11]]], 4, eta=T0 + 1)
+            publisher.send(8, [[T0 + 1, 1.0, 3, [12]]], 4)
+        received = []
+        with conn.Consumer(Queue(queue), callbacks=[lambda body, msg: received.append((body, msg.headers))],
+                           accept=["json"], no_ack=True):
+            deadline = time.monotonic() + 5
+            while len(received) < 2 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+        conn.default_channel.queue_delete(queue)
+    (body, headers), (body2, headers2) = sorted(received, key=lambda r: r[0][0][0])
+    assert headers["task"] == "groups.tasks.group_batch_run" and headers["id"] == task_id
+    assert body[0] == [7, [[T0 + 1, 1.0, 3, [10, 11]]], 4] and body[1] == {}
+    assert datetime.fromisoformat(headers["eta"]).timestamp() == T0 + 1
+    assert headers["argsrepr"] == "hub 7: 2 groups in 1 tick"
+    assert headers2["eta"] is None
+
+
 # --- the Celery Scheduler class on the database -----------------------------------------------------
 
 
@@ -184,6 +317,7 @@ def test_the_scheduler_reads_groups_and_sends_their_ticks_in_batches(hub, beat):
     scheduler, sent = beat(clock)
     run_until(scheduler, T0 + 1)
     assert sent.messages == [(hub.pk, [[T0 + 1, 1.0, 1, sorted([a.pk, b.pk])]], 4)]
+    assert sent.etas == [T0 + 1]  # sent HUBSCHED_DISPATCH_LEAD_S ahead, started by the worker at its time
     scheduler.flush()
     assert GroupStats.objects.get(group=a).dispatched == 1
 
