@@ -8,7 +8,10 @@ script, sink) fails that group's execution only.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,10 +21,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from hubs.client import HubClient, HubError, hub_client
-from hubs.models import Hub, Parameter
-from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_targets_for_projects, sinks_submit
+from hubs.models import Hub
+from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sinks_submit
 
 from .models import Group
+
+logger = logging.getLogger(__name__)
 
 
 class GroupRunError(Exception):
@@ -65,10 +70,15 @@ def client_for(hub: Hub) -> HubClient:
     )
 
 
-def execute_batch(*, ticks: list[tuple[Group, datetime]]) -> list[Outcome]:
+def execute_batch(*, ticks: list[tuple[Group, datetime]],
+                  on_stored: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
     """Execute ``ticks`` (groups with prefetched ``keys``, ``hub__project`` and ``script``).
 
     Returns one Outcome per tick, in order. Never raises for a hub, script or sink fault.
+    Without ``on_stored`` it returns once the sinks have committed the values (or failed). With it,
+    it returns as soon as the values are handed to the sinks' batchers, and ``on_stored(outcomes)`` is
+    called once every sink has committed or failed, with ``finished_at``, ``values`` and ``error``
+    final (on a sink writer thread, so it must be quick); the caller then records the runs.
     """
     started = timezone.now()
     outcomes = [Outcome(group=g, scheduled_for=t, started_at=started) for g, t in ticks]
@@ -80,10 +90,11 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]]) -> list[Outcome]:
             _fail_on_error(outcome, _collect_reads, outcome, writable)
         if not outcome.error and outcome.group.script_id:
             _fail_on_error(outcome, _run_script, outcome)
-    _store(outcomes)
-    finished = timezone.now()
-    for outcome in outcomes:
-        outcome.finished_at = finished
+    pending = _store(outcomes)
+    if on_stored is None:
+        pending.wait()
+    else:
+        pending.then(on_stored)
     return outcomes
 
 
@@ -95,11 +106,9 @@ def _fail_on_error(outcome: Outcome, step, *args) -> None:
 
 
 def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
-    return set(
-        Parameter.objects.filter(entity__hub_id__in=hub_ids, writable=True).values_list(
-            "entity__hub_id", "entity__path", "key"
-        )
-    )
+    from .definitions import definitions
+
+    return definitions().writable(hub_ids)
 
 
 def _send_reads(outcome: Outcome) -> None:
@@ -215,45 +224,83 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
     return dict(writes)
 
 
-def _store(outcomes: list[Outcome]) -> None:
-    """Every value of the batch's good executions to their projects' sinks; wait until committed."""
+class _Stored:
+    """The sink writes of one batch: wait for them, or have a callback run when the last one ends."""
+
+    def __init__(self, outcomes: list[Outcome], targets: dict[int, list[SinkTarget]], rows_of: dict[int, list[ValueRow]],
+                 futures: dict[SinkTarget, Future]):
+        self.outcomes, self.targets, self.rows_of, self.futures = outcomes, targets, rows_of, futures
+        self._left = len(futures)
+        self._lock = threading.Lock()
+        self._then: Callable[[list[Outcome]], None] | None = None
+
+    def wait(self) -> None:
+        for future in self.futures.values():
+            try:
+                future.result()
+            except SinkError:
+                pass
+        self._finish()
+
+    def then(self, callback: Callable[[list[Outcome]], None]) -> None:
+        self._then = callback
+        if not self.futures:
+            self._done()
+            return
+        for future in self.futures.values():
+            future.add_done_callback(self._one_done)
+
+    def _one_done(self, _future: Future) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._done()
+
+    def _done(self) -> None:
+        self._finish()
+        try:
+            self._then(self.outcomes)
+        except Exception:  # a callback must not take down the sink's writer thread
+            logger.exception("recording %d outcomes failed", len(self.outcomes))
+
+    def _finish(self) -> None:
+        failures = {t: f.exception().message for t, f in self.futures.items() if isinstance(f.exception(), SinkError)}
+        for target, future in self.futures.items():
+            if target not in failures and future.exception() is not None:
+                failures[target] = f"sink {target.name!r}: {type(future.exception()).__name__}: {future.exception()}"
+        finished = timezone.now()
+        for o in self.outcomes:
+            o.finished_at = finished
+            if id(o) not in self.rows_of:
+                continue
+            errors = [failures[t] for t in self.targets[o.group.hub.project_id] if t in failures]
+            if errors:
+                o.error = "; ".join(errors)
+            else:
+                o.values = len(self.rows_of[id(o)])
+
+
+def _store(outcomes: list[Outcome]) -> _Stored:
+    """Hand every value of the batch's good executions to their projects' sinks (one submission per sink)."""
+    from .definitions import definitions
+
     good = [o for o in outcomes if not o.error]
-    targets = sink_targets_for_projects(project_ids={o.group.hub.project_id for o in good})
+    targets = definitions().sink_targets({o.group.hub.project_id for o in good})
     by_target: dict[SinkTarget, list[ValueRow]] = defaultdict(list)
     rows_of: dict[int, list[ValueRow]] = {}
     for o in good:
-        hub = o.group.hub
+        hub, group, tick = o.group.hub, o.group, o.scheduled_for
+        project, hub_name, group_id, group_name = hub.project.name, hub.name, group.pk, group.name
         rows = [
-            ValueRow(
-                tick=o.scheduled_for,
-                ts=b.ts,
-                project=hub.project.name,
-                hub=hub.name,
-                group_id=o.group.pk,
-                group=o.group.name,
-                entity=b.entity,
-                key=b.key,
-                value=b.value,
-                quality=b.quality,
-            )
+            ValueRow(tick, b.ts, project, hub_name, group_id, group_name, b.entity, b.key, b.value, b.quality)
             for b in o.bindings.values()
         ]
         rows_of[id(o)] = rows
         for target in targets[hub.project_id]:
             by_target[target].extend(rows)
-    pending = {target: sinks_submit(target=target, rows=rows) for target, rows in by_target.items()}
-    failures: dict[SinkTarget, str] = {}
-    for target, future in pending.items():
-        try:
-            future.result()
-        except SinkError as exc:
-            failures[target] = exc.message
-    for o in good:
-        errors = [failures[t] for t in targets[o.group.hub.project_id] if t in failures]
-        if errors:
-            o.error = "; ".join(errors)
-        else:
-            o.values = len(rows_of[id(o)])
+    futures = {target: sinks_submit(target=target, rows=rows) for target, rows in by_target.items()}
+    return _Stored(outcomes, targets, rows_of, futures)
 
 
 def _now_ts() -> str:

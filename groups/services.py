@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import threading
+import time
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from celery.signals import worker_process_shutdown, worker_shutdown
 from django.db import transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, Case, F, Value, When
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
@@ -138,69 +144,222 @@ def groups_run_now(*, group_ids: list[int]) -> int:
 # --- execution ------------------------------------------------------------------------------------
 
 
-def _groups_for_execution(group_ids: set[int]) -> dict[int, Group]:
-    return {
-        g.pk: g
-        for g in Group.objects.select_related("hub__project", "script").prefetch_related("keys").filter(pk__in=group_ids)
-    }
-
-
 def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupRun:
     """Execute one tick of a group: poll its keys, run its script, write back, store; returns the GroupRun.
 
-    Never raises for a hub, script or sink fault: those end the run as ``failed`` with the error text,
-    so that a worker serving many groups stays up. Raises ``Group.DoesNotExist`` for an unknown id.
+    Waits until the values are committed and the run is recorded. Never raises for a hub, script or
+    sink fault: those end the run as ``failed`` with the error text, so that a worker serving many
+    groups stays up. Raises ``Group.DoesNotExist`` for an unknown id.
     """
-    runs = group_runs_execute(runs=[(group_id, scheduled_for or timezone.now())])
+    runs = group_runs_execute(runs=[(group_id, scheduled_for or timezone.now())], wait=True)
     if not runs:
         raise Group.DoesNotExist(f"group {group_id} does not exist")
     return runs[0]
 
 
-def group_runs_execute(*, runs: list[tuple[int, datetime]]) -> list[GroupRun]:
+def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) -> list[GroupRun]:
     """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` as one batch, in the order given.
 
     The caller (the batch task) has already applied expiry, the overlap lock and round-robin order.
-    A group that no longer exists is left out. Each tick ends as a GroupRun (``ok`` or ``failed``),
-    written in one bulk insert, and in its group's counters.
-    """
-    from .execution import Outcome, execute_batch
+    A group that no longer exists is left out. Each tick ends as a GroupRun (``ok`` or ``failed``)
+    and in its group's counters, recorded once its values are committed (or their write failed).
 
-    groups = _groups_for_execution({group_id for group_id, _ in runs})
+    With ``wait`` it returns the recorded GroupRuns once that is done. Without (the batch task's
+    way) it returns ``[]`` as soon as the values are handed to the sinks' batchers: the worker goes
+    on with the next group while the sinks gather values of many executions into one write, and
+    the process's run recorder writes the runs in bulk (``HUBSCHED_RUN_FLUSH_S``).
+    """
+    from .definitions import definitions
+    from .execution import execute_batch
+
+    groups = definitions().groups({group_id for group_id, _ in runs})
     ticks = []
     for group_id, scheduled_for in runs:
         if group_id in groups:
             ticks.append((groups[group_id], scheduled_for))
         else:
             logger.info("group %s is gone; tick %s dropped", group_id, scheduled_for)
+    if not ticks:
+        return []
     try:
-        outcomes = execute_batch(ticks=ticks)
+        if wait:
+            records = _runs_of(execute_batch(ticks=ticks))
+            group_runs_record(runs=records)
+            return [record for record, _ in records]
+        execute_batch(ticks=ticks, on_stored=lambda outcomes: run_recorder().add(_runs_of(outcomes)))
+        return []
     except Exception as exc:  # a bug must not take the worker down: the batch's ticks are recorded as failed
+        from .execution import Outcome
+
         logger.exception("batch of %d ticks: unexpected error", len(ticks))
         now = timezone.now()
         error = f"internal error: {type(exc).__name__}: {exc}"
-        outcomes = [Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks]
+        records = _runs_of([Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks])
+        group_runs_record(runs=records)
+        return [record for record, _ in records] if wait else []
+
+
+def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
+    """(GroupRun, lag in ms) of each outcome; logs the failed ones."""
     records = []
     for outcome in outcomes:
         if outcome.error:
             logger.warning("group %s (%s/%s) failed: %s", outcome.group.pk, outcome.group.hub.name,
                            outcome.group.name, outcome.error)
-        records.append(
-            GroupRun(
-                group=outcome.group,
-                scheduled_for=outcome.scheduled_for,
-                started_at=outcome.started_at,
-                finished_at=outcome.finished_at,
-                status=RunStatus.FAILED if outcome.error else RunStatus.OK,
-                error=outcome.error,
-                values_count=outcome.values,
-            )
+        run = GroupRun(
+            group_id=outcome.group.pk,
+            scheduled_for=outcome.scheduled_for,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+            status=RunStatus.FAILED if outcome.error else RunStatus.OK,
+            error=outcome.error,
+            values_count=outcome.values,
         )
-    GroupRun.objects.bulk_create(records, batch_size=500)
-    for record in records:
-        lag_ms = max(0, int((record.started_at - record.scheduled_for).total_seconds() * 1000))
-        group_stats_record(group_id=record.group_id, run=record, lag_ms=lag_ms)
+        lag_ms = max(0, int((outcome.started_at - outcome.scheduled_for).total_seconds() * 1000))
+        records.append((run, lag_ms))
     return records
+
+
+STATS_CHUNK = 200  # groups per UPDATE: two bound parameters each, under every backend's limit
+
+
+def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> int:
+    """Store finished runs ``[(GroupRun, lag_ms)]`` and add them to their groups' counters; returns statements run.
+
+    One bulk INSERT of the GroupRuns; the counters of groups with the same increments and latest run
+    (the usual case: every group ran once, ok, with as many values) change in one UPDATE per 200
+    groups, each group's lag added through a CASE. Concurrent writers add up (F() expressions).
+    Runs of groups deleted meanwhile are left out.
+    """
+    if not runs:
+        return 0
+    alive = set(Group.objects.filter(pk__in={run.group_id for run, _ in runs}).values_list("pk", flat=True))
+    runs = [(run, lag) for run, lag in runs if run.group_id in alive]
+    GroupRun.objects.bulk_create([run for run, _ in runs], batch_size=500)
+    statements = 1
+    per_group: dict[int, dict] = {}
+    for run, lag in runs:
+        ok = run.status == RunStatus.OK
+        s = per_group.setdefault(run.group_id, {"started": 0, "done": 0, "failed": 0, "values": 0, "lag": 0,
+                                                "last_run_at": None, "last_status": "", "last_error": None})
+        s["started"] += 1
+        s["done" if ok else "failed"] += 1
+        s["values"] += run.values_count
+        s["lag"] += lag
+        if s["last_run_at"] is None or run.scheduled_for >= s["last_run_at"]:
+            s["last_run_at"], s["last_status"] = run.scheduled_for, run.status
+        if not ok:
+            s["last_error"] = run.error
+    classes: dict[tuple, list[int]] = defaultdict(list)
+    for gid, s in per_group.items():
+        classes[(s["started"], s["done"], s["failed"], s["values"], s["last_run_at"], s["last_status"])].append(gid)
+    for (started, done, failed, values, last_run_at, last_status), gids in classes.items():
+        for start in range(0, len(gids), STATS_CHUNK):
+            chunk = gids[start : start + STATS_CHUNK]
+            lags = {gid: per_group[gid]["lag"] for gid in chunk}
+            if len(set(lags.values())) == 1:
+                lag = Value(lags[chunk[0]])
+            else:
+                lag = Case(*[When(group_id=gid, then=Value(v)) for gid, v in lags.items()], default=Value(0),
+                           output_field=BigIntegerField())
+            updates = {
+                "started": F("started") + started, "done": F("done") + done, "failed": F("failed") + failed,
+                "values": F("values") + values, "lag_ms_total": F("lag_ms_total") + lag,
+                "last_run_at": last_run_at, "last_status": last_status,
+            }
+            with transaction.atomic():
+                updated = GroupStats.objects.filter(group_id__in=chunk).update(**updates)
+                statements += 1
+                if updated < len(chunk):
+                    GroupStats.objects.bulk_create([GroupStats(group_id=g) for g in chunk], ignore_conflicts=True)
+                    have_none = GroupStats.objects.filter(group_id__in=chunk, started=0)
+                    have_none.update(**updates)
+                    statements += 2
+    for gid, s in per_group.items():
+        if s["last_error"] is not None:
+            GroupStats.objects.filter(group_id=gid).update(last_error=s["last_error"])
+            statements += 1
+    return statements
+
+
+class RunRecorder:
+    """Finished runs gathered per process and written by ``group_runs_record`` every ``interval`` seconds.
+
+    Runs waiting to be written are lost if the process dies (their values are in the sinks already);
+    a worker shutting down writes them first (``runs_drain``).
+    """
+
+    max_pending = 50_000  # beyond this the adding thread writes them itself (the Django database is slow)
+
+    def __init__(self, *, interval: float):
+        self.interval = interval
+        self._pending: list[tuple[GroupRun, int]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, runs: list[tuple[GroupRun, int]]) -> None:
+        with self._lock:
+            self._pending.extend(runs)
+            full = len(self._pending) >= self.max_pending
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="run-recorder", daemon=True)
+                self._thread.start()
+        if full:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is pending now; returns how many runs."""
+        with self._flush_lock:
+            with self._lock:
+                runs, self._pending = self._pending, []
+            if runs:
+                try:
+                    group_runs_record(runs=runs)
+                except Exception:
+                    logger.exception("recording %d runs failed; they are lost (their values are stored)", len(runs))
+            return len(runs)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+
+_recorder: RunRecorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def run_recorder() -> RunRecorder:
+    """The process's run recorder, configured from settings on first use."""
+    global _recorder
+    if _recorder is None:
+        from django.conf import settings
+
+        with _recorder_lock:
+            if _recorder is None:
+                _recorder = RunRecorder(interval=settings.HUBSCHED_RUN_FLUSH_S)
+    return _recorder
+
+
+def runs_drain(**_kwargs) -> None:
+    """Write what the sinks and the run recorder still hold (at worker shutdown)."""
+    from scripts_engine.sinks import sinks_drain
+
+    sinks_drain(timeout=10.0)
+    if _recorder is not None:
+        _recorder.flush()
+
+
+def _forget_recorder_after_fork() -> None:
+    global _recorder
+    _recorder = None  # its thread did not survive fork()
+
+
+os.register_at_fork(after_in_child=_forget_recorder_after_fork)
+atexit.register(runs_drain)
+worker_process_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain.process")
+worker_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain")
 
 
 def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:

@@ -110,7 +110,7 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
     default_pool, default_concurrency = _default_worker()
     pool, concurrency = pool or default_pool, concurrency or default_concurrency
     work = Path(tempfile.mkdtemp(prefix="hubsched-e2e-"))
-    sink = sink or f"sqlite:///{work / 'sink.sqlite3'}"
+    sink = _with_driver(sink) if sink else f"sqlite:///{work / 'sink.sqlite3'}"
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{work / 'django.sqlite3'}",
@@ -433,6 +433,15 @@ def _delete_queue(broker: str, queue: str) -> None:
             conn.default_channel.queue_delete(queue)
     except Exception:
         pass
+
+
+def _with_driver(url: str) -> str:
+    """The drivers requirements.txt installs, for URLs that name none (postgresql://, mysql://, mariadb://)."""
+    for bare, explicit in (("postgresql://", "postgresql+psycopg2://"), ("postgres://", "postgresql+psycopg2://"),
+                           ("mysql://", "mysql+pymysql://"), ("mariadb://", "mariadb+pymysql://")):
+        if url.startswith(bare):
+            return explicit + url[len(bare):]
+    return url
 
 
 def _safe_url(url: str) -> str:

@@ -24,7 +24,7 @@ from .writers import (
 
 __all__ = [
     "DEFAULT_TABLE", "SinkError", "SinkTarget", "ValueRow", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
-    "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_submit", "sinks_write", "tall_table", "value_json",
+    "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_drain", "sinks_submit", "sinks_write", "tall_table", "value_json",
     "wide_table_name",
 ]
 
@@ -51,6 +51,12 @@ def sink_targets_for_project(*, project_id: int) -> list[SinkTarget]:
 def sinks_submit(*, target: SinkTarget, rows: list[ValueRow]) -> Future:
     """Queue ``rows`` for ``target`` in this process's batcher; the Future is done once they are committed."""
     return batcher().submit(target=target, rows=rows)
+
+
+def sinks_drain(*, timeout: float) -> bool:
+    """Write what this process's batcher holds, waiting at most ``timeout`` seconds (at shutdown)."""
+    from .batcher import _batcher as current  # none made yet: nothing to write
+    return current.drain(timeout=timeout) if current is not None else True
 
 
 def sinks_write(*, targets: list[SinkTarget], rows: list[ValueRow]) -> None:

@@ -5,6 +5,8 @@ holds ``max_rows`` values or its oldest rows are ``max_age`` seconds old (settin
 HUBSCHED_SINK_BATCH_SIZE and HUBSCHED_SINK_BATCH_AGE_S), then go in one write; while a write runs,
 new rows gather for the next. A submitter gets a Future that is done once its rows are committed
 (or fails with the SinkError of that write), so a run counts as stored only when it is.
+A lane holding four batches' worth of rows makes submitters wait (a sink slower than the polls
+slows the polls instead of filling the memory).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class _Lane:
         self.rows: list[ValueRow] = []
         self.futures: list[Future] = []
         self.oldest = 0.0
+        self.writing = False
         self.ready = threading.Condition()
         self.thread = threading.Thread(target=self._run, name=f"sink-{target.name}", daemon=True)
         self.thread.start()
@@ -36,11 +39,13 @@ class _Lane:
     def add(self, rows: list[ValueRow]) -> Future:
         future: Future = Future()
         with self.ready:
+            while len(self.rows) >= self.batcher.max_pending:
+                self.ready.wait()
             if not self.rows:
                 self.oldest = time.monotonic()
             self.rows.extend(rows)
             self.futures.append(future)
-            self.ready.notify()
+            self.ready.notify_all()
         return future
 
     def _take(self) -> tuple[list[ValueRow], list[Future]]:
@@ -52,6 +57,8 @@ class _Lane:
                     if len(self.rows) >= max_rows or wait <= 0:
                         rows, futures = self.rows, self.futures
                         self.rows, self.futures = [], []
+                        self.writing = True
+                        self.ready.notify_all()  # submitters waiting for room
                         return rows, futures
                     self.ready.wait(wait)
                 else:
@@ -74,6 +81,21 @@ class _Lane:
                 self.batcher.batches += 1
                 for future in futures:
                     future.set_result(len(rows))
+            with self.ready:
+                self.writing = False
+                self.ready.notify_all()
+
+    def drain(self, deadline: float) -> bool:
+        """Wait until what was submitted is written; returns False at ``deadline`` (monotonic)."""
+        with self.ready:
+            self.oldest = 0.0  # write what is pending now, not at its age limit
+            self.ready.notify_all()
+            while self.rows or self.writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.ready.wait(min(left, 0.05))
+        return True
 
 
 class SinkBatcher:
@@ -82,6 +104,7 @@ class SinkBatcher:
     def __init__(self, *, max_rows: int, max_age: float) -> None:
         self.max_rows = max_rows
         self.max_age = max_age
+        self.max_pending = 4 * max_rows
         self.batches = 0
         self._lanes: dict[SinkTarget, _Lane] = {}
         self._lock = threading.Lock()
@@ -93,6 +116,11 @@ class SinkBatcher:
             with self._lock:
                 lane = self._lanes.get(target) or self._lanes.setdefault(target, _Lane(self, target))
         return lane.add(rows)
+
+    def drain(self, *, timeout: float) -> bool:
+        """Write everything submitted so far, waiting at most ``timeout`` seconds; returns whether all was written."""
+        deadline = time.monotonic() + timeout
+        return all(lane.drain(deadline) for lane in list(self._lanes.values()))
 
 
 _batcher: SinkBatcher | None = None
