@@ -111,14 +111,24 @@ def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
     return definitions().writable(hub_ids)
 
 
+def _read_plan(group: Group) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """``([(binding, entity, key)], {entity: [key]})`` of a group, worked out once per Group instance
+    (the worker keeps instances, groups/definitions.py)."""
+    plan = group.__dict__.get("_read_plan")
+    if plan is None:
+        keys = [(gk.binding, gk.entity, gk.key) for gk in group.keys.all()]
+        by_entity: dict[str, list[str]] = defaultdict(list)
+        for _, entity, key in keys:
+            by_entity[entity].append(key)
+        plan = group.__dict__["_read_plan"] = (keys, dict(by_entity))
+    return plan
+
+
 def _send_reads(outcome: Outcome) -> None:
     """One pipelined ``getEntityParams`` per entity of the group."""
-    keys = list(outcome.group.keys.all())
+    keys, by_entity = _read_plan(outcome.group)
     if not keys:
         raise GroupRunError("the group reads no keys")
-    by_entity: dict[str, list[str]] = defaultdict(list)
-    for gk in keys:
-        by_entity[gk.entity].append(gk.key)
     client = client_for(outcome.group.hub)
     outcome.reads = {
         entity: client.call_async("getEntityParams", {"entity": entity, "keys": entity_keys})
@@ -136,23 +146,17 @@ def _collect_reads(outcome: Outcome, writable: set[tuple[int, str, str]]) -> Non
             if exc.code != -32601:
                 raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
             # hub protocol v1: a hub without getEntityParams is read through subscribe
-            values = _read_via_subscribe(hub, entity, [gk.key for gk in group.keys.all() if gk.entity == entity])
+            values = _read_via_subscribe(hub, entity, _read_plan(group)[1][entity])
         if not isinstance(values, list):
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: the answer has no 'values' list")
         got[entity] = {v.get("key"): v for v in values if isinstance(v, dict)}
-    for gk in group.keys.all():
-        item = got[gk.entity].get(gk.key)
+    hub_id, bindings = hub.pk, outcome.bindings
+    for binding, entity, key in _read_plan(group)[0]:
+        item = got[entity].get(key)
         if item is None:
-            raise GroupRunError(f"hub {hub.name!r}, entity {gk.entity!r}: no value for key {gk.key!r}")
-        outcome.bindings[gk.binding] = Binding(
-            name=gk.binding,
-            entity=gk.entity,
-            key=gk.key,
-            value=item.get("value"),
-            ts=item.get("ts"),
-            quality=str(item.get("quality") or "good"),
-            writable=(hub.pk, gk.entity, gk.key) in writable,
-        )
+            raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: no value for key {key!r}")
+        bindings[binding] = Binding(binding, entity, key, item.get("value"), item.get("ts"),
+                                    str(item.get("quality") or "good"), (hub_id, entity, key) in writable)
     outcome.reads = {}
 
 

@@ -183,7 +183,7 @@ HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
 # What executions read from the Django database is kept per worker process (groups/definitions.py): a group is
 # read again within HUBSCHED_EXECUTION_CHECK_S of an edit, everything else within HUBSCHED_EXECUTION_CACHE_S.
-HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 10.0, minimum=0.0)
+HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)
 HUBSCHED_EXECUTION_CHECK_S = env_float("HUBSCHED_EXECUTION_CHECK_S", 1.0, minimum=0.0)
 # Finished runs (GroupRun rows, GroupStats counters) are written in bulk this often per worker process.
 HUBSCHED_RUN_FLUSH_S = env_float("HUBSCHED_RUN_FLUSH_S", 1.0, minimum=0.05)
