@@ -50,20 +50,17 @@ class Definitions:
         """``{id: Group}`` for the ids that exist."""
         now = time.monotonic()
         self._forget_changed(now)
-        found, missing, stale_hubs = {}, set(), set()
+        found, missing = {}, set()
         for gid in ids:
             entry = self._groups.get(gid)
             if entry is not None and now - entry[0] < self.ttl:
                 found[gid] = entry[1]
             else:
                 missing.add(gid)
-                if entry is not None:
-                    stale_hubs.add(entry[1].hub_id)
         if missing:
-            if stale_hubs:  # a hub's groups were read together: read those soon due with them, in one go
-                missing |= {gid for gid, (t, g) in list(self._groups.items())
-                            if g.hub_id in stale_hubs and now - t > self.ttl / 2}
+            # a hub's groups run together: read every group of the hubs concerned in one go
             loaded = _load_groups(missing)
+            missing |= set(loaded)
             with self._lock:
                 for gid in missing:
                     self._groups.pop(gid, None)
@@ -119,11 +116,13 @@ class Definitions:
 
 
 def _load_groups(ids: set[int]) -> dict:
+    """The groups ``ids`` and every other group of their hubs."""
     from groups.models import Group
 
+    hubs = Group.objects.filter(pk__in=ids).values("hub_id")
     return {
         g.pk: g
-        for g in Group.objects.select_related("hub__project", "script").prefetch_related("keys").filter(pk__in=ids)
+        for g in Group.objects.select_related("hub__project", "script").prefetch_related("keys").filter(hub_id__in=hubs)
     }
 
 

@@ -156,7 +156,7 @@ def _collect_reads(outcome: Outcome, writable: set[tuple[int, str, str]]) -> Non
         if item is None:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: no value for key {key!r}")
         bindings[binding] = Binding(binding, entity, key, item.get("value"), item.get("ts"),
-                                    str(item.get("quality") or "good"), (hub_id, entity, key) in writable)
+                                    str(item.get("quality") or "good"), bool(writable) and (hub_id, entity, key) in writable)
     outcome.reads = {}
 
 

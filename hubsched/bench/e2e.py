@@ -236,7 +236,7 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
         if py_spy and path == "hubsched":
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs["worker"][0].pid), "-d",
-                 str(int(seconds)), "-f", "speedscope", "-o", py_spy, "--nonblocking", "-s"],
+                 str(int(seconds)), "-f", "speedscope", "-o", py_spy, "--nonblocking", "--gil", "-s"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(max(0.0, t1 - time.time()))
         cpu1 = _cpu_by_kind(kinds)

@@ -183,6 +183,7 @@ def _copy_lines(rows: list[ValueRow]) -> Iterable[str]:
     line they share is encoded once per run, not once per value.
     """
     head_of = None
+    plain: dict[str, str] = {}  # keys and qualities repeat in every execution: escape each once
     for row in rows:
         shared = (row.tick, row.project, row.hub, row.group_id, row.group, row.entity)
         if shared != head_of:
@@ -200,8 +201,13 @@ def _copy_lines(rows: list[ValueRow]) -> Iterable[str]:
             number = value_num(value)
             number = "\\N" if number is None else repr(number)
             text = value_json(value).translate(_COPY_ESCAPES)
-        yield (f"{tick}\t{_copy_field(ts)}\t{rest}\t{_copy_field(row.key)}\t{number}\t{text}\t"
-               f"{_copy_field(row.quality)}\n")
+        key = plain.get(row.key)
+        if key is None:
+            key = plain[row.key] = _copy_field(row.key)
+        quality = plain.get(row.quality)
+        if quality is None:
+            quality = plain[row.quality] = _copy_field(row.quality)
+        yield f"{tick}\t{_copy_field(ts)}\t{rest}\t{key}\t{number}\t{text}\t{quality}\n"
 
 
 def _copy_tall(engine: sa.Engine, table: sa.Table, rows: list[ValueRow]) -> None:
