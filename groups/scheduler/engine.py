@@ -107,7 +107,7 @@ class StatsBuffer:
 class Cohort:
     """Groups that tick at the same instants; their ids by hub and expiry, ready to send."""
 
-    __slots__ = ("key", "trigger", "due", "lead", "version", "fired", "members", "_ready")
+    __slots__ = ("key", "trigger", "due", "lead", "version", "fired", "members", "_ready", "_ready_max")
 
     def __init__(self, key, trigger, due: float, lead: float = 0.0):
         self.key, self.trigger, self.due, self.lead = key, trigger, due, lead
@@ -115,6 +115,7 @@ class Cohort:
         self.fired = 0
         self.members: dict[int, dict[int, float | None]] = defaultdict(dict)  # hub -> group -> expiry
         self._ready: dict[int, list[tuple[float | None, list[int]]]] | None = None
+        self._ready_max = 0
 
     def add(self, hub_id: int, group_id: int, expiry: float | None) -> None:
         self.members[hub_id][group_id] = expiry
@@ -132,15 +133,24 @@ class Cohort:
     def __len__(self) -> int:
         return sum(len(m) for m in self.members.values())
 
-    def ready(self) -> dict[int, list[tuple[float | None, list[int]]]]:
-        if self._ready is None:
+    def ready(self, batch_max: int = 0) -> dict[int, list[tuple[float | None, list[int]]]]:
+        """Per hub, ``[(expiry, sorted ids)]``, lists cut to at most ``batch_max`` ids (0: uncut).
+
+        Kept until membership changes: every tick sends the same list objects, which is what lets
+        StatsBuffer count them in O(1).
+        """
+        if self._ready is None or self._ready_max != batch_max:
             ready = {}
             for hub_id, groups in self.members.items():
                 by_expiry: dict[float | None, list[int]] = defaultdict(list)
                 for gid, expiry in groups.items():
                     by_expiry[expiry].append(gid)
-                ready[hub_id] = [(expiry, sorted(gids)) for expiry, gids in by_expiry.items()]
-            self._ready = ready
+                ready[hub_id] = parts = []
+                for expiry, gids in by_expiry.items():
+                    gids.sort()
+                    step = batch_max if batch_max and len(gids) > batch_max else len(gids)
+                    parts.extend((expiry, gids[i : i + step]) for i in range(0, len(gids), step))
+            self._ready, self._ready_max = ready, batch_max
         return self._ready
 
 
@@ -309,7 +319,7 @@ class Engine:
         gap = (nxt - due) if nxt is not None else 60.0
         cohort.fired += 1
         eta = due if due > now else None
-        for hub_id, parts in cohort.ready().items():
+        for hub_id, parts in cohort.ready(self.batch_max).items():
             for expiry, gids in parts:
                 outgoing[hub_id, eta].append([due, expiry if expiry is not None else gap, cohort.fired, gids])
                 if passed_over:

@@ -109,6 +109,16 @@ def test_a_big_hub_is_split_into_messages_of_at_most_batch_max_groups():
     assert [sum(len(t[3]) for t in ticks) for _, ticks, _ in sent.messages] == [1000, 1000, 500]
 
 
+def test_a_big_hub_sends_the_same_cut_lists_every_tick_until_its_groups_change():
+    engine, clock, sent = engine_with(*[GroupSpec(id=i, hub_id=1, trigger="interval", period=1) for i in range(2500)])
+    for second in (1, 2):
+        clock.set(T0 + second)
+        engine.run_due()
+    first, second = ([t[3] for t in ticks] for _, ticks, _ in (sent.messages[0], sent.messages[3]))
+    assert [len(g) for g in first] == [1000] and all(a is b for a, b in zip(first, second))  # counted in O(1)
+    assert engine.stats.take()["dispatched"] == dict.fromkeys(range(2500), 2)
+
+
 def test_a_beat_that_fell_behind_sends_the_latest_tick_and_counts_the_others_missed():
     engine, clock, sent = engine_with(GroupSpec(id=1, hub_id=1, trigger="interval", period=1))
     clock.set(T0 + 5.3)
