@@ -272,7 +272,7 @@ class Engine:
     # --- time ----------------------------------------------------------------------------------
 
     def next_due(self) -> float | None:
-        """Epoch seconds when the earliest tick still to send is to be sent (its time minus the lead; None: nothing timed)."""
+        """Epoch seconds at which the next tick is to be sent: its time minus its lead (None: nothing timed)."""
         heap = self._heap
         while heap:
             due, _, key, version = heap[0]

@@ -44,12 +44,13 @@ class BatchPublisher:
         """Send one message; ``eta`` is epoch seconds (the worker starts it then) or None. Returns the task id."""
         amqp, task_id = self.app.amqp, uuid()
         size = sum(len(t[3]) for t in ticks)
+        plural = "s" if size != 1 else "", "s" if len(ticks) != 1 else ""
         message = amqp.create_task_message(
             task_id, BATCH_TASK, (hub_id, ticks, limit), {},
             eta=datetime.fromtimestamp(eta, timezone.utc) if eta is not None else None,
             create_sent_event=self.app.conf.task_send_sent_event,
             ignore_result=True,
-            argsrepr=f"hub {hub_id}: {size} group{'s' if size != 1 else ''} in {len(ticks)} tick{'s' if len(ticks) != 1 else ''}",
+            argsrepr=f"hub {hub_id}: {size} group{plural[0]} in {len(ticks)} tick{plural[1]}",
             kwargsrepr="{}",
         )
         amqp.send_task_message(self._producer(), BATCH_TASK, message, **self.route())
