@@ -248,7 +248,8 @@ def test_the_batch_publisher_sends_celerys_own_task_message_with_the_eta(broker,
         folder = tmp_path / "broker"
         folder.mkdir()
         celery = Celery("t", broker="filesystem://", broker_transport_options={
-            "data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False})
+            "data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
+            "control_folder": str(tmp_path / "control")})
     celery.conf.task_default_queue = queue
     with celery.connection_for_write() as conn:
         producer = celery.amqp.Producer(conn, auto_declare=False)
