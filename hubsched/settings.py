@@ -158,6 +158,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
         "control_folder": str(BROKER_DIR / "control"),
+        # the transport looks for new messages this often (kombu's default, 1 s, delays every tick by up to 1 s)
+        "polling_interval": env_float("HUBSCHED_FILESYSTEM_BROKER_POLL_S", 0.1, minimum=0.01),
     }
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_IGNORE_RESULT = True
