@@ -74,8 +74,18 @@ def group(draw, params: list[tuple[str, str]], scripts: list[str]) -> dict:
         "expires": draw(st.none() | st.floats(min_value=0, max_value=1000)),
         "script": draw(st.none() | st.sampled_from(scripts)) if scripts else None,
         "enabled": draw(st.booleans()),
-        "keys": [{"entity": e, "key": k, "alias": draw(st.sampled_from(["", binding]))} for (e, k), binding in zip(keys, bindings)],
+        "keys": group_keys(draw, keys, bindings),
     }
+
+
+def group_keys(draw, keys: list[tuple[str, str]], bindings: list[str]) -> list[dict]:
+    """Keys with an alias, or none where the key name alone is a binding no other key of the group has."""
+    names = [k for _, k in keys]
+    chosen = []
+    for (entity, key), binding in zip(keys, bindings):
+        bare_ok = names.count(key) == 1 and key not in bindings
+        chosen.append({"entity": entity, "key": key, "alias": draw(st.sampled_from(["", binding])) if bare_ok else binding})
+    return chosen
 
 
 @st.composite
