@@ -54,7 +54,16 @@ def test_a_tick_older_than_its_expiry_is_missed_not_run(locks):
     assert out.missed == [1, 2] and [g for g, _ in out.ran] == [3]
 
 
-def test_ticks_do_not_pile_up_behind_a_slow_group(locks):
+def test_a_ticks_groups_run_together_so_their_hub_reads_share_one_pipeline(locks):
+    clock = FakeClock(T0)
+    calls = []
+    out = run([[T0, 1.0, 2, [1, 2, 3, 4]]], clock=clock, locks=locks, execute=calls.append)
+    assert calls == [[(3, T0), (4, T0), (1, T0), (2, T0)]]  # one call, in round-robin order
+    assert [g for g, _ in out.ran] == [3, 4, 1, 2]
+
+
+def test_ticks_do_not_pile_up_behind_a_slow_group(locks, monkeypatch):
+    monkeypatch.setattr("groups.scheduler.dispatch.CHUNK_MAX", 1)  # every group its own chunk
     clock = FakeClock(T0)
     runner = Runner(clock, cost={1: 0.7})
     out = run([[T0, 1.0, 0, [1, 2, 3]]], clock=clock, locks=locks, execute=runner)
@@ -192,7 +201,8 @@ def test_a_batch_far_too_early_is_sent_back_until_its_time_and_runs_nothing(lock
     assert clock.now() == T0 - 5  # it did not wait
 
 
-def test_expiry_counts_from_the_scheduled_time_not_from_an_early_arrival(locks):
+def test_expiry_counts_from_the_scheduled_time_not_from_an_early_arrival(locks, monkeypatch):
+    monkeypatch.setattr("groups.scheduler.dispatch.CHUNK_MAX", 1)
     clock = FakeClock(T0 - 0.5)
     runner = Clocked(clock, cost={1: 1.2})
     out = run([[T0, 1.0, 0, [1, 2]]], clock=clock, locks=locks, execute=runner)
