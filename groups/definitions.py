@@ -23,6 +23,8 @@ from datetime import timedelta
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
+from hubsched.per_process import PerProcess
+
 SLACK = timedelta(seconds=5)  # rows committed a little after their updated_at was stamped
 APPS = {"groups", "hubs", "scripts_engine"}
 NOT_DEFINITIONS = {"GroupRun", "GroupStats"}  # written by executions themselves
@@ -126,26 +128,24 @@ def _load_groups(ids: set[int]) -> dict:
     }
 
 
-_definitions: Definitions | None = None
-_definitions_lock = threading.Lock()
+def _new_definitions() -> Definitions:
+    from django.conf import settings
+
+    return Definitions(ttl=settings.HUBSCHED_EXECUTION_CACHE_S, check=settings.HUBSCHED_EXECUTION_CHECK_S)
+
+
+process_definitions: PerProcess[Definitions] = PerProcess(_new_definitions)
 
 
 def definitions() -> Definitions:
     """The process's cache, configured from settings on first use."""
-    global _definitions
-    if _definitions is None:
-        from django.conf import settings
-
-        with _definitions_lock:
-            if _definitions is None:
-                _definitions = Definitions(ttl=settings.HUBSCHED_EXECUTION_CACHE_S,
-                                           check=settings.HUBSCHED_EXECUTION_CHECK_S)
-    return _definitions
+    return process_definitions.get()
 
 
 def _forget(sender, **kwargs) -> None:
-    if _definitions is not None and sender._meta.app_label in APPS and sender.__name__ not in NOT_DEFINITIONS:
-        _definitions.clear()
+    cache = process_definitions.peek()
+    if cache is not None and sender._meta.app_label in APPS and sender.__name__ not in NOT_DEFINITIONS:
+        cache.clear()
 
 
 post_save.connect(_forget, dispatch_uid="groups.definitions.saved")

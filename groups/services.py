@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
@@ -17,6 +16,8 @@ from django.db import transaction
 from django.db.models import BigIntegerField, Case, F, Value, When
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
+
+from hubsched.per_process import PerProcess
 
 from .models import Group, GroupRun, GroupStats, RunStatus, Trigger
 
@@ -326,20 +327,18 @@ class RunRecorder:
             self.flush()
 
 
-_recorder: RunRecorder | None = None
-_recorder_lock = threading.Lock()
+def _new_recorder() -> RunRecorder:
+    from django.conf import settings
+
+    return RunRecorder(interval=settings.HUBSCHED_RUN_FLUSH_S)
+
+
+process_recorder: PerProcess[RunRecorder] = PerProcess(_new_recorder)
 
 
 def run_recorder() -> RunRecorder:
     """The process's run recorder, configured from settings on first use."""
-    global _recorder
-    if _recorder is None:
-        from django.conf import settings
-
-        with _recorder_lock:
-            if _recorder is None:
-                _recorder = RunRecorder(interval=settings.HUBSCHED_RUN_FLUSH_S)
-    return _recorder
+    return process_recorder.get()
 
 
 def runs_drain(**_kwargs) -> None:
@@ -347,35 +346,11 @@ def runs_drain(**_kwargs) -> None:
     from scripts_engine.sinks import sinks_drain
 
     sinks_drain(timeout=10.0)
-    if _recorder is not None:
-        _recorder.flush()
+    recorder = process_recorder.peek()
+    if recorder is not None:
+        recorder.flush()
 
 
-def _forget_recorder_after_fork() -> None:
-    global _recorder
-    _recorder = None  # its thread did not survive fork()
-
-
-os.register_at_fork(after_in_child=_forget_recorder_after_fork)
 atexit.register(runs_drain)
 worker_process_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain.process")
 worker_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain")
-
-
-def group_stats_record(*, group_id: int, run: GroupRun, lag_ms: int) -> None:
-    """Add one finished run to the group's counters (F() expressions: concurrent workers add up)."""
-    ok = run.status == RunStatus.OK
-    updates = {
-        "started": F("started") + 1,
-        "done": F("done") + (1 if ok else 0),
-        "failed": F("failed") + (0 if ok else 1),
-        "values": F("values") + run.values_count,
-        "lag_ms_total": F("lag_ms_total") + lag_ms,
-        "last_run_at": run.scheduled_for,
-        "last_status": run.status,
-    }
-    if not ok:
-        updates["last_error"] = run.error
-    if not GroupStats.objects.filter(group_id=group_id).update(**updates):
-        GroupStats.objects.get_or_create(group_id=group_id)
-        GroupStats.objects.filter(group_id=group_id).update(**updates)

@@ -360,8 +360,6 @@ def test_the_scheduler_drops_a_deleted_or_disabled_group(hub, beat):
 
 
 def test_the_scheduler_runs_a_once_group_once_across_restarts(hub, beat):
-    from groups.services import group_stats_record  # noqa: F401  (the counters a run leaves behind)
-
     group = Group.objects.create(hub=hub, name="once", trigger=Trigger.ONCE,
                                  run_at=datetime.fromtimestamp(T0 + 2, timezone.utc))
     clock = FakeClock(T0)

@@ -49,9 +49,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hubsched.bench.common import ROOT, check, delete_queue, percentile
+
 HELP = ("End to end, hubs to SQL: stock django-celery-beat + a task per group against hubsched, "
         "counting committed rows (needs Redis).")
-ROOT = Path(__file__).resolve().parent.parent.parent
 API_KEY = "bench-key"
 BEATS = {"stock": "hubsched.bench.scheduler:StockScheduler", "hubsched": "groups.scheduler:Scheduler"}
 # committed_at: the database's own clock at insert, as epoch seconds
@@ -131,10 +132,10 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
     hub_procs: list[subprocess.Popen] = []
     try:
         log(f"e2e: migrating a throwaway database in {work}")
-        _check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+        check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
         log(f"e2e: {groups} groups of {keys} keys on {hubs} hubs at {period} s")
         spec = {"groups": groups, "keys": keys, "hubs": hubs, "period": period, "ports": ports, "sink": sink}
-        _check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
+        check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
         for i, port in enumerate(ports):
             hub_log = open(work / f"hub{i}.log", "w")
             hub_procs.append(subprocess.Popen(
@@ -189,7 +190,7 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
     queue = f"hubsched-e2e-{os.getpid()}-{path}"
     env = {**env, "HUBSCHED_BENCH_QUEUE": queue}
     engine, sink_table = _sink_table_create(sink, table)
-    _check([sys.executable, "-m", "hubsched.bench.e2e", "sink", table], env)
+    check([sys.executable, "-m", "hubsched.bench.e2e", "sink", table], env)
     procs: dict[str, list[subprocess.Popen]] = {"worker": [], "beat": []}
     logs = []
     spy = None
@@ -252,7 +253,7 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
                 spy.wait(30)
             except subprocess.TimeoutExpired:
                 spy.kill()
-        _delete_queue(broker, queue)
+        delete_queue(broker, queue)
     stats = _count(engine, sink_table, t0, t1, cutoff)
     with engine.begin() as conn:
         sink_table.drop(conn)
@@ -264,8 +265,8 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
         "stored_values_per_s": round(stats["distinct"] / seconds, 1),
         "lost": max(0, expected - stats["distinct"]),
         "duplicated": stats["rows"] - stats["distinct"],
-        "latency_p50_ms": _percentile(stats["latencies"], 0.50),
-        "latency_p99_ms": _percentile(stats["latencies"], 0.99),
+        "latency_p50_ms": percentile(stats["latencies"], 0.50),
+        "latency_p99_ms": percentile(stats["latencies"], 0.99),
         "cpu_percent": {k: round(100.0 * (cpu1[k] - cpu0[k]) / seconds, 1) for k in cpu0},
         "expected_values": expected,
         "executions": stats["executions"],
@@ -302,17 +303,6 @@ def _count(engine, table, t0: float, t1: float, cutoff: float) -> dict:
     latencies.sort()
     return {"rows": rows, "distinct": distinct, "executions": executions, "latencies": latencies}
 
-
-def _percentile(weighted: list[tuple[float, int]], q: float) -> float | None:
-    total = sum(n for _, n in weighted)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for value, n in weighted:
-        seen += n
-        if seen >= rank:
-            return round(value, 1)
-    return round(weighted[-1][0], 1)
 
 
 def _sink_table_create(url: str, name: str):
@@ -419,20 +409,6 @@ def _stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20.0)
         send(signal.SIGKILL)  # children that outlived their parent
 
 
-def _check(cmd: list[str], env: dict) -> None:
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{done.stdout}{done.stderr}")
-
-
-def _delete_queue(broker: str, queue: str) -> None:
-    from kombu import Connection
-
-    try:
-        with Connection(broker) as conn:
-            conn.default_channel.queue_delete(queue)
-    except Exception:
-        pass
 
 
 def _with_driver(url: str) -> str:

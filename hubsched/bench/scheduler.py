@@ -36,8 +36,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hubsched.bench.common import ROOT, check, delete_queue, percentile
+
 HELP = "Stock django-celery-beat against hubsched's scheduler on the same groups (needs Redis)."
-ROOT = Path(__file__).resolve().parent.parent.parent
 PATHS = {
     "stock": "hubsched.bench.scheduler:StockScheduler",
     "hubsched": "groups.scheduler:Scheduler",
@@ -78,9 +79,9 @@ def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, p
                                "broker": broker.split("@")[-1], "cpus": os.cpu_count(), "lead_s": lead}}
     try:
         log(f"bench: migrating a throwaway database in {work}")
-        _check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+        check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
         log(f"bench: creating {groups} groups on {hubs} hubs at {period} s")
-        _check([sys.executable, "-m", "hubsched.bench.scheduler", "populate", str(groups), str(hubs), str(period)], env)
+        check([sys.executable, "-m", "hubsched.bench.scheduler", "populate", str(groups), str(hubs), str(period)], env)
         for path in [p.strip() for p in paths.split(",") if p.strip()]:
             log(f"bench: {path} ...")
             result[path] = _measure(path, env=env, work=work, groups=groups, period=period, seconds=seconds,
@@ -156,7 +157,7 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(60)
         beat_log.close()
-        _delete_queue(broker, queue)
+        delete_queue(broker, queue)
     records = json.loads(out.read_text()) if out.exists() else []
     # startable: when a worker may start the tick (it holds a message with an eta until then)
     inside = [(max(recv, eta or recv), recv, due, n) for recv, due, n, eta in records]
@@ -169,25 +170,14 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
         "due_per_s": round(due_per_s, 1),
         "dispatched_per_s": round(received / seconds, 1),
         "dispatched_ratio": round(received / (due_per_s * seconds), 5),
-        "lag_p50_ms": _percentile(lags, 0.50),
-        "lag_p99_ms": _percentile(lags, 0.99),
-        "arrival_p50_ms": _percentile(arrivals, 0.50),
-        "arrival_p99_ms": _percentile(arrivals, 0.99),
+        "lag_p50_ms": percentile(lags, 0.50),
+        "lag_p99_ms": percentile(lags, 0.99),
+        "arrival_p50_ms": percentile(arrivals, 0.50),
+        "arrival_p99_ms": percentile(arrivals, 0.99),
         "beat_cpu_percent": round(100.0 * (cpu1 - cpu0) / seconds, 1),
         "messages_per_s": round(len(inside) / seconds, 1) if path == "stock" else None,
     }
 
-
-def _percentile(weighted: list[tuple[float, int]], q: float) -> float | None:
-    total = sum(n for _, n in weighted)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for value, n in weighted:
-        seen += n
-        if seen >= rank:
-            return round(value, 1)
-    return round(weighted[-1][0], 1)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -195,20 +185,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _check(cmd: list[str], env: dict) -> None:
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{done.stdout}{done.stderr}")
-
-
-def _delete_queue(broker: str, queue: str) -> None:
-    from kombu import Connection
-
-    try:
-        with Connection(broker) as conn:
-            conn.default_channel.queue_delete(queue)
-    except Exception:
-        pass
 
 
 # --- subprocess entry points ------------------------------------------------------------------------

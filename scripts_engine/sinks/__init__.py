@@ -55,7 +55,9 @@ def sinks_submit(*, target: SinkTarget, rows: list[ValueRow]) -> Future:
 
 def sinks_drain(*, timeout: float) -> bool:
     """Write what this process's batcher holds, waiting at most ``timeout`` seconds (at shutdown)."""
-    from .batcher import _batcher as current  # none made yet: nothing to write
+    from .batcher import process_batcher
+
+    current = process_batcher.peek()  # none made yet: nothing to write
     return current.drain(timeout=timeout) if current is not None else True
 
 

@@ -12,10 +12,11 @@ slows the polls instead of filling the memory).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future
+
+from hubsched.per_process import PerProcess
 
 from .writers import SinkError, SinkTarget, ValueRow, sink_write
 
@@ -123,28 +124,15 @@ class SinkBatcher:
         return all(lane.drain(deadline) for lane in list(self._lanes.values()))
 
 
-_batcher: SinkBatcher | None = None
-_batcher_lock = threading.Lock()
+def _new_batcher() -> SinkBatcher:
+    from django.conf import settings
+
+    return SinkBatcher(max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S)
+
+
+process_batcher: PerProcess[SinkBatcher] = PerProcess(_new_batcher)
 
 
 def batcher() -> SinkBatcher:
     """The process's batcher, configured from settings on first use."""
-    global _batcher
-    if _batcher is None:
-        from django.conf import settings
-
-        with _batcher_lock:
-            if _batcher is None:
-                _batcher = SinkBatcher(
-                    max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S
-                )
-    return _batcher
-
-
-def _forget_after_fork() -> None:
-    # writer threads do not survive fork(); a child builds its own batcher on first use
-    global _batcher
-    _batcher = None
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+    return process_batcher.get()
