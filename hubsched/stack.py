@@ -52,7 +52,7 @@ def local_hub_parts() -> list[Part]:
         ports.add(url.port)
         argv = [sys.executable, "manage.py", "hubsim", "--host", url.hostname, "--port", str(url.port), "--name", hub.name]
         argv += ["--key", hub.api_key]
-        parts.append(Part(name=f"hub-{hub.name}", argv=argv))
+        parts.append(Part(name=f"hubsim-{hub.name}", argv=argv))
     return parts
 
 
