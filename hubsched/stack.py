@@ -80,11 +80,12 @@ class Stack:
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for part in self.parts:
-            log = open(self.log_dir / f"{part.name}.log", "ab")
-            part.process = subprocess.Popen(
-                part.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=settings.BASE_DIR, start_new_session=True
-            )
-            self.out(f"started {part.name:<12} pid {part.process.pid:<7} log var/log/{part.name}.log")
+            path = self.log_dir / f"{part.name}.log"
+            with open(path, "ab") as log:  # the child keeps its own descriptor
+                part.process = subprocess.Popen(
+                    part.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=settings.BASE_DIR, start_new_session=True
+                )
+            self.out(f"started {part.name:<14} pid {part.process.pid:<7} log {path}")
 
     def stop(self, grace: float = 8.0) -> None:
         # a second Ctrl-C (or the SIGTERM that follows it) must not cut the shutdown short and orphan parts
@@ -128,7 +129,7 @@ class Stack:
                 dead = self.dead()
                 if dead:
                     for part in dead:
-                        self.out(f"{part.name} exited with {part.process.returncode}: see var/log/{part.name}.log")
+                        self.out(f"{part.name} exited with {part.process.returncode}: see {self.log_dir / part.name}.log")
                     return 1
                 self.out(time.strftime("%H:%M:%S ") + self.status_line())
         except KeyboardInterrupt:
