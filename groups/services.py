@@ -13,13 +13,14 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown, worker_shutdown
 from django.db import transaction
-from django.db.models import BigIntegerField, Case, F, Value, When
+from django.db.models import BigIntegerField, Case, F, Q, Value, When
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from hubsched.per_process import PerProcess
 
 from .models import Group, GroupRun, GroupStats, RunStatus, Trigger
+from .scheduler.stats import group_stats_update
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +269,7 @@ def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> int:
                 "values": F("values") + values, "lag_ms_total": F("lag_ms_total") + lag,
                 "last_run_at": last_run_at, "last_status": last_status,
             }
-            with transaction.atomic():
-                updated = GroupStats.objects.filter(group_id__in=chunk).update(**updates)
-                statements += 1
-                if updated < len(chunk):
-                    GroupStats.objects.bulk_create([GroupStats(group_id=g) for g in chunk], ignore_conflicts=True)
-                    have_none = GroupStats.objects.filter(group_id__in=chunk, started=0)
-                    have_none.update(**updates)
-                    statements += 2
+            statements += group_stats_update(where=Q(group_id__in=chunk), group_ids=chunk, updates=updates)
     for gid, s in per_group.items():
         if s["last_error"] is not None:
             GroupStats.objects.filter(group_id=gid).update(last_error=s["last_error"])

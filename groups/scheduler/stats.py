@@ -1,4 +1,4 @@
-"""Adding to GroupStats counters in bulk: one UPDATE per (field, amount) and run or chunk of ids, not one per tick.
+"""Adding to GroupStats counters in bulk (beat's and the workers' alike): one UPDATE per (field, amount) and run or chunk of ids, not one per tick.
 
 Ids that form a run of consecutive numbers (groups made together, as a project import makes them)
 are updated with one ``group_id BETWEEN a AND b`` each, the rest with ``IN`` chunks of 500: beat
@@ -8,7 +8,7 @@ adds ``dispatched`` for 100,000 groups a second, and 200 ``IN`` statements a sec
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -40,8 +40,6 @@ def group_stats_add(*, counts: Mapping[str, Mapping[int, int]]) -> int:
 
     Groups that no longer exist are left out. Concurrent writers add up (F() expressions).
     """
-    from groups.models import GroupStats
-
     statements = 0
     for field, per_group in counts.items():
         if field not in FIELDS:
@@ -52,30 +50,32 @@ def group_stats_add(*, counts: Mapping[str, Mapping[int, int]]) -> int:
                 by_amount[amount].append(gid)
         for amount, gids in by_amount.items():
             runs, rest = id_runs(gids)
-            parts = [(Q(group_id__gte=run[0], group_id__lte=run[1]), run[1] - run[0] + 1, run) for run in runs]
-            parts += [(Q(group_id__in=chunk), len(chunk), chunk)
-                      for chunk in (rest[i : i + CHUNK] for i in range(0, len(rest), CHUNK))]
-            for where, size, ids in parts:
-                with transaction.atomic():
-                    updated = GroupStats.objects.filter(where).update(**{field: F(field) + amount})
-                    statements += 1
-                    if updated < size:
-                        statements += _create_missing(field, amount, where, ids)
+            parts = [(Q(group_id__gte=first, group_id__lte=last), range(first, last + 1)) for first, last in runs]
+            parts += [(Q(group_id__in=chunk), chunk) for chunk in (rest[i : i + CHUNK] for i in range(0, len(rest), CHUNK))]
+            for where, ids in parts:
+                statements += group_stats_update(where=where, group_ids=ids, updates={field: F(field) + amount})
     return statements
 
 
-def _create_missing(field: str, amount: int, where: Q, ids) -> int:
-    """Make the GroupStats rows some groups lack and add ``amount`` to them; returns statements run."""
+def group_stats_update(*, where: Q, group_ids: Sequence[int], updates: dict) -> int:
+    """Apply ``updates`` (F() expressions) to the GroupStats rows of ``group_ids``, which ``where``
+    selects (a BETWEEN or an IN), making the rows that are missing; returns statements run.
+
+    Groups that no longer exist are left out. When rows are missing the UPDATE is rolled back and run
+    again once they are made: a row another writer makes meanwhile then gets this writer's amounts too.
+    """
     from groups.models import Group, GroupStats
 
+    with transaction.atomic():
+        if GroupStats.objects.filter(where).update(**updates) >= len(group_ids):
+            return 1
+        transaction.set_rollback(True)
     have = set(GroupStats.objects.filter(where).values_list("group_id", flat=True))
-    if isinstance(ids, tuple):  # a run (first, last)
-        ids = range(ids[0], ids[1] + 1)
-    missing = [g for g in ids if g not in have]
-    statements = 1
+    missing = [g for g in group_ids if g not in have]
+    statements = 2
     for start in range(0, len(missing), CHUNK):
-        alive = list(Group.objects.filter(pk__in=missing[start : start + CHUNK]).values_list("pk", flat=True))
+        alive = Group.objects.filter(pk__in=missing[start : start + CHUNK]).values_list("pk", flat=True)
         GroupStats.objects.bulk_create([GroupStats(group_id=g) for g in alive], ignore_conflicts=True)
-        GroupStats.objects.filter(group_id__in=alive).update(**{field: F(field) + amount})
-        statements += 3
-    return statements
+        statements += 2
+    GroupStats.objects.filter(where).update(**updates)
+    return statements + 1

@@ -231,3 +231,26 @@ def test_counters_for_consecutive_groups_take_one_statement_and_rows_are_made_wh
     assert stats[ids[0]] == 5 and stats[ids[15]] == 2 and stats[ids[-1]] == 2 and gone not in stats
     assert group_stats_add(counts={"dispatched": dict.fromkeys(ids[1:], 1)}) == 1  # all rows there: one BETWEEN
     assert GroupStats.objects.get(group_id=ids[100]).dispatched == 3
+
+
+def test_recorded_runs_add_to_counters_and_make_the_rows_that_are_missing(project):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from groups.models import GroupRun, RunStatus
+    from groups.services import group_runs_record
+
+    hub = Hub.objects.create(project=project, name="hub-r", url="ws://127.0.0.1:9/connect")
+    a, b = Group.objects.create(hub=hub, name="a", period=1), Group.objects.create(hub=hub, name="b", period=1)
+    GroupStats.objects.filter(group=b).delete()  # b's row not made yet
+    t = timezone.now()
+
+    def run(group, lag):
+        return GroupRun(group_id=group.pk, scheduled_for=t, started_at=t, finished_at=t + timedelta(seconds=1),
+                        status=RunStatus.OK, values_count=3), lag
+
+    group_runs_record(runs=[run(a, 5), run(b, 7)])
+    group_runs_record(runs=[run(b, 7)])
+    stats = {s.group_id: (s.started, s.done, s.values, s.lag_ms_total) for s in GroupStats.objects.filter(group__hub=hub)}
+    assert stats == {a.pk: (1, 1, 3, 5), b.pk: (2, 2, 6, 14)}
