@@ -7,8 +7,8 @@ RLIMIT_CPU, RLIMIT_AS) apply to the whole process.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
-import math
 import operator
 import resource
 import signal
@@ -173,21 +173,16 @@ class SafeModule:
         return f"<module {self._name!r}>"
 
 
-_modules: dict[str, SafeModule] = {}
-
-
-def _safe_module(name: str) -> SafeModule:
-    module = _modules.get(name)
-    if module is None:
-        module = _modules[name] = SafeModule(__import__(name))
-    return module
+# Imported when the sandbox process starts, before any run's RLIMIT_AS: loading an extension module
+# (math is one) under a script's memory limit could fail, and a run should not pay for the import.
+_MODULES = {name: SafeModule(importlib.import_module(name)) for name in ALLOWED_MODULES}
 
 
 def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    # hub protocol aside, the policy refuses other imports at compile time; this is the run-time half.
-    if level or name not in ALLOWED_MODULES:
+    # The policy refuses other imports at compile time; this is the run-time half.
+    if level or name not in _MODULES:
         raise ImportError(f"import of {name!r}: scripts may import only {', '.join(ALLOWED_MODULES)}")
-    return _safe_module(name)
+    return _MODULES[name]
 
 
 def guarded_getattr(obj, name, default=_missing):
