@@ -270,9 +270,13 @@ def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> int:
                 "last_run_at": last_run_at, "last_status": last_status,
             }
             statements += group_stats_update(where=Q(group_id__in=chunk), group_ids=chunk, updates=updates)
+    failed_with: dict[str, list[int]] = defaultdict(list)  # a hub that is down fails its groups alike
     for gid, s in per_group.items():
         if s["last_error"] is not None:
-            GroupStats.objects.filter(group_id=gid).update(last_error=s["last_error"])
+            failed_with[s["last_error"]].append(gid)
+    for error, gids in failed_with.items():
+        for start in range(0, len(gids), STATS_CHUNK):
+            GroupStats.objects.filter(group_id__in=gids[start : start + STATS_CHUNK]).update(last_error=error)
             statements += 1
     return statements
 
