@@ -184,7 +184,6 @@ class HubClient:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
-        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<HubClient {self.url}>"
@@ -305,8 +304,7 @@ class HubClient:
     # -- connection
 
     def _ensure_connected(self, deadline: float, method: str) -> websocket.WebSocket:
-        if self._pid != os.getpid():
-            self._forget_after_fork()
+        # After os.fork() the child's clients were already reset (see _after_fork_in_child).
         ws = self._ws
         if ws is not None:
             return ws
