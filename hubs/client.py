@@ -216,8 +216,10 @@ class HubClient:
         Raises HubError: the hub's error (code, permanent, data), "timeout" after `timeout`
         seconds (default the client's), "connection", or "protocol".
         """
-        timeout = self.timeout if timeout is None else timeout
-        future = self._submit(method, params, timeout)
+        return self._wait(self._submit(method, params, self.timeout if timeout is None else timeout))
+
+    def _wait(self, future: Future):
+        """The future's result by its deadline; past it, the call is failed with "timeout"."""
         try:
             return future.result(max(0.0, future.hub_deadline - time.monotonic()))
         except FutureTimeout:
@@ -625,13 +627,7 @@ class HubClient:
             with self._lock:
                 self._subs[sub_id] = (callback, on_end)
 
-        future = self._submit("subscribe", params, self.timeout, on_result=register)
-        try:
-            result = future.result(max(0.0, future.hub_deadline - time.monotonic()))
-        except FutureTimeout:
-            self._expire(future.hub_id)
-            result = future.result(0)
-        return result["subscription"]
+        return self._wait(self._submit("subscribe", params, self.timeout, on_result=register))["subscription"]
 
     def unsubscribe(self, subscription: str) -> None:
         """unsubscribe; notifications still in flight are ignored. A subscription the hub no
