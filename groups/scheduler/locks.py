@@ -107,26 +107,29 @@ class FileLocks:
             fd = cls._fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         return fd
 
-    def _try(self, name: str, offset: int) -> bool:
+    def _slot(self, name: str, offset: int) -> tuple[int, str]:
+        """(descriptor, held-set key) of one lock byte; call with ``_mutex`` held."""
         path = str(self.directory / name)
+        return self._fd(path), f"{path}:{offset}"
+
+    def _try(self, name: str, offset: int) -> bool:
         with FileLocks._mutex:
-            fd = self._fd(path)
-            if f"{path}:{offset}" in FileLocks._held:
+            fd, slot = self._slot(name, offset)
+            if slot in FileLocks._held:
                 return False
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
             except OSError:
                 return False
-            FileLocks._held.add(f"{path}:{offset}")
+            FileLocks._held.add(slot)
             return True
 
     def _free(self, name: str, offset: int) -> None:
-        path = str(self.directory / name)
         with FileLocks._mutex:
-            fd = self._fd(path)
-            if f"{path}:{offset}" in FileLocks._held:
+            fd, slot = self._slot(name, offset)
+            if slot in FileLocks._held:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-                FileLocks._held.discard(f"{path}:{offset}")
+                FileLocks._held.discard(slot)
 
     def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
         return "", [gid for gid in group_ids if self._try("runs.lock", gid)]
