@@ -231,9 +231,9 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
 class _Stored:
     """The sink writes of one batch: wait for them, or have a callback run when the last one ends."""
 
-    def __init__(self, outcomes: list[Outcome], targets: dict[int, list[SinkTarget]], rows_of: dict[int, list[ValueRow]],
+    def __init__(self, outcomes: list[Outcome], targets: dict[int, list[SinkTarget]], sizes: dict[int, int],
                  futures: dict[SinkTarget, Future]):
-        self.outcomes, self.targets, self.rows_of, self.futures = outcomes, targets, rows_of, futures
+        self.outcomes, self.targets, self.sizes, self.futures = outcomes, targets, sizes, futures
         self._left = len(futures)
         self._lock = threading.Lock()
         self._then: Callable[[list[Outcome]], None] | None = None
@@ -276,13 +276,13 @@ class _Stored:
         finished = timezone.now()
         for o in self.outcomes:
             o.finished_at = finished
-            if id(o) not in self.rows_of:
+            if id(o) not in self.sizes:  # failed before storing
                 continue
             errors = [failures[t] for t in self.targets[o.group.hub.project_id] if t in failures]
             if errors:
                 o.error = "; ".join(errors)
             else:
-                o.values = len(self.rows_of[id(o)])
+                o.values = self.sizes[id(o)]
 
 
 def _store(outcomes: list[Outcome]) -> _Stored:
@@ -292,7 +292,7 @@ def _store(outcomes: list[Outcome]) -> _Stored:
     good = [o for o in outcomes if not o.error]
     targets = definitions().sink_targets({o.group.hub.project_id for o in good})
     by_target: dict[SinkTarget, list[ValueRow]] = defaultdict(list)
-    rows_of: dict[int, list[ValueRow]] = {}
+    sizes: dict[int, int] = {}  # id(outcome) -> values handed to the sinks
     for o in good:
         hub, group, tick = o.group.hub, o.group, o.scheduled_for
         project, hub_name, group_id, group_name = hub.project.name, hub.name, group.pk, group.name
@@ -300,11 +300,11 @@ def _store(outcomes: list[Outcome]) -> _Stored:
             ValueRow(tick, b.ts, project, hub_name, group_id, group_name, b.entity, b.key, b.value, b.quality)
             for b in o.bindings.values()
         ]
-        rows_of[id(o)] = rows
+        sizes[id(o)] = len(rows)
         for target in targets[hub.project_id]:
             by_target[target].extend(rows)
     futures = {target: sinks_submit(target=target, rows=rows) for target, rows in by_target.items()}
-    return _Stored(outcomes, targets, rows_of, futures)
+    return _Stored(outcomes, targets, sizes, futures)
 
 
 def _now_ts() -> str:
