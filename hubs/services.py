@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from django.db import transaction
 
 from .client import HubError, hub_client
-from .models import Hub, Project
+from .models import Hub, ParameterType, Project
 from .project_document import ProjectImport, document_build, document_dumps, document_import
 from .project_document.importer import EntityTreeChanges, entity_tree_write
 
@@ -66,7 +66,7 @@ def _remote_tree(client, entities: list[dict], seen: set[str]) -> list[dict]:
                     {
                         "key": p["key"],
                         "name": str(p.get("name") or ""),
-                        "type": p.get("type") if p.get("type") in _PARAM_TYPES else "string",
+                        "type": p.get("type") if p.get("type") in ParameterType.values else ParameterType.STRING,
                         "unit": str(p.get("unit") or ""),
                         "writable": bool(p.get("writable", False)),
                     }
@@ -76,9 +76,6 @@ def _remote_tree(client, entities: list[dict], seen: set[str]) -> list[dict]:
             }
         )
     return tree
-
-
-_PARAM_TYPES = {"number", "integer", "boolean", "string", "array", "object"}
 
 
 def hub_entities_sync(*, hub: Hub) -> EntityTreeChanges:
