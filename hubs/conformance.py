@@ -17,11 +17,11 @@ from typing import Callable
 import websocket
 
 from hubs.client import ALL_METHODS
+from hubs.hubsim.signals import QUALITIES
 from hubs.hubsim.state import matches_type
+from hubs.hubsim.tree import PARAM_TYPES
 
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")  # RFC 3339, UTC, milliseconds
-TYPES = {"number", "integer", "boolean", "string", "array", "object"}
-QUALITIES = {"good", "uncertain", "bad"}
 _NO_KEY = object()
 
 
@@ -347,7 +347,7 @@ def check_params(ctx: Context) -> str:
         for p in params:
             _expect(isinstance(p, dict) and isinstance(p.get("key"), str), f"{entity['id']!r}: a param has no key")
             _expect(isinstance(p.get("name"), str) and isinstance(p.get("unit"), str), f"{entity['id']}.{p['key']}: name/unit not strings")
-            _expect(p.get("type") in TYPES, f"{entity['id']}.{p['key']}: type {p.get('type')!r} is not one of {sorted(TYPES)}")
+            _expect(p.get("type") in PARAM_TYPES, f"{entity['id']}.{p['key']}: type {p.get('type')!r} is not one of {list(PARAM_TYPES)}")
             _expect(isinstance(p.get("writable"), bool), f"{entity['id']}.{p['key']}: 'writable' is not a boolean")
         described += 1
         keyed = {p["key"]: p for p in params}
