@@ -252,21 +252,26 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, rows: list[ValueRow]) -> 
     by_table: dict[str, dict[datetime, list[ValueRow]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_table[wide_table_name(target.table, row.hub, row.group)][parse_ts(row.tick)].append(row)
+    column_of: dict[str, str] = {}  # key -> column name: identifier() is a regex, and keys repeat in every execution
     for name, executions in by_table.items():
         columns: dict[str, str] = {}
         for execution in executions.values():
             for row in execution:
-                kind = NUMBER if value_num(row.value) is not None or row.value is None else JSON_TEXT
-                columns.setdefault(identifier(row.key), kind)
+                col = column_of.get(row.key)
+                if col is None:
+                    col = column_of[row.key] = identifier(row.key)
+                if col not in columns:
+                    columns[col] = NUMBER if row.value is None or value_num(row.value) is not None else JSON_TEXT
         table = tables.wide(engine, target.url, name, columns)
+        kinds = {col: column_kind(table, col) for col in columns}  # the table's, which may differ from this batch's
         records = []
         for tick, execution in executions.items():
             record: dict[str, Any] = {c: None for c in columns}
             record.update(tick=tick, ts=max((parse_ts(r.ts) for r in execution if r.ts), default=None))
             record["quality"] = max((r.quality for r in execution), key=lambda q: QUALITY_RANK.get(q, 2), default="good")
             for row in execution:
-                col = identifier(row.key)
-                if column_kind(table, col) == NUMBER:
+                col = column_of[row.key]
+                if kinds[col] == NUMBER:
                     number = value_num(row.value)
                     if number is None and row.value is not None:
                         raise SinkError(
