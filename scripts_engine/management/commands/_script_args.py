@@ -62,9 +62,7 @@ def read_data_sources(options: dict) -> dict[str, str]:
 
 def error_text(error) -> str:
     text = str(error)
-    if error.traceback and error.kind not in ("syntax",):
-        text += "\n" + error.traceback
-    elif error.traceback:
+    if error.traceback:
         text += "\n" + error.traceback
     if error.output:
         text += "\n--- output ---\n" + error.output

@@ -13,6 +13,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from scripts_engine.sandbox import DebugStop, script_debug_run
+from scripts_engine.services import result_payload
 
 from ._script_args import add_script_arguments, error_text, read_bindings, read_data_sources, read_script
 
@@ -45,8 +46,7 @@ class Command(BaseCommand):
         )
         payload = {"stops": [s.as_dict() for s in run.stops], "truncated": run.truncated}
         if run.result is not None:
-            payload["result"] = {"bindings": run.result.bindings, "changed": sorted(run.result.changed),
-                                 "output": run.result.output}
+            payload["result"] = result_payload(run.result)
         self.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False))
         if run.error is not None:
             raise CommandError(f"script {run.error.kind} error: {error_text(run.error)}")

@@ -8,6 +8,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from scripts_engine.sandbox import ScriptError, script_execute
+from scripts_engine.services import result_payload
 
 from ._script_args import add_script_arguments, error_text, read_bindings, read_data_sources, read_script
 
@@ -34,7 +35,7 @@ class Command(BaseCommand):
         except ScriptError as exc:
             raise CommandError(f"script {exc.kind} error: {error_text(exc)}") from None
         if options["changed"]:
-            payload = {"bindings": result.bindings, "changed": sorted(result.changed), "output": result.output}
+            payload = result_payload(result)
         else:
             payload = result.bindings
             if result.output:
