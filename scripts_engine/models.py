@@ -45,9 +45,7 @@ class Script(models.Model):
 
     def save(self, *args, **kwargs) -> None:
         # Refused at save time too, not only in forms: a script that cannot compile never reaches a worker.
-        error = self.code_error()
-        if error is not None:
-            raise ValidationError({"code": ValidationError(str(error), code=f"script_{error.kind}")})
+        self.clean()
         super().save(*args, **kwargs)
 
     def code_error(self):
