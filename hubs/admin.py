@@ -258,8 +258,7 @@ class HubAdmin(admin.ModelAdmin):
             )
             self.message_user(
                 request,
-                f"{hub.name}: {len(changes.added)} added, {len(changes.changed)} changed, {len(changes.gone)} gone"
-                + (f" ({detail})" if detail else ""),
+                f"{hub.name}: {changes.summary()}" + (f" ({detail})" if detail else ""),
                 messages.SUCCESS,
             )
 

@@ -90,9 +90,7 @@ def hub_entities_sync(*, hub: Hub) -> EntityTreeChanges:
     tree = _remote_tree(client, client.get_entities(), set())  # every call before the first write
     with transaction.atomic():
         changes = entity_tree_write(hub=hub, tree=tree)
-    logger.info(
-        "hub %s: entities synced, %d added, %d changed, %d gone", hub.pk, len(changes.added), len(changes.changed), len(changes.gone)
-    )
+    logger.info("hub %s: entities synced, %s", hub.pk, changes.summary())
     return changes
 
 

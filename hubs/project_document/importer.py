@@ -51,6 +51,10 @@ class EntityTreeChanges:
     def __bool__(self) -> bool:
         return bool(self.added or self.changed or self.gone)
 
+    def summary(self) -> str:
+        """``"3 added, 0 changed, 1 gone"``."""
+        return f"{len(self.added)} added, {len(self.changed)} changed, {len(self.gone)} gone"
+
 
 def _note(changes: EntityTreeChanges, label: str, created: bool, changed: bool) -> None:
     if created:

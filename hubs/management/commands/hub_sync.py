@@ -26,6 +26,4 @@ class Command(BaseCommand):
         for label, names in (("added", changes.added), ("changed", changes.changed), ("gone", changes.gone)):
             for name in names:
                 self.stdout.write(f"{label:8} {name}")
-        self.stdout.write(
-            f"hub {found.name!r}: {len(changes.added)} added, {len(changes.changed)} changed, {len(changes.gone)} gone"
-        )
+        self.stdout.write(f"hub {found.name!r}: {changes.summary()}")
