@@ -1,11 +1,35 @@
-"""What the benchmarks share: running a set-up command, weighted percentiles, dropping a test queue."""
+"""What the benchmarks share: the beats compared, running each path, running a set-up command, weighted percentiles, dropping a test queue."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository: where manage.py is
+
+# the paths a benchmark compares, and the beat scheduler (``celery beat -S``) of each
+BEATS = {"stock": "hubsched.bench.scheduler:StockScheduler", "hubsched": "groups.scheduler:Scheduler"}
+
+
+def paths_measure(result: dict, *, paths: str, measure: Callable[[str], dict], log, name: str) -> dict:
+    """Add ``measure(path)`` to ``result`` for each comma-separated path of ``BEATS``, in order.
+
+    Raises ValueError for an unknown path."""
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        if path not in BEATS:
+            raise ValueError(f"unknown path {path!r}; known: {', '.join(BEATS)}")
+        log(f"{name}: {path} ...")
+        result[path] = measure(path)
+        log(f"{name}: {path}: {json.dumps(result[path])}")
+    return result
+
+
+def paths_ratio(result: dict, key: str) -> float | None:
+    """hubsched's ``key`` over stock's, to one decimal; None unless both paths ran and stock's is not 0."""
+    stock, ours = result.get("stock"), result.get("hubsched")
+    return round(ours[key] / stock[key], 1) if stock and ours and stock[key] else None
 
 
 def check(cmd: list[str], env: dict) -> None:

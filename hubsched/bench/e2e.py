@@ -49,12 +49,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hubsched.bench.common import ROOT, check, delete_queue, percentile
+from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile
 
 HELP = ("End to end, hubs to SQL: stock django-celery-beat + a task per group against hubsched, "
         "counting committed rows (needs Redis).")
 API_KEY = "bench-key"
-BEATS = {"stock": "hubsched.bench.scheduler:StockScheduler", "hubsched": "groups.scheduler:Scheduler"}
 # committed_at: the database's own clock at insert, as epoch seconds
 COMMITTED_AT = {
     "postgresql": "extract(epoch from clock_timestamp())",
@@ -144,25 +143,16 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
                 env=env, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
             hub_log.close()
         _wait_for_ports(ports, hub_procs)
-        for path in [p.strip() for p in paths.split(",") if p.strip()]:
-            if path not in BEATS:
-                raise ValueError(f"unknown path {path!r}; known: {', '.join(BEATS)}")
-            log(f"e2e: {path} ...")
-            result[path] = _measure(
-                path, env=env, work=work, sink=sink, groups=groups, keys=keys, period=period, seconds=seconds,
-                broker=broker, pool=pool, concurrency=concurrency, workers=workers, warmup=warmup, drain=drain,
-                warmup_timeout=warmup_timeout, hub_procs=hub_procs, worker_env=worker_env or [], py_spy=py_spy,
-            )
-            log(f"e2e: {path}: {json.dumps(result[path])}")
+        paths_measure(result, paths=paths, log=log, name="e2e", measure=lambda path: _measure(
+            path, env=env, work=work, sink=sink, groups=groups, keys=keys, period=period, seconds=seconds,
+            broker=broker, pool=pool, concurrency=concurrency, workers=workers, warmup=warmup, drain=drain,
+            warmup_timeout=warmup_timeout, hub_procs=hub_procs, worker_env=worker_env or [], py_spy=py_spy,
+        ))
     finally:
         for proc in hub_procs:
             _stop(proc, group=True)
         shutil.rmtree(work, ignore_errors=True)
-    stock, ours = result.get("stock"), result.get("hubsched")
-    result["ratio"] = (
-        round(ours["stored_values_per_s"] / stock["stored_values_per_s"], 1)
-        if stock and ours and stock["stored_values_per_s"] else None
-    )
+    result["ratio"] = paths_ratio(result, "stored_values_per_s")
     return result
 
 

@@ -36,13 +36,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hubsched.bench.common import ROOT, check, delete_queue, percentile
+from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile
 
 HELP = "Stock django-celery-beat against hubsched's scheduler on the same groups (needs Redis)."
-PATHS = {
-    "stock": "hubsched.bench.scheduler:StockScheduler",
-    "hubsched": "groups.scheduler:Scheduler",
-}
 
 
 def add_arguments(parser) -> None:
@@ -82,18 +78,12 @@ def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, p
         check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
         log(f"bench: creating {groups} groups on {hubs} hubs at {period} s")
         check([sys.executable, "-m", "hubsched.bench.scheduler", "populate", str(groups), str(hubs), str(period)], env)
-        for path in [p.strip() for p in paths.split(",") if p.strip()]:
-            log(f"bench: {path} ...")
-            result[path] = _measure(path, env=env, work=work, groups=groups, period=period, seconds=seconds,
-                                    broker=broker, warmup_timeout=warmup_timeout)
-            log(f"bench: {path}: {json.dumps(result[path])}")
+        paths_measure(result, paths=paths, log=log, name="bench", measure=lambda path: _measure(
+            path, env=env, work=work, groups=groups, period=period, seconds=seconds, broker=broker,
+            warmup_timeout=warmup_timeout))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    stock, ours = result.get("stock"), result.get("hubsched")
-    result["ratio"] = (
-        round(ours["dispatched_per_s"] / stock["dispatched_per_s"], 1)
-        if stock and ours and stock["dispatched_per_s"] else None
-    )
+    result["ratio"] = paths_ratio(result, "dispatched_per_s")
     return result
 
 
@@ -129,7 +119,7 @@ def _measure(path: str, *, env: dict, work: Path, groups: int, period: float, se
                 raise RuntimeError("the counting consumer did not start")
             time.sleep(0.05)
         beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp", "beat", "-S", PATHS[path],
+            [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp", "beat", "-S", BEATS[path],
              "--loglevel", "WARNING", "-s", str(work / f"{path}-celerybeat-schedule"), "--pidfile", ""],
             env=env, cwd=ROOT, stdout=beat_log, stderr=subprocess.STDOUT,  # keep --json output clean
         )
