@@ -168,7 +168,6 @@ def serve_in_thread(mode: str, *, port: int = 0, key: str = "demo-key", host: st
     Options: delay (s), code, times, batch, methods, name."""
     faulty = FaultyHub(mode, key=key, **options)
     with serve_handler_in_thread(faulty.handler, host=host, port=port) as running:
-        running.extra["faulty"] = faulty
         running.faulty = faulty
         yield running
 

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -145,7 +145,6 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop
     server: object
     path: str = "/connect"
-    extra: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
