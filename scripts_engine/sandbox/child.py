@@ -43,6 +43,17 @@ def _send(fd: int, payload: bytes) -> None:
     _write_all(fd, _HEADER.pack(len(payload)) + payload)
 
 
+def _asker(fd_in: int, fd_out: int):
+    """Interactive debugging: send each stop to the worker and return the action it answers."""
+
+    def ask(stop) -> str:
+        _send(fd_out, json.dumps({"op": "stop", "stop": stop.as_dict()}).encode())
+        (n,) = _HEADER.unpack(_read_exact(fd_in, _HEADER.size))
+        return json.loads(_read_exact(fd_in, n)).get("action", "continue")
+
+    return ask
+
+
 def _encode_reply(reply: dict) -> bytes:
     raw = reply.pop("bindings_raw", None)
     reply["op"] = "result"
@@ -71,16 +82,9 @@ def main() -> None:
             return
         if request.get("op") == "exit":
             return
-        ask = None
-        if (request.get("debug") or {}).get("interactive"):
-
-            def ask(stop) -> str:
-                _send(fd_out, json.dumps({"op": "stop", "stop": stop.as_dict()}).encode())
-                (n,) = _HEADER.unpack(_read_exact(fd_in, _HEADER.size))
-                return json.loads(_read_exact(fd_in, n)).get("action", "continue")
-
+        interactive = (request.get("debug") or {}).get("interactive")
         try:
-            reply = runtime.run(request, ask)
+            reply = runtime.run(request, _asker(fd_in, fd_out) if interactive else None)
         except MemoryError:
             reply = {"ok": False, "error": {"kind": "memory", "message": "the sandbox ran out of memory"}, "replace": True}
         except BaseException as exc:  # the sandbox's own failure: say so, then end
