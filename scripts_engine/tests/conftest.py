@@ -36,3 +36,20 @@ def sink_url(request, tmp_path):
     urls = {"sqlite": lambda: f"sqlite:///{tmp_path / 'values.sqlite3'}", "postgresql": postgres_url, "mariadb": mariadb_url}
     yield urls[request.param]()
     sinks_dispose()
+
+
+@pytest.fixture
+def table_prefix(sink_url):
+    """A fresh table name on ``sink_url``; every table whose name starts with it is dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield prefix
+    engine = sa.create_engine(sink_url)
+    with engine.begin() as conn:
+        for name in sa.inspect(engine).get_table_names():
+            if name.startswith(prefix):
+                conn.execute(sa.text(f"DROP TABLE {name}"))
+    engine.dispose()

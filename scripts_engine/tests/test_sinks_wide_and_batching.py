@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,18 +13,6 @@ from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_engine, s
 from scripts_engine.sinks.batcher import SinkBatcher
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def prefix(sink_url):
-    prefix = f"w{uuid.uuid4().hex[:8]}"
-    yield prefix
-    engine = sa.create_engine(sink_url)
-    with engine.begin() as conn:
-        for name in sa.inspect(engine).get_table_names():
-            if name.startswith(prefix):
-                conn.execute(sa.text(f"DROP TABLE {name}"))
-    engine.dispose()
 
 
 def execution(values: dict, tick=TICK, quality="good") -> list[ValueRow]:
@@ -43,45 +30,45 @@ def wide_rows(url: str, name: str) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.id))]
 
 
-def test_wide_layout_stores_one_row_per_execution_with_a_column_per_key(sink_url, prefix):
-    target = SinkTarget(name="wide", url=sink_url, table=prefix, layout="wide")
+def test_wide_layout_stores_one_row_per_execution_with_a_column_per_key(sink_url, table_prefix):
+    target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
     alarms = [{"code": "P101", "severity": 2}]
     sink_write(target=target, rows=execution({"flow": 42.5, "running": True, "alarms": alarms}, quality="uncertain"))
     sink_write(target=target, rows=execution({"flow": 43.0, "running": False, "alarms": []}, tick=TICK + timedelta(seconds=1)))
-    name = wide_table_name(prefix, "hub-a", "Line 1 pumps")
-    assert name == f"{prefix}_hub_a_line_1_pumps"
+    name = wide_table_name(table_prefix, "hub-a", "Line 1 pumps")
+    assert name == f"{table_prefix}_hub_a_line_1_pumps"
     rows = wide_rows(sink_url, name)
     got = [(float(r["flow"]), float(r["running"]), json.loads(r["alarms"])) for r in rows]
     assert got == [(42.5, 1.0, alarms), (43.0, 0.0, [])]
     assert [r["quality"] for r in rows] == ["uncertain", "good"]
 
 
-def test_wide_layout_adds_a_column_for_a_key_that_appears_later(sink_url, prefix):
-    target = SinkTarget(name="wide", url=sink_url, table=prefix, layout="wide")
+def test_wide_layout_adds_a_column_for_a_key_that_appears_later(sink_url, table_prefix):
+    target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
     sink_write(target=target, rows=execution({"flow": 1.0}))
     sink_write(target=target, rows=execution({"flow": 2.0, "pressure": 6.1}, tick=TICK + timedelta(seconds=1)))
-    rows = wide_rows(sink_url, wide_table_name(prefix, "hub-a", "Line 1 pumps"))
+    rows = wide_rows(sink_url, wide_table_name(table_prefix, "hub-a", "Line 1 pumps"))
     as_float = lambda v: None if v is None else float(v)  # noqa: E731  (MariaDB reflects DOUBLE as Decimal)
     assert [(as_float(r["flow"]), as_float(r["pressure"])) for r in rows] == [(1.0, None), (2.0, 6.1)]
 
 
-def test_wide_layout_refuses_text_in_a_number_column_naming_it(sink_url, prefix):
-    target = SinkTarget(name="wide", url=sink_url, table=prefix, layout="wide")
+def test_wide_layout_refuses_text_in_a_number_column_naming_it(sink_url, table_prefix):
+    target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
     sink_write(target=target, rows=execution({"flow": 1.0}))
     with pytest.raises(SinkError, match=r"column flow holds numbers; plant/line1/pump1\.flow sent \"high\""):
         sink_write(target=target, rows=execution({"flow": "high"}, tick=TICK + timedelta(seconds=1)))
 
 
-def test_wide_layout_stores_an_execution_delivered_twice_once(sink_url, prefix):
-    target = SinkTarget(name="wide", url=sink_url, table=prefix, layout="wide")
+def test_wide_layout_stores_an_execution_delivered_twice_once(sink_url, table_prefix):
+    target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
     sink_write(target=target, rows=execution({"flow": 1.0}))
     sink_write(target=target, rows=execution({"flow": 1.0}))
-    assert len(wide_rows(sink_url, wide_table_name(prefix, "hub-a", "Line 1 pumps"))) == 1
+    assert len(wide_rows(sink_url, wide_table_name(table_prefix, "hub-a", "Line 1 pumps"))) == 1
 
 
-def test_the_batcher_writes_many_submissions_in_fewer_writes_and_resolves_every_one(sink_url, prefix):
+def test_the_batcher_writes_many_submissions_in_fewer_writes_and_resolves_every_one(sink_url, table_prefix):
     batcher = SinkBatcher(max_rows=10_000, max_age=0.3)
-    target = SinkTarget(name="main", url=sink_url, table=f"{prefix}_tall")
+    target = SinkTarget(name="main", url=sink_url, table=f"{table_prefix}_tall")
     start = threading.Barrier(20)
     futures = []
 
@@ -98,12 +85,12 @@ def test_the_batcher_writes_many_submissions_in_fewer_writes_and_resolves_every_
     assert 1 <= batcher.batches < 20
     engine = sink_engine(sink_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {prefix}_tall")).scalar() == 20
+        assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table_prefix}_tall")).scalar() == 20
 
 
-def test_the_batcher_writes_at_once_when_a_batch_is_full(sink_url, prefix):
+def test_the_batcher_writes_at_once_when_a_batch_is_full(sink_url, table_prefix):
     batcher = SinkBatcher(max_rows=3, max_age=3600)  # the age limit would never fire within the test
-    target = SinkTarget(name="main", url=sink_url, table=f"{prefix}_tall")
+    target = SinkTarget(name="main", url=sink_url, table=f"{table_prefix}_tall")
     future = batcher.submit(target=target, rows=execution({"flow": 1.0, "pressure": 2.0, "speed": 3.0}))
     assert future.result(timeout=30) == 3
 
