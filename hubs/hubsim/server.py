@@ -77,7 +77,8 @@ class _ConnectionSession(Session):
             # A first dataChange right away carries the current values (a snapshot).
             k = state.current_tick()
             await self.ws.send(notification_frame(sub.id, sub.entity, state.value_fragments(sub.entity, sub.keys, k)))
-            last = {key: state.values_now(sub.entity, k)[key] for key in sub.keys}
+            current = state.values_now(sub.entity, k)
+            last = {key: current[key] for key in sub.keys}
             while True:
                 now = loop.time()
                 wake = [t for t in (end, next_period) if t is not None]
