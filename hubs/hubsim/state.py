@@ -136,20 +136,20 @@ class HubState:
             frags[key] = f'{p.prefix}{_encode(value)},"ts":"{vts}","quality":"{quality}"}}'
         entity._frags, entity._values, entity._tick = frags, values, k
 
-    def value_fragments(self, entity: Entity, keys: list[str] | None, k: int | None = None) -> list[str]:
-        """JSON-encoded `{"key","value","ts","quality"}` items for the given keys (all when None)."""
+    def _sampled(self, entity: Entity, k: int | None) -> Entity:
         k = self.current_tick() if k is None else k
         if entity._tick != k:
             self._refresh(entity, k)
-        frags = entity._frags
+        return entity
+
+    def value_fragments(self, entity: Entity, keys: list[str] | None, k: int | None = None) -> list[str]:
+        """JSON-encoded `{"key","value","ts","quality"}` items for the given keys (all when None)."""
+        frags = self._sampled(entity, k)._frags
         return list(frags.values()) if keys is None else [frags[key] for key in keys]
 
     def values_now(self, entity: Entity, k: int | None = None) -> dict[str, tuple]:
         """{key: (value, quality)} at tick k (now when None), used for change detection."""
-        k = self.current_tick() if k is None else k
-        if entity._tick != k:
-            self._refresh(entity, k)
-        return entity._values
+        return self._sampled(entity, k)._values
 
     def read(self, entity_id: str, key: str):
         """The current value of one parameter (for tests and the demo)."""
