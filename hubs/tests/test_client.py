@@ -184,6 +184,9 @@ def test_it_treats_unsubscribing_an_expired_subscription_as_done(client):
     sub = client.subscribe(PUMP, ["flow"], callback=lambda p: None, timeout=0.2)
     time.sleep(0.5)
     client.unsubscribe(sub)  # the hub answers 404; nothing raised
+    with pytest.raises(HubError) as err:  # and the hub had indeed ended it: that was the 404 path
+        client.call("unsubscribe", {"subscription": sub})
+    assert err.value.code == 404
 
 
 def test_it_falls_back_to_subscribe_when_the_hub_lacks_get_entity_params():
