@@ -182,7 +182,7 @@ def test_subscribe_with_a_period_and_without_on_change_sends_every_period(raw):
     sub = raw.result("subscribe", {"entity": PUMP, "keys": ["config"], "period": 0.2, "onChange": False})["subscription"]
     started = time.monotonic()
     got = [raw.recv() for _ in range(3)]
-    assert 0.3 < time.monotonic() - started < 1.0
+    assert 0.3 < time.monotonic() - started < 3  # every 0.2 s, not all at once (upper bound loose for a loaded machine)
     assert all(len(m["params"]["values"]) == 1 for m in got)
     raw.call("unsubscribe", {"subscription": sub})
 
