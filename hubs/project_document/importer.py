@@ -151,10 +151,10 @@ def _named(model, project: Project, items: list[dict], fields: dict[str, Any]) -
 
 def _with_secrets(doc: dict, resolved: dict[tuple, str]) -> dict:
     errors = []
-    for (section, index, field), value in resolved.items():
-        if len(value) > _SECRET_LIMITS[field]:
-            errors.append(f"{section}[{index}].{field}: the referenced value is longer than {_SECRET_LIMITS[field]} characters")
-        doc[section][index] = {**doc[section][index], field: value}
+    for (section, index, name), value in resolved.items():
+        if len(value) > _SECRET_LIMITS[name]:
+            errors.append(f"{section}[{index}].{name}: the referenced value is longer than {_SECRET_LIMITS[name]} characters")
+        doc[section][index] = {**doc[section][index], name: value}
     if errors:
         raise ProjectDocumentError(errors)
     return doc
