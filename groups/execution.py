@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from hubs.client import HubClient, HubError, hub_client
 from hubs.models import Hub
-from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sinks_submit
+from scripts_engine.sinks import ExecutionValues, SinkError, SinkTarget, sinks_submit
 
 from .models import Group
 
@@ -48,7 +48,12 @@ class Binding:
 
 @dataclass
 class Outcome:
-    """What became of one tick: ``values`` stored, or ``error`` (empty when it went well)."""
+    """What became of one tick: ``values`` stored, or ``error`` (empty when it went well).
+
+    ``read`` holds the hub's answers as they came, ``[(entity, [value object])]`` (hub protocol v1
+    ``getEntityParams`` values, exactly the group's keys); a group without a script stores them as
+    they are, without a Python object per value. ``bindings`` is made only for a script.
+    """
 
     group: Group
     scheduled_for: datetime
@@ -58,6 +63,7 @@ class Outcome:
     error: str = ""
     bindings: dict[str, Binding] = field(default_factory=dict)
     reads: dict[str, Future] = field(default_factory=dict)  # entity -> pending getEntityParams
+    read: list[tuple[str, list[dict]]] = field(default_factory=list)
 
 
 def client_for(hub: Hub) -> HubClient:
@@ -87,9 +93,9 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]],
         _fail_on_error(outcome, _send_reads, outcome)
     for outcome in outcomes:
         if not outcome.error:
-            _fail_on_error(outcome, _collect_reads, outcome, writable)
+            _fail_on_error(outcome, _collect_reads, outcome)
         if not outcome.error and outcome.group.script_id:
-            _fail_on_error(outcome, _run_script, outcome)
+            _fail_on_error(outcome, _run_script, outcome, writable)
     pending = _store(outcomes)
     if on_stored is None:
         pending.wait()
@@ -113,7 +119,7 @@ def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
 
 def _read_plan(group: Group) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
     """``([(binding, entity, key)], {entity: [key]})`` of a group, worked out once per Group instance
-    (the worker keeps instances, groups/definitions.py)."""
+    (the worker keeps instances, groups/definitions.py). Keys are unique per entity (GroupKey)."""
     plan = group.__dict__.get("_read_plan")
     if plan is None:
         keys = [(gk.binding, gk.entity, gk.key) for gk in group.keys.all()]
@@ -136,9 +142,11 @@ def _send_reads(outcome: Outcome) -> None:
     }
 
 
-def _collect_reads(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
-    group, hub = outcome.group, outcome.group.hub
-    got: dict[str, dict[str, dict]] = {}
+def _collect_reads(outcome: Outcome) -> None:
+    """Wait for the group's answers into ``outcome.read``: per entity, one value object per key asked, in order."""
+    hub = outcome.group.hub
+    by_entity = _read_plan(outcome.group)[1]
+    read = []
     for entity, future in outcome.reads.items():
         try:
             values = future.result(timeout=hub.timeout + 1.0).get("values")
@@ -146,18 +154,53 @@ def _collect_reads(outcome: Outcome, writable: set[tuple[int, str, str]]) -> Non
             if exc.code != -32601:
                 raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
             # hub protocol v1: a hub without getEntityParams is read through subscribe
-            values = _read_via_subscribe(hub, entity, _read_plan(group)[1][entity])
-        if not isinstance(values, list):
-            raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: the answer has no 'values' list")
-        got[entity] = {v.get("key"): v for v in values if isinstance(v, dict)}
-    hub_id, bindings = hub.pk, outcome.bindings
-    for binding, entity, key in _read_plan(group)[0]:
-        item = got[entity].get(key)
+            values = _read_via_subscribe(hub, entity, by_entity[entity])
+        read.append((entity, _answer_values(hub, entity, by_entity[entity], values)))
+    outcome.read = read
+    outcome.reads = {}
+
+
+def _answer_values(hub: Hub, entity: str, keys: list[str], values: Any) -> list[dict]:
+    """The value objects of ``keys`` from a ``getEntityParams`` answer, in the order of ``keys``.
+
+    The usual answer has exactly those keys in that order and is taken as it is; any other is
+    picked from (extra keys dropped). Raises GroupRunError naming a key the hub left out.
+    """
+    if not isinstance(values, list):
+        raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: the answer has no 'values' list")
+    try:
+        if [v["key"] for v in values] == keys:
+            return values
+    except (TypeError, KeyError, IndexError):
+        pass
+    got = {v.get("key"): v for v in values if isinstance(v, dict)}
+    picked = []
+    for key in keys:
+        item = got.get(key)
         if item is None:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: no value for key {key!r}")
+        picked.append(item)
+    return picked
+
+
+def _bindings(outcome: Outcome, writable: set[tuple[int, str, str]]) -> dict[str, Binding]:
+    """The script's view of ``outcome.read``: one Binding per group key, by binding name."""
+    hub_id = outcome.group.hub_id
+    items = {(entity, item["key"]): item for entity, values in outcome.read for item in values}
+    bindings = {}
+    for binding, entity, key in _read_plan(outcome.group)[0]:
+        item = items[(entity, key)]
         bindings[binding] = Binding(binding, entity, key, item.get("value"), item.get("ts"),
                                     str(item.get("quality") or "good"), bool(writable) and (hub_id, entity, key) in writable)
-    outcome.reads = {}
+    return bindings
+
+
+def _read_from_bindings(bindings: dict[str, Binding]) -> list[tuple[str, list[dict]]]:
+    """What a script's execution stores: every binding with its final value, per entity (computed ones under "")."""
+    by_entity: dict[str, list[dict]] = defaultdict(list)
+    for b in bindings.values():
+        by_entity[b.entity].append({"key": b.key, "value": b.value, "ts": b.ts, "quality": b.quality})
+    return list(by_entity.items())
 
 
 def _read_via_subscribe(hub: Hub, entity: str, keys: list[str]) -> list:
@@ -167,7 +210,7 @@ def _read_via_subscribe(hub: Hub, entity: str, keys: list[str]) -> list:
         raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
 
 
-def _run_script(outcome: Outcome) -> None:
+def _run_script(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
     """Run the group's script on the bindings; write back changed writable ones, one call per entity.
 
     Rule (docs/scripts.md): a binding is written back when the script changed its value and the
@@ -178,7 +221,8 @@ def _run_script(outcome: Outcome) -> None:
     from scripts_engine.sandbox import ScriptError, script_execute
     from scripts_engine.services import script_data_sources
 
-    group, hub, bindings = outcome.group, outcome.group.hub, outcome.bindings
+    group, hub = outcome.group, outcome.group.hub
+    bindings = outcome.bindings = _bindings(outcome, writable)
     script = group.script
     try:
         result = script_execute(
@@ -191,6 +235,7 @@ def _run_script(outcome: Outcome) -> None:
     except ScriptError as exc:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
     bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed)
+    outcome.read = _read_from_bindings(bindings)
 
 
 def group_poll(*, group: Group) -> dict[str, Binding]:
@@ -198,8 +243,8 @@ def group_poll(*, group: Group) -> dict[str, Binding]:
     now = timezone.now()
     outcome = Outcome(group=group, scheduled_for=now, started_at=now)
     _send_reads(outcome)
-    _collect_reads(outcome, _writable_params({group.hub_id}))
-    return outcome.bindings
+    _collect_reads(outcome)
+    return _bindings(outcome, _writable_params({group.hub_id}))
 
 
 def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict[str, Any], changed: set[str]) -> dict[str, dict]:
@@ -291,19 +336,16 @@ def _store(outcomes: list[Outcome]) -> _Stored:
 
     good = [o for o in outcomes if not o.error]
     targets = definitions().sink_targets({o.group.hub.project_id for o in good})
-    by_target: dict[SinkTarget, list[ValueRow]] = defaultdict(list)
+    by_target: dict[SinkTarget, list[ExecutionValues]] = defaultdict(list)
     sizes: dict[int, int] = {}  # id(outcome) -> values handed to the sinks
     for o in good:
-        hub, group, tick = o.group.hub, o.group, o.scheduled_for
-        project, hub_name, group_id, group_name = hub.project.name, hub.name, group.pk, group.name
-        rows = [
-            ValueRow(tick, b.ts, project, hub_name, group_id, group_name, b.entity, b.key, b.value, b.quality)
-            for b in o.bindings.values()
-        ]
-        sizes[id(o)] = len(rows)
+        group = o.group
+        hub = group.hub
+        execution = ExecutionValues(o.scheduled_for, hub.project.name, hub.name, group.pk, group.name, o.read)
+        sizes[id(o)] = execution.value_count()
         for target in targets[hub.project_id]:
-            by_target[target].extend(rows)
-    futures = {target: sinks_submit(target=target, rows=rows) for target, rows in by_target.items()}
+            by_target[target].append(execution)
+    futures = {target: sinks_submit(target=target, executions=executions) for target, executions in by_target.items()}
     return _Stored(outcomes, targets, sizes, futures)
 
 

@@ -27,9 +27,20 @@ import time
 import weakref
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import Any, Callable
 
+import orjson
 import websocket
+
+
+def _loads(frame: str | bytes) -> Any:
+    """A frame's JSON. orjson (several times faster; a worker decodes 100,000 values a second at full
+    load) for standard JSON, the standard library for what only it reads: NaN, Infinity and integers
+    beyond 64 bits, which some hubs send. Raises ValueError for a frame that is not JSON."""
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return json.loads(frame)
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +410,7 @@ class HubClient:
 
     def _dispatch(self, frame: str | bytes) -> None:
         try:
-            msg = json.loads(frame)
+            msg = _loads(frame)
         except (ValueError, TypeError):
             log.warning("hub %s sent a frame that is not JSON (%d bytes); ignored", self.url, len(frame))
             return

@@ -101,32 +101,34 @@ def _poll_group(*, script: Script, group_id: int):
 
 
 def _store(*, script: Script, group, live: dict, result_bindings: dict[str, Any]) -> int:
-    from .sinks import SinkError, ValueRow, sink_targets_for_project, sinks_write
+    from collections import defaultdict
+
+    from .sinks import ExecutionValues, SinkError, sink_targets_for_project, sinks_write
 
     now = timezone.now()
     ts = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    rows = []
+    by_entity: dict[str, list[dict]] = defaultdict(list)
     for name, value in result_bindings.items():
         binding = live.get(name)
-        rows.append(
-            ValueRow(
-                tick=now,
-                ts=binding.ts if binding and name in live else ts,
-                project=script.project.name,
-                hub=group.hub.name if group else "",
-                group_id=group.pk if group else 0,
-                group=group.name if group else f"debug:{script.name}",
-                entity=binding.entity if binding else "",
-                key=binding.key if binding else name,
-                value=value,
-                quality=binding.quality if binding else "good",
-            )
-        )
+        by_entity[binding.entity if binding else ""].append({
+            "key": binding.key if binding else name,
+            "value": value,
+            "ts": binding.ts if binding else ts,
+            "quality": binding.quality if binding else "good",
+        })
+    execution = ExecutionValues(
+        tick=now,
+        project=script.project.name,
+        hub=group.hub.name if group else "",
+        group_id=group.pk if group else 0,
+        group=group.name if group else f"debug:{script.name}",
+        values=list(by_entity.items()),
+    )
     try:
-        sinks_write(targets=sink_targets_for_project(project_id=script.project_id), rows=rows)
+        sinks_write(targets=sink_targets_for_project(project_id=script.project_id), executions=[execution])
     except SinkError as exc:
         raise ScriptDebugError(f"storing the bindings failed: {exc}", status=502) from exc
-    return len(rows)
+    return execution.value_count()
 
 
 def debug_payload(session: DebugSession) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def sink_rows(project) -> list[dict]:
     sink = Sink.objects.get(project=project)
     table = tall_table(sa.MetaData(), sink.table)
     with sink_engine(sink.url).connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.id))]
+        return [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.group_id, table.c.tick, table.c.entity, table.c.key))]
 
 
 def test_it_stores_every_value_of_a_group_read_from_the_hub(project, make_hub, reference_hub):

@@ -10,10 +10,10 @@ One invocation runs both paths on the same workload (``--groups`` groups of ``--
 - a Redis broker (``--broker``, default ``HUBSCHED_BENCH_BROKER`` or ``redis://127.0.0.1:6379/13``)
   with a queue per path, deleted afterwards;
 - a fresh sink table per path (``e2e_<pid>_<path>`` in ``--sink``, default a SQLite file in the
-  temporary directory), dropped afterwards. It has the tall layout's columns plus ``committed_at``, a
-  column the database fills with its own clock at insert (the writers name their columns, so the
-  default applies), and a non-unique index where the tall layout has its unique key, so that a
-  value delivered twice is counted rather than absorbed.
+  temporary directory), dropped afterwards with its executions ledger. It is the tall layout plus
+  ``committed_at``, a column the database fills with its own clock at insert (the writers name their
+  columns, so the default applies). The layout has no unique key per value (idempotency is per
+  execution, through the ledger), so a value stored twice is counted, not absorbed.
 
 The paths:
 
@@ -244,9 +244,14 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
             except subprocess.TimeoutExpired:
                 spy.kill()
         delete_queue(broker, queue)
+    import sqlalchemy as sa
+
+    from scripts_engine.sinks.tables import executions_table, ledger_name
+
     stats = _count(engine, sink_table, t0, t1, cutoff)
     with engine.begin() as conn:
         sink_table.drop(conn)
+        executions_table(sa.MetaData(), ledger_name(table)).drop(conn, checkfirst=True)
     engine.dispose()
     offered = groups * keys / period
     expected = round(groups * keys * seconds / period)
@@ -296,10 +301,10 @@ def _count(engine, table, t0: float, t1: float, cutoff: float) -> dict:
 
 
 def _sink_table_create(url: str, name: str):
-    """A fresh tall table with ``committed_at`` and a non-unique (group_id, tick, entity, key) index."""
+    """A fresh tall table (the layout as hubsched makes it) with ``committed_at``, and no ledger yet."""
     import sqlalchemy as sa
 
-    from scripts_engine.sinks.tables import tall_table
+    from scripts_engine.sinks.tables import executions_table, ledger_name, tall_table
 
     engine = sa.create_engine(url)
     dialect = engine.dialect.name
@@ -307,12 +312,11 @@ def _sink_table_create(url: str, name: str):
         raise ValueError(f"sink dialect {dialect!r}: the benchmark knows postgresql, mysql/mariadb and sqlite")
     metadata = sa.MetaData()
     table = tall_table(metadata, name)
-    table.constraints = {k for k in table.constraints if not isinstance(k, sa.UniqueConstraint)}
     table.append_column(sa.Column("committed_at", sa.Float(precision=53), nullable=False,
                                   server_default=sa.text(COMMITTED_AT[dialect])))
-    sa.Index(f"ix_{name}_value", table.c.group_id, table.c.tick, table.c.entity, table.c.key)
     with engine.begin() as conn:
         table.drop(conn, checkfirst=True)
+        executions_table(sa.MetaData(), ledger_name(name)).drop(conn, checkfirst=True)
         metadata.create_all(conn)
     return engine, table
 
@@ -321,7 +325,7 @@ def _any_row(engine, table) -> bool:
     import sqlalchemy as sa
 
     with engine.connect() as conn:
-        return conn.execute(sa.select(table.c.id).limit(1)).first() is not None
+        return conn.execute(sa.select(table.c.group_id).limit(1)).first() is not None
 
 
 def _cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """SQL sinks through SQLAlchemy: where every polled value is stored (the one adapter for sink databases).
 
-Layouts and their tables: ``tables.py``; one batch to one sink (INSERT, COPY): ``writers.py``;
-gathering many executions' values into one write: ``batcher.py``.
+What is stored (an execution's values) and how a value becomes columns: ``values.py``; layouts
+and their tables: ``tables.py``; one batch to one sink: ``writers.py`` (wide, and the dispatch),
+``tall.py`` (COPY, LOAD DATA, executemany); gathering many executions into one write: ``batcher.py``.
 """
 
 from __future__ import annotations
@@ -10,20 +11,11 @@ from concurrent.futures import Future
 
 from .batcher import batcher
 from .tables import DEFAULT_TABLE, tall_table, wide_table_name
-from .writers import (
-    SinkError,
-    SinkTarget,
-    ValueRow,
-    engines_dispose,
-    parse_ts,
-    safe_url,
-    sink_engine,
-    sink_write,
-    value_json,
-)
+from .values import ExecutionValues, parse_ts, value_json
+from .writers import SinkError, SinkTarget, engines_dispose, safe_url, sink_engine, sink_write
 
 __all__ = [
-    "DEFAULT_TABLE", "SinkError", "SinkTarget", "ValueRow", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
+    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkTarget", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
     "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_drain", "sinks_submit", "sinks_write", "tall_table", "value_json",
     "wide_table_name",
 ]
@@ -48,9 +40,9 @@ def sink_targets_for_project(*, project_id: int) -> list[SinkTarget]:
     return sink_targets_for_projects(project_ids={project_id})[project_id]
 
 
-def sinks_submit(*, target: SinkTarget, rows: list[ValueRow]) -> Future:
-    """Queue ``rows`` for ``target`` in this process's batcher; the Future is done once they are committed."""
-    return batcher().submit(target=target, rows=rows)
+def sinks_submit(*, target: SinkTarget, executions: list[ExecutionValues]) -> Future:
+    """Queue ``executions`` for ``target`` in this process's batcher; the Future is done once they are committed."""
+    return batcher().submit(target=target, executions=executions)
 
 
 def sinks_drain(*, timeout: float) -> bool:
@@ -61,12 +53,12 @@ def sinks_drain(*, timeout: float) -> bool:
     return current.drain(timeout=timeout) if current is not None else True
 
 
-def sinks_write(*, targets: list[SinkTarget], rows: list[ValueRow]) -> None:
-    """Write ``rows`` to every target now; raises one ``SinkError`` naming every target that failed."""
+def sinks_write(*, targets: list[SinkTarget], executions: list[ExecutionValues]) -> None:
+    """Write ``executions`` to every target now; raises one ``SinkError`` naming every target that failed."""
     errors = []
     for target in targets:
         try:
-            sink_write(target=target, rows=rows)
+            sink_write(target=target, executions=executions)
         except SinkError as exc:
             errors.append(exc.message)
     if errors:

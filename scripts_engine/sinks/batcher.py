@@ -1,12 +1,13 @@
 """Values from many group executions gathered into one write per sink (a bounded window, then one statement).
 
-Each sink target has one writer thread per process. Submitted rows wait until the target's batch
-holds ``max_rows`` values or its oldest rows are ``max_age`` seconds old (settings
+Each sink target has one writer thread per process. Submitted executions wait until the target's
+batch holds ``max_rows`` values or its oldest submission is ``max_age`` seconds old (settings
 HUBSCHED_SINK_BATCH_SIZE and HUBSCHED_SINK_BATCH_AGE_S), then go in one write; while a write runs,
-new rows gather for the next. A submitter gets a Future that is done once its rows are committed
-(or fails with the SinkError of that write), so a run counts as stored only when it is.
-A lane holding four batches' worth of rows makes submitters wait (a sink slower than the polls
-slows the polls instead of filling the memory).
+new ones gather for the next. A submission is never split across writes (the tall layout's
+idempotency relies on an execution's values being written together). A submitter gets a Future
+that is done once its values are committed (or fails with the SinkError of that write), so a run
+counts as stored only when it is. A lane holding four batches' worth of values makes submitters
+wait (a sink slower than the polls slows the polls instead of filling the memory).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from concurrent.futures import Future
 
 from hubsched.per_process import PerProcess
 
-from .writers import SinkError, SinkTarget, ValueRow, sink_write
+from .values import ExecutionValues
+from .writers import SinkError, SinkTarget, sink_write
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ class _Lane:
     def __init__(self, batcher: SinkBatcher, target: SinkTarget) -> None:
         self.batcher = batcher
         self.target = target
-        self.rows: list[ValueRow] = []
+        self.executions: list[ExecutionValues] = []
+        self.values = 0
         self.futures: list[Future] = []
         self.oldest = 0.0
         self.writing = False
@@ -37,39 +40,41 @@ class _Lane:
         self.thread = threading.Thread(target=self._run, name=f"sink-{target.name}", daemon=True)
         self.thread.start()
 
-    def add(self, rows: list[ValueRow]) -> Future:
+    def add(self, executions: list[ExecutionValues]) -> Future:
         future: Future = Future()
+        values = sum(execution.value_count() for execution in executions)
         with self.ready:
-            while len(self.rows) >= self.batcher.max_pending:
+            while self.values >= self.batcher.max_pending:
                 self.ready.wait()
-            if not self.rows:
+            if not self.executions:
                 self.oldest = time.monotonic()
-            self.rows.extend(rows)
+            self.executions.extend(executions)
+            self.values += values
             self.futures.append(future)
             self.ready.notify_all()
         return future
 
-    def _take(self) -> tuple[list[ValueRow], list[Future]]:
+    def _take(self) -> tuple[list[ExecutionValues], list[Future]]:
         max_rows, max_age = self.batcher.max_rows, self.batcher.max_age
         with self.ready:
             while True:
-                if self.rows:
+                if self.executions:
                     wait = self.oldest + max_age - time.monotonic()
-                    if len(self.rows) >= max_rows or wait <= 0:
-                        rows, futures = self.rows, self.futures
-                        self.rows, self.futures = [], []
+                    if self.values >= max_rows or wait <= 0:
+                        executions, futures = self.executions, self.futures
+                        self.executions, self.futures, self.values = [], [], 0
                         self.writing = True
                         self.ready.notify_all()  # submitters waiting for room
-                        return rows, futures
+                        return executions, futures
                     self.ready.wait(wait)
                 else:
                     self.ready.wait()
 
     def _run(self) -> None:
         while True:
-            rows, futures = self._take()
+            executions, futures = self._take()
             try:
-                sink_write(target=self.target, rows=rows)
+                written = sink_write(target=self.target, executions=executions)
             except SinkError as exc:
                 for future in futures:
                     future.set_exception(exc)
@@ -81,7 +86,7 @@ class _Lane:
             else:
                 self.batcher.batches += 1
                 for future in futures:
-                    future.set_result(len(rows))
+                    future.set_result(written)
             with self.ready:
                 self.writing = False
                 self.ready.notify_all()
@@ -91,7 +96,7 @@ class _Lane:
         with self.ready:
             self.oldest = 0.0  # write what is pending now, not at its age limit
             self.ready.notify_all()
-            while self.rows or self.writing:
+            while self.executions or self.writing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -110,13 +115,13 @@ class SinkBatcher:
         self._lanes: dict[SinkTarget, _Lane] = {}
         self._lock = threading.Lock()
 
-    def submit(self, *, target: SinkTarget, rows: list[ValueRow]) -> Future:
-        """Queue ``rows`` for ``target``; the Future's result is the size of the committed batch."""
+    def submit(self, *, target: SinkTarget, executions: list[ExecutionValues]) -> Future:
+        """Queue ``executions`` for ``target``; the Future's result is the values in the committed batch."""
         lane = self._lanes.get(target)
         if lane is None:
             with self._lock:
                 lane = self._lanes.get(target) or self._lanes.setdefault(target, _Lane(self, target))
-        return lane.add(rows)
+        return lane.add(executions)
 
     def drain(self, *, timeout: float) -> bool:
         """Write everything submitted so far, waiting at most ``timeout`` seconds; returns whether all was written."""

@@ -5,7 +5,6 @@ Tall (default), one row per value, table ``hubsched_values`` (the sink's ``table
 =========== ======================= ===================================================================
 column      type                    meaning
 =========== ======================= ===================================================================
-id          integer, primary key    row number
 tick        timestamp (UTC)         the scheduled tick of the execution that read the value
 ts          timestamp (UTC), null   the hub's timestamp of the value (hub protocol v1: ``ts``)
 project     varchar(200)            project name
@@ -19,7 +18,13 @@ value_json  text                    the value as JSON, always (strings, arrays o
 quality     varchar(16)             good, uncertain or bad (hub protocol v1)
 =========== ======================= ===================================================================
 
-A unique key on (group_id, tick, entity, key) makes writes idempotent.
+An index on (group_id, tick) serves "values of a group over time". The table has no row id and no
+unique key per value: a per-value unique index cost PostgreSQL three times the CPU of the COPY
+itself (docs/data-path.md). Writes are made idempotent per execution instead, by the table's
+ledger ``<table>_executions`` (``executions_table``): one row per stored execution, primary key
+(group_id, tick). A batch inserts its executions there first, skipping those already present, and
+stores the values of the new ones only, in the same transaction; an execution's values always go
+in one write (the batcher keeps submissions whole), so a delivery twice stores them once.
 
 Wide (SCADA transaction groups), one table per group named ``<table>_<hub>_<group>``, one row per
 execution: ``id``, ``tick`` (unique), ``ts`` (the newest value timestamp), ``quality`` (the worst of
@@ -52,7 +57,6 @@ def tall_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
     return sa.Table(
         name,
         metadata,
-        sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("tick", Timestamp, nullable=False),
         sa.Column("ts", Timestamp, nullable=True),
         sa.Column("project", sa.String(200), nullable=False),
@@ -64,8 +68,31 @@ def tall_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
         sa.Column("value_num", sa.Float(precision=53), nullable=True),
         sa.Column("value_json", sa.Text, nullable=False),
         sa.Column("quality", sa.String(16), nullable=False),
-        # serves idempotent writes, and "values of a group over time"
-        sa.UniqueConstraint("group_id", "tick", "entity", "key", name=f"uq_{name}_value"[:MAX_IDENTIFIER]),
+        sa.Index(f"ix_{name}_group_tick"[:MAX_IDENTIFIER], "group_id", "tick"),  # values of a group over time
+    )
+
+
+def ledger_name(table: str) -> str:
+    """The name of the executions ledger of tall table ``table``: ``<table>_executions``, shortened
+    with a hash of the whole name where that would pass MAX_IDENTIFIER."""
+    name = f"{table}_executions"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"{table[:MAX_IDENTIFIER - 15]}_{digest}_execs"
+
+
+def executions_table(metadata: sa.MetaData, name: str) -> sa.Table:
+    """The ledger of a tall table (see the module doc): one row per stored execution, ``values_count``
+    the values it stored there."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("group_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("tick", Timestamp, primary_key=True),
+        sa.Column("values_count", sa.Integer, nullable=False),
     )
 
 
@@ -97,23 +124,27 @@ class TableCache:
 
     def __init__(self) -> None:
         self._tables: dict[tuple[str, str], sa.Table] = {}
+        self._talls: dict[tuple[str, str], tuple[sa.Table, sa.Table]] = {}
         self._lock = threading.Lock()
 
     def clear(self) -> None:
         with self._lock:
             self._tables.clear()
+            self._talls.clear()
 
-    def tall(self, engine: sa.Engine, url: str, name: str) -> sa.Table:
-        table = self._tables.get((url, name))
-        if table is not None:
-            return table
+    def tall(self, engine: sa.Engine, url: str, name: str) -> tuple[sa.Table, sa.Table]:
+        """The tall table ``name`` and its executions ledger, both made if missing."""
+        tables = self._talls.get((url, name))
+        if tables is not None:
+            return tables
         with self._lock:
-            table = self._tables.get((url, name))
-            if table is None:
-                table = tall_table(sa.MetaData(), name)
-                _create(engine, table)
-                self._tables[(url, name)] = table
-        return table
+            tables = self._talls.get((url, name))
+            if tables is None:
+                tables = (tall_table(sa.MetaData(), name), executions_table(sa.MetaData(), ledger_name(name)))
+                for table in tables:
+                    _create(engine, table)
+                self._talls[(url, name)] = tables
+        return tables
 
     def wide(self, engine: sa.Engine, url: str, name: str, columns: dict[str, str]) -> sa.Table:
         """The wide table with at least ``columns``; adds missing ones. Raises ValueError on a type clash."""

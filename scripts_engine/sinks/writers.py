@@ -1,25 +1,25 @@
-"""Writing one batch of values to one sink: multi-row INSERT everywhere, COPY where the sink is PostgreSQL.
+"""Writing one batch of executions' values to one sink, in the sink's layout.
 
-Every write is one transaction and idempotent: a batch delivered twice stores each value once
-(tall: unique (group_id, tick, entity, key); wide: unique tick), through ``ON CONFLICT DO NOTHING``
-(PostgreSQL, SQLite) or ``INSERT IGNORE`` (MySQL, MariaDB).
+Tall (one row per value, tall.py): COPY on PostgreSQL, LOAD DATA on MySQL/MariaDB, executemany on
+SQLite, SQLAlchemy's insertmanyvalues elsewhere; idempotent per execution through the table's
+ledger. Wide (one row per execution): one multi-row INSERT per table, idempotent through its unique
+tick (``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite, ``INSERT IGNORE`` on MySQL/MariaDB).
+Every write is one transaction per table.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import math
-import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, NamedTuple
+from datetime import datetime
+from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from .tables import JSON_TEXT, NUMBER, TALL_COLUMNS, TableCache, column_kind, identifier, wide_table_name
+from .tables import JSON_TEXT, NUMBER, TableCache, column_kind, identifier, wide_table_name
+from .tall import write_tall
+from .values import ExecutionValues, parse_ts, value_json, value_num
 
 QUALITY_RANK = {"good": 0, "uncertain": 1, "bad": 2}
 
@@ -39,22 +39,6 @@ class SinkTarget:
     url: str
     table: str = "hubsched_values"
     layout: str = "tall"
-
-
-class ValueRow(NamedTuple):
-    """One value to store (a tuple: a thousand executions a second make a hundred thousand of these)."""
-
-    tick: datetime
-    ts: str | datetime | None
-    project: str
-    hub: str
-    group_id: int
-    group: str
-    entity: str
-    key: str
-    value: Any
-    quality: str = "good"
-
 
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
@@ -77,7 +61,9 @@ def sink_engine(url: str) -> sa.Engine:
         engine = _engines.get(url)
         if engine is None:
             try:
-                engine = sa.create_engine(url, pool_pre_ping=True)
+                # tall.write_mysql sends LOAD DATA LOCAL INFILE, which PyMySQL refuses unless asked
+                extra = {"connect_args": {"local_infile": True}} if _is_pymysql(url) else {}
+                engine = sa.create_engine(url, pool_pre_ping=True, **extra)
             except Exception as exc:  # a bad URL, a missing driver
                 raise SinkError(f"sink URL {safe_url(url)!r}: {exc}", permanent=True) from None
             if engine.dialect.name == "sqlite":
@@ -86,60 +72,20 @@ def sink_engine(url: str) -> sa.Engine:
     return engine
 
 
+def _is_pymysql(url: str) -> bool:
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return False
+    return parsed.get_backend_name() in {"mysql", "mariadb"} and parsed.get_driver_name() == "pymysql"
+
+
 def engines_dispose() -> None:
     with _engines_lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
     tables.clear()
-
-
-def parse_ts(ts: str | datetime | None) -> datetime | None:
-    """RFC 3339 (hub protocol v1: UTC with milliseconds) to an aware UTC datetime; None when absent or unreadable."""
-    if ts is None:
-        return None
-    if isinstance(ts, datetime):
-        parsed = ts
-    else:
-        try:
-            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except (AttributeError, TypeError, ValueError):
-            return None
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def value_num(value: Any) -> float | None:
-    """The value as a double when it is a finite number or a boolean, else None."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
-
-
-def value_json(value: Any) -> str:
-    """Any hub value as JSON text; NaN and infinities (not JSON) become their names as strings."""
-    try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
-    except ValueError:
-        return json.dumps(str(value))
-
-
-def tall_record(row: ValueRow) -> dict[str, Any]:
-    return {
-        "tick": parse_ts(row.tick),
-        "ts": parse_ts(row.ts),
-        "project": row.project,
-        "hub": row.hub,
-        "group_id": row.group_id,
-        "group_name": row.group,
-        "entity": row.entity,
-        "key": row.key,
-        "value_num": value_num(row.value),
-        "value_json": value_json(row.value),
-        "quality": row.quality,
-    }
 
 
 def _insert_ignoring_duplicates(engine: sa.Engine, table: sa.Table):
@@ -157,156 +103,79 @@ def _insert_ignoring_duplicates(engine: sa.Engine, table: sa.Table):
     return table.insert()
 
 
-# --- PostgreSQL COPY (text format) ---------------------------------------------------------------
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_field(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float):
-        return repr(value)
-    return str(value).translate(_COPY_ESCAPES)
-
-
-# hub protocol v1: ts is RFC 3339 UTC with milliseconds; PostgreSQL reads that text as it is
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)\Z")
-
-
-def _copy_lines(rows: list[ValueRow]) -> Iterable[str]:
-    """COPY text lines of the tall layout, straight from the rows.
-
-    Rows come in runs from one execution (same tick, project, hub, group, entity): the part of the
-    line they share is encoded once per run, not once per value.
-    """
-    head_of = None
-    plain: dict[str, str] = {}  # keys and qualities repeat in every execution: escape each once
-    for row in rows:
-        shared = (row.tick, row.project, row.hub, row.group_id, row.group, row.entity)
-        if shared != head_of:
-            head_of = shared
-            tick = _copy_field(parse_ts(row.tick))
-            rest = "\t".join((_copy_field(row.project), _copy_field(row.hub), str(int(row.group_id)),
-                              _copy_field(row.group), _copy_field(row.entity)))
-        ts = row.ts
-        if not (isinstance(ts, str) and _RFC3339.match(ts)):
-            ts = parse_ts(ts)
-        value = row.value
-        if type(value) is float and math.isfinite(value):
-            number = text = repr(value)
-        else:
-            number = value_num(value)
-            number = "\\N" if number is None else repr(number)
-            text = value_json(value).translate(_COPY_ESCAPES)
-        key = plain.get(row.key)
-        if key is None:
-            key = plain[row.key] = _copy_field(row.key)
-        quality = plain.get(row.quality)
-        if quality is None:
-            quality = plain[row.quality] = _copy_field(row.quality)
-        yield f"{tick}\t{_copy_field(ts)}\t{rest}\t{key}\t{number}\t{text}\t{quality}\n"
-
-
-def _copy_tall(engine: sa.Engine, table: sa.Table, rows: list[ValueRow]) -> None:
-    """COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
-    buffer = io.StringIO()
-    buffer.writelines(_copy_lines(rows))
-    buffer.seek(0)
-    quote = engine.dialect.identifier_preparer.quote
-    stage = quote(f"stage_{table.name}"[:60])
-    columns = ", ".join(quote(c) for c in TALL_COLUMNS)
-    connection = engine.raw_connection()
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "
-                f"AS SELECT {columns} FROM {quote(table.name)} WITH NO DATA"
-            )
-            cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN", buffer)
-            cursor.execute(f"INSERT INTO {quote(table.name)} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT DO NOTHING")
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.close()
-
-
 # --- layouts --------------------------------------------------------------------------------------
 
 
-def _write_tall(engine: sa.Engine, target: SinkTarget, rows: list[ValueRow]) -> None:
-    table = tables.tall(engine, target.url, target.table)
-    if engine.dialect.name == "postgresql":
-        _copy_tall(engine, table, rows)
-        return
-    records = [tall_record(r) for r in rows]
-    with engine.begin() as conn:
-        conn.execute(_insert_ignoring_duplicates(engine, table), records)
-
-
-def _write_wide(engine: sa.Engine, target: SinkTarget, rows: list[ValueRow]) -> None:
-    by_table: dict[str, dict[datetime, list[ValueRow]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        by_table[wide_table_name(target.table, row.hub, row.group)][parse_ts(row.tick)].append(row)
+def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[ExecutionValues]) -> int:
+    by_table: dict[str, dict[datetime, ExecutionValues]] = defaultdict(dict)
+    for execution in executions:  # an execution delivered twice into one batch counts once
+        by_table[wide_table_name(target.table, execution.hub, execution.group)].setdefault(parse_ts(execution.tick), execution)
     column_of: dict[str, str] = {}  # key -> column name: identifier() is a regex, and keys repeat in every execution
-    for name, executions in by_table.items():
+    written = 0
+    for name, by_tick in by_table.items():
         columns: dict[str, str] = {}
-        for execution in executions.values():
-            for row in execution:
-                col = column_of.get(row.key)
-                if col is None:
-                    col = column_of[row.key] = identifier(row.key)
-                if col not in columns:
-                    columns[col] = NUMBER if row.value is None or value_num(row.value) is not None else JSON_TEXT
+        for execution in by_tick.values():
+            for _, items in execution.values:
+                for item in items:
+                    key, value = item["key"], item.get("value")
+                    col = column_of.get(key)
+                    if col is None:
+                        col = column_of[key] = identifier(key)
+                    if col not in columns:
+                        columns[col] = NUMBER if value is None or value_num(value) is not None else JSON_TEXT
         table = tables.wide(engine, target.url, name, columns)
         kinds = {col: column_kind(table, col) for col in columns}  # the table's, which may differ from this batch's
         records = []
-        for tick, execution in executions.items():
+        for tick, execution in by_tick.items():
             record: dict[str, Any] = {c: None for c in columns}
-            record.update(tick=tick, ts=max((parse_ts(r.ts) for r in execution if r.ts), default=None))
-            record["quality"] = max((r.quality for r in execution), key=lambda q: QUALITY_RANK.get(q, 2), default="good")
-            for row in execution:
-                col = column_of[row.key]
-                if kinds[col] == NUMBER:
-                    number = value_num(row.value)
-                    if number is None and row.value is not None:
-                        raise SinkError(
-                            f"sink {target.name!r}: table {name}, column {col} holds numbers; "
-                            f"{row.entity}.{row.key} sent {value_json(row.value)[:80]}",
-                            permanent=True,
-                        )
-                    record[col] = number
-                else:
-                    record[col] = value_json(row.value)
+            stamps = [parse_ts(item.get("ts")) for _, items in execution.values for item in items]
+            record.update(tick=tick, ts=max((t for t in stamps if t is not None), default=None))
+            qualities = [str(item.get("quality") or "good") for _, items in execution.values for item in items]
+            record["quality"] = max(qualities, key=lambda q: QUALITY_RANK.get(q, 2), default="good")
+            for entity, items in execution.values:
+                for item in items:
+                    col, value = column_of[item["key"]], item.get("value")
+                    if kinds[col] == NUMBER:
+                        number = value_num(value)
+                        if number is None and value is not None:
+                            raise SinkError(
+                                f"sink {target.name!r}: table {name}, column {col} holds numbers; "
+                                f"{entity}.{item['key']} sent {value_json(value)[:80]}",
+                                permanent=True,
+                            )
+                        record[col] = number
+                    else:
+                        record[col] = value_json(value)
             records.append(record)
+            written += execution.value_count()
         with engine.begin() as conn:
             conn.execute(_insert_ignoring_duplicates(engine, table), records)
+    return written
 
 
-def sink_write(*, target: SinkTarget, rows: Iterable[ValueRow]) -> int:
-    """Store ``rows`` on ``target`` in one transaction per table; returns how many values were offered.
+def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues]) -> int:
+    """Store ``executions`` on ``target`` in one transaction per table; returns how many values were offered.
 
     Raises ``SinkError`` when the database cannot be reached or refuses the write; nothing of the
-    batch is stored in that table then.
+    batch is stored in that table then. An execution (group_id, tick) stored before is not stored
+    again (tall: its ledger; wide: the unique tick).
     """
-    rows = list(rows)
-    if not rows:
+    executions = list(executions)
+    offered = sum(execution.value_count() for execution in executions)
+    if not offered:
         return 0
     engine = sink_engine(target.url)
     try:
         if target.layout == "wide":
-            _write_wide(engine, target, rows)
+            _write_wide(engine, target, executions)
         else:
-            _write_tall(engine, target, rows)
+            table, ledger = tables.tall(engine, target.url, target.table)
+            write_tall(engine, table, ledger, executions)
     except SinkError:
         raise
     except (sa.exc.SQLAlchemyError, OSError, engine.dialect.loaded_dbapi.Error) as exc:
         raise SinkError(f"sink {target.name!r} ({safe_url(target.url)}): {_short(exc)}") from exc
-    return len(rows)
+    return offered
 
 
 def safe_url(url: str) -> str:

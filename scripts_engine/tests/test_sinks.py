@@ -3,35 +3,32 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_engine, sink_write, sinks_dispose, tall_table
+from scripts_engine.sinks import ExecutionValues, SinkError, SinkTarget, sink_engine, sink_write, sinks_dispose, tall_table
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
 
 
-def rows(values: dict, tick=TICK, group_id=1) -> list[ValueRow]:
-    return [
-        ValueRow(
-            tick=tick, ts="2026-11-20T10:00:00.120Z", project="demo", hub="hub-a", group_id=group_id, group="fast",
-            entity="plant/line1/pump1", key=key, value=value, quality="good",
-        )
-        for key, value in values.items()
-    ]
+def rows(values: dict, tick=TICK, group_id=1) -> list[ExecutionValues]:
+    """One execution of group ``group_id`` at ``tick`` reading ``values`` from one entity."""
+    items = [{"key": key, "value": value, "ts": "2026-11-20T10:00:00.120Z", "quality": "good"} for key, value in values.items()]
+    return [ExecutionValues(tick=tick, project="demo", hub="hub-a", group_id=group_id, group="fast",
+                            values=[("plant/line1/pump1", items)])]
 
 
 def stored(url: str, table: str) -> list[dict]:
     t = tall_table(sa.MetaData(), table)
     with sink_engine(url).connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))]
+        return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.group_id, t.c.tick, t.c.key))]
 
 
 def test_it_creates_the_table_on_first_use_and_stores_every_value(sink_url, table_prefix):
     target = SinkTarget(name="main", url=sink_url, table=table_prefix)
-    assert sink_write(target=target, rows=rows({"p1": 2.5, "p2": 7})) == 2
+    assert sink_write(target=target, executions=rows({"p1": 2.5, "p2": 7})) == 2
     got = stored(sink_url, table_prefix)
     assert [(r["key"], r["value_num"], json.loads(r["value_json"])) for r in got] == [("p1", 2.5, 2.5), ("p2", 7.0, 7)]
     assert got[0]["ts"].replace(tzinfo=None) == datetime(2026, 11, 20, 10, 0, 0, 120000)
@@ -41,7 +38,7 @@ def test_it_creates_the_table_on_first_use_and_stores_every_value(sink_url, tabl
 def test_it_stores_values_that_are_not_numbers_faithfully(sink_url, table_prefix):
     target = SinkTarget(name="main", url=sink_url, table=table_prefix)
     batch = [{"id": 1, "ok": True}, {"id": 2, "ok": False, "note": "überdruck"}]
-    sink_write(target=target, rows=rows({"s": "running", "a": batch, "b": True, "n": None}))
+    sink_write(target=target, executions=rows({"s": "running", "a": batch, "b": True, "n": None}))
     got = {r["key"]: r for r in stored(sink_url, table_prefix)}
     assert json.loads(got["a"]["value_json"]) == batch and got["a"]["value_num"] is None
     assert json.loads(got["s"]["value_json"]) == "running"
@@ -49,17 +46,50 @@ def test_it_stores_values_that_are_not_numbers_faithfully(sink_url, table_prefix
     assert json.loads(got["n"]["value_json"]) is None
 
 
-def test_it_stores_a_batch_delivered_twice_once(sink_url, table_prefix):
+def test_an_execution_delivered_twice_is_stored_once(sink_url, table_prefix):
     target = SinkTarget(name="main", url=sink_url, table=table_prefix)
-    sink_write(target=target, rows=rows({"p1": 1.0}))
-    sink_write(target=target, rows=rows({"p1": 1.0, "p2": 2.0}))
-    assert sorted(r["key"] for r in stored(sink_url, table_prefix)) == ["p1", "p2"]
+    sink_write(target=target, executions=rows({"p1": 1.0, "p2": 2.0}))
+    sink_write(target=target, executions=rows({"p1": 1.5, "p2": 2.5}))  # redelivered: re-polled, same tick
+    sink_write(target=target, executions=rows({"p1": 3.0}, tick=TICK + timedelta(seconds=1)))
+    got = [(r["tick"].replace(tzinfo=None), r["key"], r["value_num"]) for r in stored(sink_url, table_prefix)]
+    assert got == [(TICK.replace(tzinfo=None), "p1", 1.0), (TICK.replace(tzinfo=None), "p2", 2.0),
+                   (TICK.replace(tzinfo=None) + timedelta(seconds=1), "p1", 3.0)]
+
+
+def test_one_batch_holding_an_execution_twice_stores_it_once(sink_url, table_prefix):
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    assert sink_write(target=target, executions=rows({"p1": 1.0}) + rows({"p1": 9.0}) + rows({"p1": 2.0}, group_id=2)) == 3
+    assert [(r["group_id"], r["value_num"]) for r in stored(sink_url, table_prefix)] == [(1, 1.0), (2, 2.0)]
+
+
+def test_values_that_need_escaping_or_no_fast_path_are_stored_as_sent(sink_url, table_prefix):
+    """Tabs, newlines and backslashes in every text field, big and non-finite numbers, odd timestamps."""
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    items = [
+        {"key": "tab\tkey", "value": "a\tb\nc\\d", "ts": "2026-11-20T10:00:00.5+01:00", "quality": "uncertain"},
+        {"key": "big", "value": 10**30, "ts": None},
+        {"key": "huge", "value": 10**400},
+        {"key": "nan", "value": float("nan"), "ts": "not a time"},
+        {"key": "neg", "value": -3},
+    ]
+    execution = ExecutionValues(tick=TICK, project="p\tq", hub="hub\nb", group_id=1, group="g\\h", values=[("e\t1", items)])
+    assert sink_write(target=target, executions=[execution]) == 5
+    got = {r["key"]: r for r in stored(sink_url, table_prefix)}
+    assert set(got) == {"tab\tkey", "big", "huge", "nan", "neg"}
+    first = got["tab\tkey"]
+    assert json.loads(first["value_json"]) == "a\tb\nc\\d" and first["quality"] == "uncertain"
+    assert (first["project"], first["hub"], first["group_name"], first["entity"]) == ("p\tq", "hub\nb", "g\\h", "e\t1")
+    assert first["ts"].replace(tzinfo=None) == datetime(2026, 11, 20, 9, 0, 0, 500000)  # stored in UTC
+    assert got["big"]["value_num"] == 1e30 and json.loads(got["big"]["value_json"]) == 10**30 and got["big"]["ts"] is None
+    assert got["huge"]["value_num"] is None and json.loads(got["huge"]["value_json"]) == 10**400
+    assert got["nan"]["value_num"] is None and json.loads(got["nan"]["value_json"]) == "nan" and got["nan"]["ts"] is None
+    assert got["neg"]["value_num"] == -3.0 and got["neg"]["quality"] == "good"
 
 
 def test_it_raises_a_sink_error_naming_the_sink_without_its_password():
     target = SinkTarget(name="archive", url="postgresql+psycopg2://user:s3cret@127.0.0.1:1/nowhere")
     with pytest.raises(SinkError) as caught:
-        sink_write(target=target, rows=rows({"p1": 1.0}))
+        sink_write(target=target, executions=rows({"p1": 1.0}))
     assert "archive" in str(caught.value) and "s3cret" not in str(caught.value)
     sinks_dispose()
 
@@ -69,6 +99,6 @@ def test_threads_writing_to_a_new_table_at_once_all_succeed(sink_url, table_pref
 
     target = SinkTarget(name="main", url=sink_url, table=table_prefix)
     with ThreadPoolExecutor(8) as pool:
-        counts = list(pool.map(lambda i: sink_write(target=target, rows=rows({"p1": float(i)}, group_id=i)), range(8)))
+        counts = list(pool.map(lambda i: sink_write(target=target, executions=rows({"p1": float(i)}, group_id=i)), range(8)))
     assert counts == [1] * 8
     assert len(stored(sink_url, table_prefix)) == 8

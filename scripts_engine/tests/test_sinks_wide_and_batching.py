@@ -9,18 +9,17 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from scripts_engine.sinks import SinkError, SinkTarget, ValueRow, sink_engine, sink_write, sinks_dispose, wide_table_name
+from scripts_engine.sinks import ExecutionValues, SinkError, SinkTarget, sink_engine, sink_write, sinks_dispose, wide_table_name
 from scripts_engine.sinks.batcher import SinkBatcher
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
 
 
-def execution(values: dict, tick=TICK, quality="good") -> list[ValueRow]:
-    return [
-        ValueRow(tick=tick, ts="2026-11-20T10:00:00.250Z", project="demo", hub="hub-a", group_id=7, group="Line 1 pumps",
-                 entity="plant/line1/pump1", key=key, value=value, quality=quality if key == "flow" else "good")
-        for key, value in values.items()
-    ]
+def execution(values: dict, tick=TICK, quality="good") -> list[ExecutionValues]:
+    items = [{"key": key, "value": value, "ts": "2026-11-20T10:00:00.250Z", "quality": quality if key == "flow" else "good"}
+             for key, value in values.items()]
+    return [ExecutionValues(tick=tick, project="demo", hub="hub-a", group_id=7, group="Line 1 pumps",
+                            values=[("plant/line1/pump1", items)])]
 
 
 def wide_rows(url: str, name: str) -> list[dict]:
@@ -33,8 +32,8 @@ def wide_rows(url: str, name: str) -> list[dict]:
 def test_wide_layout_stores_one_row_per_execution_with_a_column_per_key(sink_url, table_prefix):
     target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
     alarms = [{"code": "P101", "severity": 2}]
-    sink_write(target=target, rows=execution({"flow": 42.5, "running": True, "alarms": alarms}, quality="uncertain"))
-    sink_write(target=target, rows=execution({"flow": 43.0, "running": False, "alarms": []}, tick=TICK + timedelta(seconds=1)))
+    sink_write(target=target, executions=execution({"flow": 42.5, "running": True, "alarms": alarms}, quality="uncertain"))
+    sink_write(target=target, executions=execution({"flow": 43.0, "running": False, "alarms": []}, tick=TICK + timedelta(seconds=1)))
     name = wide_table_name(table_prefix, "hub-a", "Line 1 pumps")
     assert name == f"{table_prefix}_hub_a_line_1_pumps"
     rows = wide_rows(sink_url, name)
@@ -45,8 +44,8 @@ def test_wide_layout_stores_one_row_per_execution_with_a_column_per_key(sink_url
 
 def test_wide_layout_adds_a_column_for_a_key_that_appears_later(sink_url, table_prefix):
     target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
-    sink_write(target=target, rows=execution({"flow": 1.0}))
-    sink_write(target=target, rows=execution({"flow": 2.0, "pressure": 6.1}, tick=TICK + timedelta(seconds=1)))
+    sink_write(target=target, executions=execution({"flow": 1.0}))
+    sink_write(target=target, executions=execution({"flow": 2.0, "pressure": 6.1}, tick=TICK + timedelta(seconds=1)))
     rows = wide_rows(sink_url, wide_table_name(table_prefix, "hub-a", "Line 1 pumps"))
     as_float = lambda v: None if v is None else float(v)  # noqa: E731  (MariaDB reflects DOUBLE as Decimal)
     assert [(as_float(r["flow"]), as_float(r["pressure"])) for r in rows] == [(1.0, None), (2.0, 6.1)]
@@ -54,15 +53,15 @@ def test_wide_layout_adds_a_column_for_a_key_that_appears_later(sink_url, table_
 
 def test_wide_layout_refuses_text_in_a_number_column_naming_it(sink_url, table_prefix):
     target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
-    sink_write(target=target, rows=execution({"flow": 1.0}))
+    sink_write(target=target, executions=execution({"flow": 1.0}))
     with pytest.raises(SinkError, match=r"column flow holds numbers; plant/line1/pump1\.flow sent \"high\""):
-        sink_write(target=target, rows=execution({"flow": "high"}, tick=TICK + timedelta(seconds=1)))
+        sink_write(target=target, executions=execution({"flow": "high"}, tick=TICK + timedelta(seconds=1)))
 
 
 def test_wide_layout_stores_an_execution_delivered_twice_once(sink_url, table_prefix):
     target = SinkTarget(name="wide", url=sink_url, table=table_prefix, layout="wide")
-    sink_write(target=target, rows=execution({"flow": 1.0}))
-    sink_write(target=target, rows=execution({"flow": 1.0}))
+    sink_write(target=target, executions=execution({"flow": 1.0}))
+    sink_write(target=target, executions=execution({"flow": 1.0}))
     assert len(wide_rows(sink_url, wide_table_name(table_prefix, "hub-a", "Line 1 pumps"))) == 1
 
 
@@ -74,7 +73,7 @@ def test_the_batcher_writes_many_submissions_in_fewer_writes_and_resolves_every_
 
     def submit(i: int) -> None:
         start.wait()
-        futures.append(batcher.submit(target=target, rows=execution({"flow": float(i)}, tick=TICK + timedelta(seconds=i))))
+        futures.append(batcher.submit(target=target, executions=execution({"flow": float(i)}, tick=TICK + timedelta(seconds=i))))
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]
     for t in threads:
@@ -91,14 +90,14 @@ def test_the_batcher_writes_many_submissions_in_fewer_writes_and_resolves_every_
 def test_the_batcher_writes_at_once_when_a_batch_is_full(sink_url, table_prefix):
     batcher = SinkBatcher(max_rows=3, max_age=3600)  # the age limit would never fire within the test
     target = SinkTarget(name="main", url=sink_url, table=f"{table_prefix}_tall")
-    future = batcher.submit(target=target, rows=execution({"flow": 1.0, "pressure": 2.0, "speed": 3.0}))
+    future = batcher.submit(target=target, executions=execution({"flow": 1.0, "pressure": 2.0, "speed": 3.0}))
     assert future.result(timeout=30) == 3
 
 
 def test_the_batcher_fails_every_submission_of_a_failed_write():
     batcher = SinkBatcher(max_rows=100, max_age=0.05)
     target = SinkTarget(name="archive", url="postgresql+psycopg2://u:pw@127.0.0.1:1/none")
-    futures = [batcher.submit(target=target, rows=execution({"flow": 1.0})) for _ in range(3)]
+    futures = [batcher.submit(target=target, executions=execution({"flow": 1.0})) for _ in range(3)]
     for future in futures:
         with pytest.raises(SinkError, match="archive"):
             future.result(timeout=30)
