@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from .values import ExecutionValues, parse_ts, value_json, value_num
@@ -56,9 +57,26 @@ def _sql_field(ts: Any) -> str:
 
 
 def _number_and_json(value: Any) -> tuple[str, str]:
-    """``(value_num, value_json)`` fields of a value that is not a finite float or an int."""
+    """``(value_num, value_json)`` fields of a value that is not a finite float or an int: strings and
+    booleans (one value in ten in a typical tree) the quick way, the rest through ``value_json``."""
+    kind = type(value)
+    if kind is str:
+        text = _json_str(value)
+        return NULL, (text.translate(_ESCAPES) if "\\" in text else text)
+    if kind is bool:
+        return ("1.0", "true") if value else ("0.0", "false")
+    if value is None:
+        return NULL, "null"
     number = value_num(value)
     return (NULL if number is None else repr(number)), value_json(value).translate(_ESCAPES)
+
+
+def _json_str(value: str) -> str:
+    """A string as JSON text, as ``value_json`` writes it (non-ASCII kept), through orjson when it can."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # lone surrogates, which orjson refuses
+        return value_json(value)
 
 
 def value_lines(executions: Iterable[ExecutionValues], ts_field: Callable[[Any], str]) -> list[str]:
@@ -121,6 +139,8 @@ def value_tuples(executions: Iterable[ExecutionValues]) -> list[tuple]:
                     number, text = value, repr(value)
                 elif kind is int and INT_MIN <= value <= INT_MAX:
                     number, text = float(value), repr(value)
+                elif kind is str:
+                    number, text = None, _json_str(value)
                 else:
                     number, text = value_num(value), value_json(value)
                 ts = item.get("ts")
