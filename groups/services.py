@@ -7,20 +7,18 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from celery.signals import worker_process_shutdown, worker_shutdown
-from django.db import transaction
-from django.db.models import BigIntegerField, Case, F, Q, Value, When
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from hubsched.per_process import PerProcess
 
-from .models import Group, GroupRun, GroupStats, RunStatus, Trigger
-from .scheduler.stats import group_stats_update
+from .models import Group, GroupRun, RunStatus, Trigger
+from .scheduler.stats import RunTotals, group_stats_add_runs
 
 logger = logging.getLogger(__name__)
 
@@ -222,62 +220,95 @@ def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
     return records
 
 
-STATS_CHUNK = 200  # groups per UPDATE: two bound parameters each, under every backend's limit
-
-
 def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> int:
     """Store finished runs ``[(GroupRun, lag_ms)]`` and add them to their groups' counters; returns statements run.
 
-    One bulk INSERT of the GroupRuns; the counters of groups with the same increments and latest run
-    (the usual case: every group ran once, ok, with as many values) change in one UPDATE per 200
-    groups, each group's lag added through a CASE. Concurrent writers add up (F() expressions).
-    Runs of groups deleted meanwhile are left out.
+    The GroupRuns are unsaved instances with aware datetimes; runs of groups deleted meanwhile are
+    left out. They are written by multi-row INSERTs of plain tuples (``_group_runs_insert``), and
+    get their ``pk`` where the backend returns it, as ``bulk_create`` would. Each group's runs are
+    summed (``RunTotals``: counts, values, lag, latest tick and status, last error) and added to its
+    GroupStats row by ``group_stats_add_runs``: increments in SQL, so concurrent writers add up,
+    missing rows made. Raises the database's errors (the run recorder logs them).
     """
     if not runs:
         return 0
-    alive = set(Group.objects.filter(pk__in={run.group_id for run, _ in runs}).values_list("pk", flat=True))
+    alive, statements = _groups_alive({run.group_id for run, _ in runs})
     runs = [(run, lag) for run, lag in runs if run.group_id in alive]
-    GroupRun.objects.bulk_create([run for run, _ in runs], batch_size=500)
-    statements = 1
-    per_group: dict[int, dict] = {}
+    statements += _group_runs_insert([run for run, _ in runs])
+    totals: dict[int, RunTotals] = {}
+    ok = RunStatus.OK
     for run, lag in runs:
-        ok = run.status == RunStatus.OK
-        s = per_group.setdefault(run.group_id, {"started": 0, "done": 0, "failed": 0, "values": 0, "lag": 0,
-                                                "last_run_at": None, "last_status": "", "last_error": None})
-        s["started"] += 1
-        s["done" if ok else "failed"] += 1
-        s["values"] += run.values_count
-        s["lag"] += lag
-        if s["last_run_at"] is None or run.scheduled_for >= s["last_run_at"]:
-            s["last_run_at"], s["last_status"] = run.scheduled_for, run.status
-        if not ok:
-            s["last_error"] = run.error
-    classes: dict[tuple, list[int]] = defaultdict(list)
-    for gid, s in per_group.items():
-        classes[(s["started"], s["done"], s["failed"], s["values"], s["last_run_at"], s["last_status"])].append(gid)
-    for (started, done, failed, values, last_run_at, last_status), gids in classes.items():
-        for start in range(0, len(gids), STATS_CHUNK):
-            chunk = gids[start : start + STATS_CHUNK]
-            lags = {gid: per_group[gid]["lag"] for gid in chunk}
-            if len(set(lags.values())) == 1:
-                lag = Value(lags[chunk[0]])
-            else:
-                lag = Case(*[When(group_id=gid, then=Value(v)) for gid, v in lags.items()], default=Value(0),
-                           output_field=BigIntegerField())
-            updates = {
-                "started": F("started") + started, "done": F("done") + done, "failed": F("failed") + failed,
-                "values": F("values") + values, "lag_ms_total": F("lag_ms_total") + lag,
-                "last_run_at": last_run_at, "last_status": last_status,
-            }
-            statements += group_stats_update(where=Q(group_id__in=chunk), group_ids=chunk, updates=updates)
-    failed_with: dict[str, list[int]] = defaultdict(list)  # a hub that is down fails its groups alike
-    for gid, s in per_group.items():
-        if s["last_error"] is not None:
-            failed_with[s["last_error"]].append(gid)
-    for error, gids in failed_with.items():
-        for start in range(0, len(gids), STATS_CHUNK):
-            GroupStats.objects.filter(group_id__in=gids[start : start + STATS_CHUNK]).update(last_error=error)
+        group_totals = totals.get(run.group_id)
+        if group_totals is None:
+            group_totals = totals[run.group_id] = RunTotals()
+        group_totals.add(ok=run.status == ok, scheduled_for=run.scheduled_for, status=run.status, error=run.error,
+                         values=run.values_count, lag_ms=lag)
+    return statements + group_stats_add_runs(totals=totals)
+
+
+def _groups_alive(group_ids: set[int]) -> tuple[set[int], int]:
+    """Those of ``group_ids`` whose Group row exists, and the statements run (a SELECT per 1,000 ids, 999 on SQLite)."""
+    connection = connections[router.db_for_read(Group)]
+    qn = connection.ops.quote_name
+    pk = qn(Group._meta.pk.column)
+    select = f"SELECT {pk} FROM {qn(Group._meta.db_table)} WHERE {pk} IN "
+    ids = list(group_ids)
+    size = min(1000, connection.features.max_query_params or 1000)
+    alive: set[int] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            cursor.execute(f"{select}({', '.join(['%s'] * len(chunk))})", chunk)
+            alive.update(row[0] for row in cursor.fetchall())
+    return alive, -(-len(ids) // size)
+
+
+# GroupRun fields written, in the INSERT's column order (the primary key is the database's)
+RUN_FIELDS = ("group", "scheduled_for", "started_at", "finished_at", "status", "error", "values_count")
+RUN_ROWS = 500  # rows per INSERT at most; fewer where the backend's bound-parameter limit asks (SQLite: 142)
+
+
+def _group_runs_insert(runs: list[GroupRun]) -> int:
+    """INSERT the unsaved ``runs`` as they are, several rows a statement, all or none; returns statements run.
+
+    Stores what ``bulk_create`` would, without its per-field, per-object preparation (1,000 runs on
+    SQLite: 43 µs of CPU a run with ``bulk_create``, 17 µs so): the datetimes (aware) pass through
+    the connection's ``adapt_datetimefield_value`` (SQLite and MySQL store naive text in the
+    connection's time zone, PostgreSQL takes the value), the other fields are plain values. Where the
+    backend returns inserted rows (PostgreSQL, SQLite 3.35+, MariaDB 10.5+) each run gets its ``pk``
+    and is marked saved, as ``bulk_create`` does.
+    """
+    if not runs:
+        return 0
+    connection = connections[router.db_for_write(GroupRun)]
+    ops, meta = connection.ops, GroupRun._meta
+    returning = connection.features.can_return_rows_from_bulk_insert
+    insert = (f"INSERT INTO {ops.quote_name(meta.db_table)} "
+              f"({', '.join(ops.quote_name(meta.get_field(name).column) for name in RUN_FIELDS)}) VALUES ")
+    suffix = f" {ops.return_insert_columns([meta.pk])[0]}" if returning else ""
+    row = f"({', '.join(['%s'] * len(RUN_FIELDS))})"
+    size = RUN_ROWS
+    if connection.features.max_query_params:
+        size = max(1, min(size, connection.features.max_query_params // len(RUN_FIELDS)))
+    adapt = ops.adapt_datetimefield_value
+    ticks: dict[datetime, Any] = {}  # scheduled_for adapted once: the runs of a flush share few ticks
+    statements = 0
+    with transaction.atomic(using=connection.alias, savepoint=False), connection.cursor() as cursor:
+        for start in range(0, len(runs), size):
+            chunk = runs[start : start + size]
+            params: list = []
+            for run in chunk:
+                tick = ticks.get(run.scheduled_for)
+                if tick is None:
+                    tick = ticks[run.scheduled_for] = adapt(run.scheduled_for)
+                params += (run.group_id, tick, adapt(run.started_at), adapt(run.finished_at), run.status, run.error,
+                           run.values_count)
+            cursor.execute(f"{insert}{', '.join([row] * len(chunk))}{suffix}", params)
             statements += 1
+            if returning:
+                for run, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
+                    run.pk = pk
+                    run._state.adding, run._state.db = False, connection.alias
     return statements
 
 
