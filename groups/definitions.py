@@ -118,14 +118,24 @@ class Definitions:
 
 
 def _load_groups(ids: set[int]) -> dict:
-    """The groups ``ids`` and every other group of their hubs."""
-    from groups.models import Group
+    """The groups ``ids`` and every other group of their hubs, each with its read plan.
 
-    hubs = Group.objects.filter(pk__in=ids).values("hub_id")
-    return {
-        g.pk: g
-        for g in Group.objects.select_related("hub__project", "script").prefetch_related("keys").filter(hub_id__in=hubs)
-    }
+    Keys are read as tuples, not GroupKey instances: a worker holds a hundred thousand of them
+    (1,000 groups x 100 keys), and making model instances of them took seconds of CPU per reload.
+    """
+    from groups.execution import read_plan_set
+    from groups.models import Group, GroupKey
+
+    hubs = list(Group.objects.filter(pk__in=ids).values_list("hub_id", flat=True).distinct())
+    groups = {g.pk: g for g in Group.objects.select_related("hub__project", "script").filter(hub_id__in=hubs)}
+    keys: dict[int, list[tuple[str, str, str]]] = {gid: [] for gid in groups}
+    rows = GroupKey.objects.filter(group__hub_id__in=hubs).order_by("group_id", "position", "id")
+    for gid, alias, entity, key in rows.values_list("group_id", "alias", "entity", "key").iterator(chunk_size=10_000):
+        if gid in keys:  # a group made after the first query waits for the next load
+            keys[gid].append((alias or key, entity, key))
+    for gid, group in groups.items():
+        read_plan_set(group, keys[gid])
+    return groups
 
 
 def _new_definitions() -> Definitions:

@@ -89,8 +89,7 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]],
     started = timezone.now()
     outcomes = [Outcome(group=g, scheduled_for=t, started_at=started) for g, t in ticks]
     writable = _writable_params({o.group.hub_id for o in outcomes})
-    for outcome in outcomes:  # every read goes out before any answer is awaited
-        _fail_on_error(outcome, _send_reads, outcome)
+    _send_batch_reads(outcomes)  # every read goes out before any answer is awaited
     for outcome in outcomes:
         if not outcome.error:
             _fail_on_error(outcome, _collect_reads, outcome)
@@ -117,29 +116,56 @@ def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
     return definitions().writable(hub_ids)
 
 
-def _read_plan(group: Group) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
-    """``([(binding, entity, key)], {entity: [key]})`` of a group, worked out once per Group instance
-    (the worker keeps instances, groups/definitions.py). Keys are unique per entity (GroupKey)."""
+ReadPlan = tuple[list[tuple[str, str, str]], dict[str, list[str]]]
+
+
+def read_plan_of(keys: list[tuple[str, str, str]]) -> ReadPlan:
+    """``([(binding, entity, key)], {entity: [key]})`` from a group's keys ``[(binding, entity, key)]``
+    in their order. Keys are unique per entity (GroupKey)."""
+    by_entity: dict[str, list[str]] = defaultdict(list)
+    for _, entity, key in keys:
+        by_entity[entity].append(key)
+    return keys, dict(by_entity)
+
+
+def read_plan_set(group: Group, keys: list[tuple[str, str, str]]) -> None:
+    """Give ``group`` its read plan from keys read in bulk (groups/definitions.py), instead of its
+    ``keys`` relation."""
+    group.__dict__["_read_plan"] = read_plan_of(keys)
+
+
+def _read_plan(group: Group) -> ReadPlan:
+    """The group's read plan, worked out once per Group instance (the worker keeps instances)."""
     plan = group.__dict__.get("_read_plan")
     if plan is None:
-        keys = [(gk.binding, gk.entity, gk.key) for gk in group.keys.all()]
-        by_entity: dict[str, list[str]] = defaultdict(list)
-        for _, entity, key in keys:
-            by_entity[entity].append(key)
-        plan = group.__dict__["_read_plan"] = (keys, dict(by_entity))
+        plan = group.__dict__["_read_plan"] = read_plan_of([(gk.binding, gk.entity, gk.key) for gk in group.keys.all()])
     return plan
 
 
 def _send_reads(outcome: Outcome) -> None:
     """One pipelined ``getEntityParams`` per entity of the group."""
-    keys, by_entity = _read_plan(outcome.group)
-    if not keys:
-        raise GroupRunError("the group reads no keys")
-    client = client_for(outcome.group.hub)
-    outcome.reads = {
-        entity: client.call_async("getEntityParams", {"entity": entity, "keys": entity_keys})
-        for entity, entity_keys in by_entity.items()
-    }
+    _send_batch_reads([outcome])
+    if outcome.error:
+        raise GroupRunError(outcome.error)
+
+
+def _send_batch_reads(outcomes: list[Outcome]) -> None:
+    """The ``getEntityParams`` of every entity of every outcome's group, each hub's written together
+    (``HubClient.call_many_async``: one socket write for as many as the in-flight limit lets go)."""
+    by_hub: dict[int, tuple[Hub, list[tuple[Outcome, str, list[str]]]]] = {}
+    for outcome in outcomes:
+        keys, by_entity = _read_plan(outcome.group)
+        if not keys:
+            outcome.error = "the group reads no keys"
+            continue
+        hub = outcome.group.hub
+        reads = by_hub.setdefault(hub.pk, (hub, []))[1]
+        reads.extend((outcome, entity, entity_keys) for entity, entity_keys in by_entity.items())
+    for hub, reads in by_hub.values():
+        futures = client_for(hub).call_many_async(
+            [("getEntityParams", {"entity": entity, "keys": entity_keys}) for _, entity, entity_keys in reads])
+        for (outcome, entity, _), future in zip(reads, futures):
+            outcome.reads[entity] = future
 
 
 def _collect_reads(outcome: Outcome) -> None:
