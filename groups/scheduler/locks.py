@@ -22,6 +22,16 @@ import time
 import uuid
 from pathlib import Path
 
+# the group locks of a batch in one command (a pipeline of SETs cost 30 us of client CPU per group);
+# returns the 1-based positions of the keys it locked
+_ACQUIRE = """
+local got = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then got[#got + 1] = i end
+end
+return got
+"""
+
 _RELEASE = """
 local n = 0
 for i, key in ipairs(KEYS) do
@@ -48,6 +58,7 @@ class RedisLocks:
         self.redis = redis.Redis.from_url(url)
         self.ttl_ms = max(1, int(ttl * 1000))
         self.prefix = prefix
+        self._acquire = self.redis.register_script(_ACQUIRE)
         self._release = self.redis.register_script(_RELEASE)
         self._gate_enter = self.redis.register_script(_GATE_ENTER)
 
@@ -57,11 +68,10 @@ class RedisLocks:
     def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
         """Try to lock each group; returns (token, the ids locked). One round trip."""
         token = uuid.uuid4().hex
-        pipe = self.redis.pipeline(transaction=False)
-        for gid in group_ids:
-            pipe.set(self._key(gid), token, nx=True, px=self.ttl_ms)
-        results = pipe.execute()
-        return token, [gid for gid, ok in zip(group_ids, results) if ok]
+        if not group_ids:
+            return token, []
+        got = self._acquire(keys=[self._key(gid) for gid in group_ids], args=[token, self.ttl_ms])
+        return token, [group_ids[i - 1] for i in got]
 
     def refresh(self, token: str, group_ids: list[int]) -> None:
         pipe = self.redis.pipeline(transaction=False)
