@@ -31,7 +31,8 @@ groups x keys x ticks in the window - distinct (group, tick, entity, key) stored
 beyond those; latency = ``committed_at`` minus the tick, per execution (its last row), weighted by
 rows. ``cpu_percent`` is user + system time from ``/proc/<pid>/stat`` over the window, of every process
 of a kind and its descendants, in percent of one core (``database`` sums every PostgreSQL or MariaDB
-process on the machine; a SQLite sink works inside the worker).
+process on the machine; a SQLite sink works inside the worker); ``machine`` is every CPU's busy time
+from ``/proc/stat`` (all but idle and iowait), out of 100 x the number of cores.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measur
 HELP = ("End to end, hubs to SQL: stock django-celery-beat + a task per group against hubsched, "
         "counting committed rows (needs Redis).")
 API_KEY = "bench-key"
-# committed_at: the database's own clock at insert, as epoch seconds
+# committed_at: the database's own clock at insert of the row (not the statement's start), as epoch seconds
 COMMITTED_AT = {
     "postgresql": "extract(epoch from clock_timestamp())",
-    "mysql": "(UNIX_TIMESTAMP(NOW(6)))",
-    "mariadb": "(UNIX_TIMESTAMP(NOW(6)))",
+    "mysql": "(UNIX_TIMESTAMP(SYSDATE(6)))",
+    "mariadb": "(UNIX_TIMESTAMP(SYSDATE(6)))",
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
 DATABASE_PROCESSES = {"postgres", "mariadbd", "mysqld"}
@@ -354,6 +355,10 @@ def _cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:
     out = {kind: sum(tree(pid) for pid in pids) for kind, pids in kinds.items()}
     out["database"] = sum(cpu for _, comm, cpu in procs.values() if comm in DATABASE_PROCESSES)
     out["broker"] = sum(cpu for _, comm, cpu in procs.values() if comm.startswith("redis-server"))
+    # the whole machine, whoever used it (the kernel's network work, the benchmark itself, others)
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(v) for v in fields[:8]) - int(fields[3]) - int(fields[4])  # all but idle and iowait
+    out["machine"] = busy / tick
     return out
 
 
