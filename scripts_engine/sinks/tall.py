@@ -47,10 +47,18 @@ def _iso_field(ts: Any) -> str:
     return NULL if parsed is None else parsed.isoformat()
 
 
-def _sql_field(ts: Any) -> str:
+def _sql_value(ts: Any) -> str | None:
     """MySQL/MariaDB DATETIME(6) and SQLAlchemy's SQLite text: ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC."""
     parsed = parse_ts(ts)
-    return NULL if parsed is None else parsed.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return None if parsed is None else parsed.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sql_field(ts: Any) -> str:
+    stamp = _sql_value(ts)
+    return NULL if stamp is None else stamp
+
+
+_MISSING = object()
 
 
 # --- one batch to text lines (COPY, LOAD DATA) -------------------------------------------------------
@@ -127,9 +135,9 @@ def value_tuples(executions: Iterable[ExecutionValues]) -> list[tuple]:
     """The batch as parameter tuples in WRITE_COLUMNS order, timestamps as SQLAlchemy's SQLite text."""
     rows: list[tuple] = []
     append = rows.append
-    stamps: dict[Any, str | None] = {}
+    stamps: dict[str, str | None] = {}
     for execution in executions:
-        tick = _sql_field(execution.tick)
+        tick = _sql_value(execution.tick)
         shared = (tick, execution.project, execution.hub, int(execution.group_id), execution.group)
         for entity, items in execution.values:
             for item in items:
@@ -144,12 +152,12 @@ def value_tuples(executions: Iterable[ExecutionValues]) -> list[tuple]:
                 else:
                     number, text = value_num(value), value_json(value)
                 ts = item.get("ts")
-                stamp = stamps.get(ts, "") if type(ts) is str else ""
-                if stamp == "":
-                    stamp = _sql_field(ts)
-                    stamp = None if stamp == NULL else stamp
-                    if type(ts) is str:
-                        stamps[ts] = stamp
+                if type(ts) is str:
+                    stamp = stamps.get(ts, _MISSING)
+                    if stamp is _MISSING:
+                        stamp = stamps[ts] = _sql_value(ts)
+                else:
+                    stamp = _sql_value(ts)
                 append((*shared, entity, stamp, item["key"], number, text, str(item.get("quality") or "good")))
     return rows
 
@@ -267,7 +275,7 @@ def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execution
         cursor = connection.cursor()
         try:
             returned = []
-            for gid, tick, count in _ledger_rows(by_id, _sql_field):
+            for gid, tick, count in _ledger_rows(by_id, _sql_value):
                 cursor.execute(
                     f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES (?, ?, ?) "
                     f"ON CONFLICT DO NOTHING RETURNING group_id, tick", (gid, tick, count))
@@ -300,7 +308,8 @@ def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executio
             chunk = ids[start : start + 200]
             where = sa.or_(*[sa.and_(ledger.c.group_id == gid, ledger.c.tick == tick) for gid, tick in chunk])
             present.update(conn.execute(sa.select(ledger.c.group_id, ledger.c.tick).where(where)).all())
-        new_ids = {key: ex for key, ex in by_id.items() if (key[0], key[1]) not in _normalized(present)}
+        present = _normalized(present)
+        new_ids = {key: ex for key, ex in by_id.items() if key not in present}
         if not new_ids:
             return 0
         conn.execute(ledger.insert(), [{"group_id": gid, "tick": tick, "values_count": n}

@@ -102,3 +102,32 @@ def test_threads_writing_to_a_new_table_at_once_all_succeed(sink_url, table_pref
         counts = list(pool.map(lambda i: sink_write(target=target, executions=rows({"p1": float(i)}, group_id=i)), range(8)))
     assert counts == [1] * 8
     assert len(stored(sink_url, table_prefix)) == 8
+
+
+def test_the_generic_writer_for_other_databases_stores_once_per_execution_too(sink_url, table_prefix):
+    """``write_generic`` serves databases without a fast path; it is plain SQLAlchemy, so any server checks it."""
+    from scripts_engine.sinks.tall import write_generic
+    from scripts_engine.sinks.writers import tables
+
+    engine = sink_engine(sink_url)
+    table, ledger = tables.tall(engine, sink_url, table_prefix)
+    assert write_generic(engine, table, ledger, rows({"p1": 1.0, "s": "on"}) + rows({"p1": 2.0}, group_id=2)) == 3
+    assert write_generic(engine, table, ledger, rows({"p1": 9.0})) == 0  # stored already
+    got = [(r["group_id"], r["key"], r["value_num"], json.loads(r["value_json"])) for r in stored(sink_url, table_prefix)]
+    assert got == [(1, "p1", 1.0, 1.0), (1, "s", None, "on"), (2, "p1", 2.0, 2.0)]
+
+
+def test_writers_racing_with_the_same_executions_store_each_once(sink_url, table_prefix):
+    """At-least-once delivery: two workers may write the same execution at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    sink_write(target=target, executions=rows({"p1": 0.0}, group_id=99))  # the tables exist before the race
+    batches = [sum((rows({"p1": float(i), "p2": 1.0}, group_id=g) for g in range(1, 21)), []) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda batch: sink_write(target=target, executions=batch), batches))
+    got = [r for r in stored(sink_url, table_prefix) if r["group_id"] != 99]
+    assert len(got) == 40
+    for g in range(1, 21):  # each execution whole, from one of the deliveries
+        mine = [r["value_num"] for r in got if r["group_id"] == g]
+        assert len(mine) == 2 and 1.0 in mine
