@@ -8,7 +8,7 @@ import threading
 import time
 from operator import itemgetter
 
-from .signals import Signal, encode, format_ts, number_texts, quality_bucket, uncertain
+from .signals import Signal, cycle_texts, encode, format_ts, number_texts, quality_bucket, uncertain
 from .tree import PUBLIC_PARAM_FIELDS, private_tree, walk
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -52,12 +52,13 @@ class Entity:
     """One entity, its parameters, and its values as sampled at its last read tick (see HubState).
 
     A refresh samples the read-only parameters in sampling order: numbers without steps first
-    (in bulk, `signals.number_texts`), then the others; `_in_order` puts their texts, and the
-    writable parameters', back in the entity's order.
+    and values that cycle through a list next (both in bulk, `signals.number_texts` and
+    `signals.cycle_texts`), then the others; `_in_order` puts their texts, and the writable
+    parameters', back in the entity's order.
     """
 
     __slots__ = ("id", "name", "type", "children", "params", "keys", "positions", "params_json", "id_json",
-                 "_readonly", "_plain", "_others", "_writable", "_writable_at", "_in_order", "_heads",
+                 "_readonly", "_plain", "_cycles", "_others", "_writable", "_writable_at", "_in_order", "_heads",
                  "_qbucket", "_uncertain", "_flaky", "_tick", "_texts", "_tails", "_joined", "_vtick", "_values")
 
     def __init__(self, raw: dict, *, seed: int, tick: float):
@@ -71,14 +72,17 @@ class Entity:
         self.positions = {key: i for i, key in enumerate(self.keys)}
         self.params_json = _dumps([p.public for p in self.params.values()])
         params = list(self.params.values())
-        plain = [p for p in params if p.signal is not None and p.signal.plain is not None]
-        others = [p for p in params if p.signal is not None and p.signal.plain is None]
-        self._readonly = [(self.positions[p.key], p) for p in plain + others]  # sampling order
+        signals = [p for p in params if p.signal is not None]
+        plain = [p for p in signals if p.signal.plain is not None]
+        cycles = [p for p in signals if p.signal.cycle is not None]
+        others = [p for p in signals if p.signal.plain is None and p.signal.cycle is None]
+        self._readonly = [(self.positions[p.key], p) for p in plain + cycles + others]  # sampling order
         self._plain = [p.signal.plain for p in plain]
+        self._cycles = [p.signal.cycle for p in cycles]
         self._others = [p.signal for p in others]
         self._writable = [p for p in params if p.writable]
         self._writable_at = [(self.positions[p.key], p) for p in self._writable]
-        sampling = {id(p): i for i, p in enumerate(plain + others + self._writable)}
+        sampling = {id(p): i for i, p in enumerate(plain + cycles + others + self._writable)}
         self._in_order = _picker([sampling[id(p)] for p in params])
         # the joined items, piece by piece: head, text, tail, with a comma before every head but the first
         self._heads = [p.head if i == 0 else sys.intern("," + p.head) for i, p in enumerate(params)]
@@ -179,12 +183,16 @@ class HubState:
             flags = uncertain([p.signal for _, p in entity._readonly], bucket)
             entity._uncertain = [(i, "uncertain") for (i, _), flag in zip(entity._readonly, flags) if flag]
             entity._qbucket = bucket
+        if not entity._flaky:
+            return entity._uncertain
         bad = [(i, "bad") for i, signal in entity._flaky if signal.outage(t)]
         return entity._uncertain + bad if bad else entity._uncertain
 
     def _refresh(self, entity: Entity, k: int) -> None:
         self.tick_ts(k)
-        texts = number_texts(entity._plain, k * self.tick) if entity._plain else []
+        t = k * self.tick
+        texts = number_texts(entity._plain, t) if entity._plain else []
+        texts += cycle_texts(entity._cycles, t)
         texts += [signal.text(k) for signal in entity._others]
         texts += [p.text for p in entity._writable]
         texts = entity._in_order(texts)
