@@ -10,7 +10,8 @@ import websocket
 
 from hubs.hubsim import ALL_METHODS, DEMO_TREE, HubState, demo_tree, serve_in_thread
 from hubs.hubsim.cli import method_set
-from hubs.hubsim.tree import PARAM_TYPES, walk
+from hubs.hubsim.signals import cycle_texts, encode, number_text, number_texts
+from hubs.hubsim.tree import PARAM_TYPES, bench_tree, walk
 
 pytestmark = pytest.mark.timeout(30)
 KEY = "demo-key"
@@ -93,6 +94,44 @@ def test_values_are_deterministic_from_the_seed():
     assert read(a) != read(c)
     later = a.value_fragments(a.entities[PUMP], ["flow"], k + 5)
     assert later != a.value_fragments(a.entities[PUMP], ["flow"], k)  # values move over time
+
+
+def _signals(state):
+    return [p.signal for e in state.entities.values() for p in e.params.values() if p.signal]
+
+
+@pytest.mark.parametrize("tree", [None, bench_tree(entities=2, keys=100)], ids=["demo", "bench"])
+def test_every_value_text_is_the_json_of_the_value(tree):
+    state = HubState(seed=5, tree=tree)
+    signals = _signals(state)
+    assert {s.type for s in signals} >= ({"number", "integer", "boolean", "string", "array"} if tree else set(PARAM_TYPES))
+    k0 = int(time.time() / state.tick)
+    for k in [*range(k0, k0 + 400), 0, 17_000_000_000, 2 * k0]:
+        texts = [s.text(k) for s in signals]
+        assert texts == [encode(s.value(k)) for s in signals]
+        plain = [s for s in signals if s.plain]
+        assert number_texts([s.plain for s in plain], k * state.tick) == [s.text(k) for s in plain]
+        cycling = [s for s in signals if s.cycle]
+        assert cycling and cycle_texts([s.cycle for s in cycling], k * state.tick) == [s.text(k) for s in cycling]
+
+
+@pytest.mark.parametrize("v", [0.0, -0.0, 1e-9, -1e-9, 0.0004999, 0.0005, -0.0005, 2.675, 12.3, 12.30049, 100.0,
+                               -7.9999, 123456.0005, 999_999_999_999.9994, 1 / 3])
+def test_numbers_are_spelled_as_their_value_rounded_to_three_decimals(v):
+    assert number_text(v) == repr(round(v, 3))
+
+
+def test_a_poll_of_every_key_is_the_items_joined_and_matches_the_values():
+    state = HubState(seed=2)
+    k0 = int(time.time() / state.tick)
+    for entity in state.entities.values():
+        for k in (k0, k0 + 1, k0 + 1000):
+            items = state.value_fragments(entity, None, k)
+            joined = state.values_json(entity, None, k)
+            assert joined == ",".join(items) == state.values_json(entity, list(entity.params), k)
+            assert state.values_json(entity, entity.keys[::-1], k) == ",".join(items[::-1])
+            now = state.values_now(entity, k)
+            assert [(v["value"], v["quality"]) for v in json.loads(f"[{joined}]")] == [now[key] for key in entity.params]
 
 
 # -- methods
@@ -250,6 +289,34 @@ def test_the_command_line_rejects_unknown_methods():
     assert method_set("getInfo, subscribe") == {"getInfo", "subscribe"}
     with pytest.raises(argparse.ArgumentTypeError):
         method_set("getInfo,teleport")
+
+
+def test_a_request_in_a_fragmented_or_binary_message_is_answered(raw):
+    frame = json.dumps({"id": 41, "key": KEY, "method": "getParams", "params": {"entity": PUMP}})
+    raw.ws.send_frame(websocket.ABNF.create_frame(frame[:20], websocket.ABNF.OPCODE_TEXT, fin=0))
+    raw.ws.send_frame(websocket.ABNF.create_frame(frame[20:], websocket.ABNF.OPCODE_CONT, fin=1))
+    assert raw.recv()["result"]["entity"] == PUMP
+    raw.ws.send_binary(frame.replace("41", "42").encode())
+    assert raw.recv()["id"] == 42
+
+
+def test_integers_beyond_64_bits_are_read_exactly(raw, hub):
+    big = 2**64 + 1
+    assert raw.call("ping", rid=big)["id"] == big
+    raw.result("setEntityParams", {"entity": "plant/utilities/boiler/burner", "values": {"stage": big}})
+    assert hub.state.read("plant/utilities/boiler/burner", "stage") == big
+    raw.result("setEntityParams", {"entity": "plant/utilities/boiler/burner", "values": {"stage": 1}})
+
+
+def test_a_text_frame_that_is_not_utf8_closes_only_its_own_connection(raw, hub):
+    other = Raw(hub.url)
+    try:
+        other.ws.send_frame(websocket.ABNF.create_frame(b"\xff\xfe{}", websocket.ABNF.OPCODE_TEXT))
+        opcode, data = other.ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1007  # invalid data
+    finally:
+        other.ws.close()
+    assert TS.match(raw.result("ping")["time"])
 
 
 def test_many_pipelined_requests_are_all_answered(raw):
