@@ -132,9 +132,9 @@ class HubState:
     tick's start as ts, and within a tick, reads of an entity reuse what the first read
     encoded. A read in a new tick encodes each of the entity's values once (numbers in bulk)
     and joins them with parts kept ready: each key's head, the tick's ts-and-quality tails,
-    and the qualities of the current quality bucket. That is the hub's hot path: a poll of
-    every key of an entity (`values_json`) costs about 1 µs of CPU per value. Thread-safe
-    for writes from tests (reads happen on the hub's event loop thread).
+    and the qualities of the current quality bucket: a poll of every key of an entity
+    (`values_json`) is the hub's hot path. Thread-safe for writes from tests (reads happen
+    on the hub's event loop thread).
     """
 
     def __init__(self, *, name: str = "hub", seed: int = 1, tick: float = 0.1, tree: list[dict] | None = None):
