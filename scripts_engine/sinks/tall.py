@@ -8,10 +8,13 @@ the hub's value objects: at 100,000 values a second each microsecond here is a t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -267,33 +270,61 @@ def _load_data(cursor, table: str, lines: list[str]) -> None:
 
 def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
     """Ledger rows with ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (SQLite 3.35+), then one
-    ``executemany`` of the new executions' values (bound in C by sqlite3); one transaction."""
+    ``executemany`` of the new executions' values (bound in C by sqlite3); one transaction.
+
+    The value tuples are made before the write starts, and the write holds ``_sqlite_writer_lock``:
+    SQLite lets one writer in at a time, and its own busy handler makes the others poll with sleeps
+    of up to 100 ms, which at full load left worker threads waiting past their ticks' expiry.
+    """
     quote = engine.dialect.identifier_preparer.quote
     by_id = _unique_executions(executions)
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
+    prepared = {key: value_tuples([execution]) for key, execution in by_id.items()}
+    columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
+    insert = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join('?' * len(WRITE_COLUMNS))})"
+    claim = (f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES (?, ?, ?) "
+             f"ON CONFLICT DO NOTHING RETURNING group_id, tick")
+    with _sqlite_writer_lock(engine.url.database):
+        connection = engine.raw_connection()
         try:
-            returned = []
-            for gid, tick, count in _ledger_rows(by_id, _sql_value):
-                cursor.execute(
-                    f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES (?, ?, ?) "
-                    f"ON CONFLICT DO NOTHING RETURNING group_id, tick", (gid, tick, count))
-                returned.extend(cursor.fetchall())
-            rows = value_tuples(_new_only(by_id, returned))
-            if rows:
-                columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
-                marks = ", ".join("?" * len(WRITE_COLUMNS))
-                cursor.executemany(f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})", rows)
+            cursor = connection.cursor()
+            try:
+                returned = []
+                for row in _ledger_rows(by_id, _sql_value):
+                    cursor.execute(claim, row)
+                    returned.extend(cursor.fetchall())
+                new = {id(execution) for execution in _new_only(by_id, returned)}
+                rows = [row for key, execution in by_id.items() if id(execution) in new for row in prepared[key]]
+                if rows:
+                    cursor.executemany(insert, rows)
+            finally:
+                cursor.close()
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
         finally:
-            cursor.close()
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.close()
+            connection.close()
     return len(rows)
+
+
+@contextlib.contextmanager
+def _sqlite_writer_lock(database: str | None):
+    """An exclusive ``fcntl`` lock on ``<database>.hubsched-writer.lock`` for the length of a write,
+    so that hubsched's writers of one SQLite file (threads and processes) queue in the kernel and go
+    in the moment the previous one commits. In-memory databases need none."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    with _SQLITE_LOCAL.setdefault(database, threading.Lock()):  # fcntl locks do not exclude a process's threads
+        fd = os.open(f"{database}.hubsched-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+
+
+_SQLITE_LOCAL: dict[str, threading.Lock] = {}  # per database file
 
 
 def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:

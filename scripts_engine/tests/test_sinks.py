@@ -131,3 +131,29 @@ def test_writers_racing_with_the_same_executions_store_each_once(sink_url, table
     for g in range(1, 21):  # each execution whole, from one of the deliveries
         mine = [r["value_num"] for r in got if r["group_id"] == g]
         assert len(mine) == 2 and 1.0 in mine
+
+
+def test_sqlite_writers_queue_on_the_writer_lock_and_go_in_when_it_is_freed(tmp_path):
+    import fcntl
+    import os
+    import time
+
+    url = f"sqlite:///{tmp_path / 'values.sqlite3'}"
+    target = SinkTarget(name="main", url=url, table="values")
+    sink_write(target=target, executions=rows({"p1": 1.0}))
+    fd = os.open(f"{tmp_path / 'values.sqlite3'}.hubsched-writer.lock", os.O_RDWR)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # another process holds the lock for half a second
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.write(write, b"x")
+        time.sleep(0.5)
+        os._exit(0)
+    os.read(read, 1)
+    started = time.monotonic()
+    sink_write(target=target, executions=rows({"p1": 2.0}, group_id=2))
+    waited = time.monotonic() - started
+    os.waitpid(pid, 0)
+    assert waited >= 0.3  # it waited for the other writer
+    assert [r["group_id"] for r in stored(url, "values")] == [1, 2]
+    sinks_dispose()
