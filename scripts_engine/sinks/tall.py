@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import logging
 import os
 import re
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -23,6 +25,8 @@ import orjson
 import sqlalchemy as sa
 
 from .values import ExecutionValues, parse_ts, value_json, value_num
+
+logger = logging.getLogger(__name__)
 
 # the order in which the writers send columns: what an execution's values share comes first
 WRITE_COLUMNS = ("tick", "project", "hub", "group_id", "group_name", "entity", "ts", "key", "value_num", "value_json", "quality")
@@ -226,38 +230,64 @@ def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execu
 
 
 def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
-    """Ledger rows with ``INSERT IGNORE ... RETURNING`` (MariaDB 10.5+), then one ``LOAD DATA LOCAL
-    INFILE`` of the new executions' values from a temporary file; one transaction.
+    """The ledger claim, then one ``LOAD DATA LOCAL INFILE`` of the new executions' values from a
+    temporary file; one transaction. Returns the values written.
 
-    The sink's engine is made with PyMySQL's ``local_infile`` (writers.sink_engine), and the server
-    must allow it (``local_infile``, on by default in MariaDB). Returns the values written.
+    - Claim: MariaDB 10.5+ takes the batch's ledger rows in one ``INSERT IGNORE ... RETURNING``;
+      MySQL has no RETURNING, so each execution is one ``INSERT IGNORE`` whose row count (1 or 0)
+      says whether it is new.
+    - Values: ``LOAD DATA LOCAL`` needs PyMySQL's ``local_infile`` (set by writers.sink_engine) and
+      the server's ``local_infile`` (on by default in MariaDB, off in MySQL 8). Where either refuses,
+      the values go in one ``executemany`` INSERT (PyMySQL sends it as multi-row INSERTs), and the
+      engine is remembered so later batches go there straight away.
     """
     quote = engine.dialect.identifier_preparer.quote
     by_id = _unique_executions(executions)
     ledger_rows = _ledger_rows(by_id, lambda t: t.astimezone(timezone.utc).replace(tzinfo=None))
+    claim = f"INSERT IGNORE INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES "
     connection = engine.raw_connection()
     try:
         with connection.cursor() as cursor:
-            placeholders = ", ".join(["(%s, %s, %s)"] * len(ledger_rows))
-            cursor.execute(
-                f"INSERT IGNORE INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES {placeholders} "
-                f"RETURNING group_id, tick",
-                [field for row in ledger_rows for field in row],
-            )
-            new = _new_only(by_id, cursor.fetchall())
-            lines = value_lines(new, _sql_field)
-            if lines:
-                _load_data(cursor, quote(table.name), lines)
+            if getattr(engine.dialect, "is_mariadb", False):
+                placeholders = ", ".join(["(%s, %s, %s)"] * len(ledger_rows))
+                cursor.execute(f"{claim}{placeholders} RETURNING group_id, tick", [f for row in ledger_rows for f in row])
+                returned = cursor.fetchall()
+            else:
+                returned = [row[:2] for row in ledger_rows if cursor.execute(f"{claim}(%s, %s, %s)", row) == 1]
+            new = _new_only(by_id, returned)
+            written = 0
+            if new and engine not in _NO_LOAD_DATA:
+                lines = value_lines(new, _sql_field)
+                if _load_data(cursor, quote(table.name), lines):
+                    written = len(lines)
+                else:
+                    _NO_LOAD_DATA.add(engine)
+            if new and engine in _NO_LOAD_DATA:
+                rows = value_tuples(new)
+                columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
+                cursor.executemany(
+                    f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join(['%s'] * len(WRITE_COLUMNS))})", rows,
+                )
+                written = len(rows)
         connection.commit()
     except BaseException:
         connection.rollback()
         raise
     finally:
         connection.close()
-    return len(lines)
+    return written
 
 
-def _load_data(cursor, table: str, lines: list[str]) -> None:
+# MySQL error codes for "this connection may not LOAD DATA LOCAL": the client did not ask for it
+# (1148 ER_NOT_ALLOWED_COMMAND), the server has local_infile off (3948 ER_CLIENT_LOCAL_FILES_DISABLED),
+# the client refused the server's file request (2068 CR_LOAD_DATA_LOCAL_INFILE_REJECTED), MariaDB's
+# "server or client has disabled the local infile capability" (4166 ER_LOAD_INFILE_CAPABILITY_DISABLED)
+_LOAD_DATA_REFUSED = {1148, 2068, 3948, 4166}
+_NO_LOAD_DATA: weakref.WeakSet[sa.Engine] = weakref.WeakSet()  # engines whose connections may not
+
+
+def _load_data(cursor, table: str, lines: list[str]) -> bool:
+    """LOAD DATA LOCAL the lines into ``table``; False (nothing loaded) when the connection may not."""
     columns = ", ".join(f"`{c}`" for c in WRITE_COLUMNS)
     directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".tsv", dir=directory, delete=True) as spool:
@@ -265,7 +295,14 @@ def _load_data(cursor, table: str, lines: list[str]) -> None:
         spool.flush()
         path = spool.name.replace("\\", "\\\\").replace("'", "\\'")
         # the defaults of LOAD DATA are COPY's text format: tab, newline, backslash escapes, \N for null
-        cursor.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table} CHARACTER SET utf8mb4 ({columns})")
+        try:
+            cursor.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table} CHARACTER SET utf8mb4 ({columns})")
+        except Exception as exc:
+            if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
+                logger.warning("sink %s: LOAD DATA LOCAL refused (%s); values go in multi-row INSERTs", table, exc)
+                return False
+            raise
+    return True
 
 
 def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:

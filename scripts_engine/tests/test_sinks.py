@@ -157,3 +157,58 @@ def test_sqlite_writers_queue_on_the_writer_lock_and_go_in_when_it_is_freed(tmp_
     assert waited >= 0.3  # it waited for the other writer
     assert [r["group_id"] for r in stored(url, "values")] == [1, 2]
     sinks_dispose()
+
+
+@pytest.fixture
+def mariadb_tables():
+    """A fresh tall table and ledger on the real MariaDB, created as a sink creates them; dropped afterwards."""
+    import uuid
+
+    from hubsched.testing import mariadb_url
+    from scripts_engine.sinks.writers import tables
+
+    url = mariadb_url()
+    name = f"t{uuid.uuid4().hex[:12]}"
+    table, ledger = tables.tall(sink_engine(url), url, name)
+    yield url, name, table, ledger
+    sinks_dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}, {ledger.name}"))
+    engine.dispose()
+
+
+def test_mysql_claims_each_execution_by_its_row_count_where_insert_has_no_returning(mariadb_tables, monkeypatch):
+    """MySQL has no ``INSERT ... RETURNING``; its claim path runs here on MariaDB, which counts rows alike."""
+    from scripts_engine.sinks.tall import write_mysql
+
+    url, name, table, ledger = mariadb_tables
+    engine = sa.create_engine(url, connect_args={"local_infile": True})
+    monkeypatch.setattr(engine.dialect, "is_mariadb", False)
+    first = rows({"p1": 1.0, "s": "on"}) + rows({"p1": 2.0}, group_id=2)
+    assert write_mysql(engine, table, ledger, first) == 3
+    assert write_mysql(engine, table, ledger, rows({"p1": 9.0}, group_id=2) + rows({"p1": 3.0}, group_id=3)) == 1
+    engine.dispose()
+    got = [(r["group_id"], r["key"], r["value_num"]) for r in stored(url, name)]
+    assert got == [(1, "p1", 1.0), (1, "s", None), (2, "p1", 2.0), (3, "p1", 3.0)]
+
+
+def test_mysql_without_load_data_local_stores_the_values_with_inserts_instead(mariadb_tables, caplog):
+    """A driver or server that refuses LOAD DATA LOCAL (MySQL 8 has it off) loses nothing: the same
+    transaction inserts the values, and later batches go straight to INSERT."""
+    from scripts_engine.sinks.tall import _NO_LOAD_DATA, write_mysql
+
+    url, name, table, ledger = mariadb_tables
+    engine = sa.create_engine(url)  # PyMySQL without local_infile: the server refuses LOAD DATA LOCAL
+    odd = {"p1": 1.5, "s": "tab\there", "big": 2**70, "list": [{"a": 1}], "flag": True, "none": None}
+    assert write_mysql(engine, table, ledger, rows(odd)) == 6
+    assert engine in _NO_LOAD_DATA
+    assert "LOAD DATA LOCAL refused" in caplog.text
+    assert write_mysql(engine, table, ledger, rows({"p1": 2.0}, group_id=2)) == 1
+    assert write_mysql(engine, table, ledger, rows({"p1": 2.0}, group_id=2)) == 0  # stored already
+    engine.dispose()
+    got = {(r["group_id"], r["key"]): (r["value_num"], json.loads(r["value_json"])) for r in stored(url, name)}
+    assert got == {
+        (1, "p1"): (1.5, 1.5), (1, "s"): (None, "tab\there"), (1, "big"): (float(2**70), 2**70),
+        (1, "list"): (None, [{"a": 1}]), (1, "flag"): (1.0, True), (1, "none"): (None, None), (2, "p1"): (2.0, 2.0),
+    }
