@@ -183,6 +183,8 @@ HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 32, minimum=1
 # Sink batching window (issue 6): a batch is written when it holds this many values or is this old.
 HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
+# Writer threads per sink per worker process: one batch is written while the next is encoded (docs/data-path.md).
+HUBSCHED_SINK_WRITERS = env_int("HUBSCHED_SINK_WRITERS", 2, minimum=1)
 # What executions read from the Django database is kept per worker process (groups/definitions.py): a group is
 # read again within HUBSCHED_EXECUTION_CHECK_S of an edit, everything else within HUBSCHED_EXECUTION_CACHE_S.
 HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)

@@ -1,13 +1,14 @@
 """Values from many group executions gathered into one write per sink (a bounded window, then one statement).
 
-Each sink target has one writer thread per process. Submitted executions wait until the target's
-batch holds ``max_rows`` values or its oldest submission is ``max_age`` seconds old (settings
-HUBSCHED_SINK_BATCH_SIZE and HUBSCHED_SINK_BATCH_AGE_S), then go in one write; while a write runs,
-new ones gather for the next. A submission is never split across writes (the tall layout's
-idempotency relies on an execution's values being written together). A submitter gets a Future
-that is done once its values are committed (or fails with the SinkError of that write), so a run
-counts as stored only when it is. A lane holding four batches' worth of values makes submitters
-wait (a sink slower than the polls slows the polls instead of filling the memory).
+Each sink target has a lane per process, written by ``writers`` threads (HUBSCHED_SINK_WRITERS, 2).
+A writer takes whole submissions up to ``max_rows`` values once the lane holds that many or its oldest
+submission is ``max_age`` seconds old (HUBSCHED_SINK_BATCH_SIZE, HUBSCHED_SINK_BATCH_AGE_S), and
+writes them in one transaction; while it writes, the next batch gathers and another writer can take
+it, so the database works on one batch while Python encodes the next. A submission is never split
+across writes (the tall layout's idempotency relies on an execution's values being written together).
+A submitter gets a Future that is done once its values are committed (or fails with the SinkError of
+that write), so a run counts as stored only when it is. A lane holding four batches' worth of values
+makes submitters wait (a sink slower than the polls slows the polls instead of filling the memory).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 
 from hubsched.per_process import PerProcess
@@ -26,19 +28,20 @@ logger = logging.getLogger(__name__)
 
 
 class _Lane:
-    """The pending batch of one target, and the thread that writes it."""
+    """The pending submissions of one target, and the threads that write them."""
 
     def __init__(self, batcher: SinkBatcher, target: SinkTarget) -> None:
         self.batcher = batcher
         self.target = target
-        self.executions: list[ExecutionValues] = []
+        self.pending: deque[tuple[list[ExecutionValues], int, Future, float]] = deque()  # (executions, values, future, since)
         self.values = 0
-        self.futures: list[Future] = []
-        self.oldest = 0.0
-        self.writing = False
+        self.writing = 0  # writes in progress
+        self.flush = False  # drain: write what is pending without waiting for its age
         self.ready = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name=f"sink-{target.name}", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"sink-{target.name}-{i}", daemon=True)
+                        for i in range(batcher.writers)]
+        for thread in self.threads:
+            thread.start()
 
     def add(self, executions: list[ExecutionValues]) -> Future:
         future: Future = Future()
@@ -46,25 +49,30 @@ class _Lane:
         with self.ready:
             while self.values >= self.batcher.max_pending:
                 self.ready.wait()
-            if not self.executions:
-                self.oldest = time.monotonic()
-            self.executions.extend(executions)
+            self.pending.append((executions, values, future, time.monotonic()))
             self.values += values
-            self.futures.append(future)
             self.ready.notify_all()
         return future
 
     def _take(self) -> tuple[list[ExecutionValues], list[Future]]:
+        """The next batch: whole submissions, oldest first, up to ``max_rows`` values (at least one submission)."""
         max_rows, max_age = self.batcher.max_rows, self.batcher.max_age
         with self.ready:
             while True:
-                if self.executions:
-                    wait = self.oldest + max_age - time.monotonic()
-                    if self.values >= max_rows or wait <= 0:
-                        executions, futures = self.executions, self.futures
-                        self.executions, self.futures, self.values = [], [], 0
-                        self.writing = True
-                        self.ready.notify_all()  # submitters waiting for room
+                if self.pending:
+                    wait = self.pending[0][3] + max_age - time.monotonic()
+                    if self.values >= max_rows or wait <= 0 or self.flush:
+                        executions: list[ExecutionValues] = []
+                        futures: list[Future] = []
+                        taken = 0
+                        while self.pending and (not futures or taken + self.pending[0][1] <= max_rows):
+                            batch, values, future, _since = self.pending.popleft()
+                            executions.extend(batch)
+                            futures.append(future)
+                            taken += values
+                        self.values -= taken
+                        self.writing += 1
+                        self.ready.notify_all()  # submitters waiting for room, other writers
                         return executions, futures
                     self.ready.wait(wait)
                 else:
@@ -84,32 +92,40 @@ class _Lane:
                 for future in futures:
                     future.set_exception(error)
             else:
-                self.batcher.batches += 1
+                with self.ready:
+                    self.batcher.batches += 1
                 for future in futures:
                     future.set_result(written)
             with self.ready:
-                self.writing = False
+                self.writing -= 1
                 self.ready.notify_all()
 
     def drain(self, deadline: float) -> bool:
         """Wait until what was submitted is written; returns False at ``deadline`` (monotonic)."""
         with self.ready:
-            self.oldest = 0.0  # write what is pending now, not at its age limit
+            self.flush = True  # write what is pending now, not at its age limit
             self.ready.notify_all()
-            while self.executions or self.writing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.ready.wait(min(left, 0.05))
+            try:
+                while self.pending or self.writing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.ready.wait(min(left, 0.05))
+            finally:
+                self.flush = False
         return True
 
 
 class SinkBatcher:
-    """Per-process gatherer of sink writes; thread-safe. ``max_rows`` values, ``max_age`` seconds."""
+    """Per-process gatherer of sink writes; thread-safe. Batches of up to ``max_rows`` values (a bigger
+    submission goes whole), written after at most ``max_age`` seconds by ``writers`` threads per target."""
 
-    def __init__(self, *, max_rows: int, max_age: float) -> None:
+    def __init__(self, *, max_rows: int, max_age: float, writers: int = 2) -> None:
+        if writers < 1:
+            raise ValueError(f"writers must be at least 1, not {writers}")
         self.max_rows = max_rows
         self.max_age = max_age
+        self.writers = writers
         self.max_pending = 4 * max_rows
         self.batches = 0
         self._lanes: dict[SinkTarget, _Lane] = {}
@@ -132,7 +148,8 @@ class SinkBatcher:
 def _new_batcher() -> SinkBatcher:
     from django.conf import settings
 
-    return SinkBatcher(max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S)
+    return SinkBatcher(max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S,
+                       writers=settings.HUBSCHED_SINK_WRITERS)
 
 
 process_batcher: PerProcess[SinkBatcher] = PerProcess(_new_batcher)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -102,3 +103,46 @@ def test_the_batcher_fails_every_submission_of_a_failed_write():
         with pytest.raises(SinkError, match="archive"):
             future.result(timeout=30)
     sinks_dispose()
+
+
+def test_the_batcher_cuts_batches_at_max_rows_without_splitting_a_submission(sink_url, table_prefix):
+    batcher = SinkBatcher(max_rows=4, max_age=3600, writers=1)  # only the size limit can start a write
+    target = SinkTarget(name="main", url=sink_url, table=f"{table_prefix}_tall")
+    futures = [batcher.submit(target=target, executions=execution({"flow": 1.0, "pressure": 2.0}, tick=TICK + timedelta(seconds=i)))
+               for i in range(4)]
+    assert [f.result(timeout=30) for f in futures] == [4, 4, 4, 4]  # two writes of two executions each
+    assert batcher.batches == 2
+
+
+def test_a_second_writer_commits_while_the_first_waits_on_the_database():
+    """HUBSCHED_SINK_WRITERS: one slow write (here blocked on a row another transaction holds) does
+    not hold back the batches behind it."""
+    import uuid
+
+    from hubsched.testing import postgres_url
+    from scripts_engine.sinks.tables import ledger_name
+
+    url = postgres_url()
+    name = f"t{uuid.uuid4().hex[:12]}"
+    target = SinkTarget(name="main", url=url, table=name)
+    sink_write(target=target, executions=execution({"flow": 0.0}, tick=TICK - timedelta(seconds=1)))  # tables exist
+    blocker = sa.create_engine(url)
+    try:
+        with blocker.connect() as conn:
+            conn.execute(sa.text(f"INSERT INTO {ledger_name(name)} (group_id, tick, values_count) VALUES (7, :tick, 1)"),
+                         {"tick": TICK})  # uncommitted: a writer claiming (7, TICK) waits for this transaction
+            batcher = SinkBatcher(max_rows=1, max_age=0, writers=2)
+            stuck = batcher.submit(target=target, executions=execution({"flow": 1.0}))
+            time.sleep(0.3)  # the first writer is waiting on the row
+            passing = batcher.submit(target=target, executions=execution({"flow": 2.0}, tick=TICK + timedelta(seconds=1)))
+            assert passing.result(timeout=10) == 1
+            assert not stuck.done()
+            conn.rollback()
+        assert stuck.result(timeout=10) == 1
+        with blocker.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar() == 3
+    finally:
+        sinks_dispose()
+        with blocker.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}, {ledger_name(name)}"))
+        blocker.dispose()
