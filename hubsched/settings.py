@@ -185,6 +185,8 @@ HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
 # Writer threads per sink per worker process: one batch is written while the next is encoded (docs/data-path.md).
 HUBSCHED_SINK_WRITERS = env_int("HUBSCHED_SINK_WRITERS", 2, minimum=1)
+# Values waiting for a sink per worker process (about 450 bytes each) before polls wait for the sink.
+HUBSCHED_SINK_MAX_PENDING = env_int("HUBSCHED_SINK_MAX_PENDING", 100_000, minimum=1)
 # What executions read from the Django database is kept per worker process (groups/definitions.py): a group is
 # read again within HUBSCHED_EXECUTION_CHECK_S of an edit, everything else within HUBSCHED_EXECUTION_CACHE_S.
 HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)

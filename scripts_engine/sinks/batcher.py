@@ -7,8 +7,10 @@ writes them in one transaction; while it writes, the next batch gathers and anot
 it, so the database works on one batch while Python encodes the next. A submission is never split
 across writes (the tall layout's idempotency relies on an execution's values being written together).
 A submitter gets a Future that is done once its values are committed (or fails with the SinkError of
-that write), so a run counts as stored only when it is. A lane holding four batches' worth of values
-makes submitters wait (a sink slower than the polls slows the polls instead of filling the memory).
+that write), so a run counts as stored only when it is. A lane holding ``max_pending`` values
+(HUBSCHED_SINK_MAX_PENDING, 100,000: about 45 MB of decoded hub values) makes submitters wait, so a
+sink slower than the polls slows the polls instead of filling the memory; below that bound the lane
+absorbs a write that takes longer than usual (a checkpoint on the database) without holding up polls.
 """
 
 from __future__ import annotations
@@ -118,15 +120,17 @@ class _Lane:
 
 class SinkBatcher:
     """Per-process gatherer of sink writes; thread-safe. Batches of up to ``max_rows`` values (a bigger
-    submission goes whole), written after at most ``max_age`` seconds by ``writers`` threads per target."""
+    submission goes whole), written after at most ``max_age`` seconds by ``writers`` threads per target;
+    submitters wait while a target has ``max_pending`` values unwritten (at least ``max_rows``).
+    Raises ValueError for ``writers`` below 1."""
 
-    def __init__(self, *, max_rows: int, max_age: float, writers: int = 2) -> None:
+    def __init__(self, *, max_rows: int, max_age: float, writers: int = 2, max_pending: int = 100_000) -> None:
         if writers < 1:
             raise ValueError(f"writers must be at least 1, not {writers}")
         self.max_rows = max_rows
         self.max_age = max_age
         self.writers = writers
-        self.max_pending = 4 * max_rows
+        self.max_pending = max(max_pending, max_rows)
         self.batches = 0
         self._lanes: dict[SinkTarget, _Lane] = {}
         self._lock = threading.Lock()
@@ -149,7 +153,7 @@ def _new_batcher() -> SinkBatcher:
     from django.conf import settings
 
     return SinkBatcher(max_rows=settings.HUBSCHED_SINK_BATCH_SIZE, max_age=settings.HUBSCHED_SINK_BATCH_AGE_S,
-                       writers=settings.HUBSCHED_SINK_WRITERS)
+                       writers=settings.HUBSCHED_SINK_WRITERS, max_pending=settings.HUBSCHED_SINK_MAX_PENDING)
 
 
 process_batcher: PerProcess[SinkBatcher] = PerProcess(_new_batcher)

@@ -114,9 +114,10 @@ def test_the_batcher_cuts_batches_at_max_rows_without_splitting_a_submission(sin
     assert batcher.batches == 2
 
 
-def test_a_second_writer_commits_while_the_first_waits_on_the_database():
-    """HUBSCHED_SINK_WRITERS: one slow write (here blocked on a row another transaction holds) does
-    not hold back the batches behind it."""
+@pytest.fixture
+def held_execution():
+    """A PostgreSQL sink where execution (group 7, TICK) is held: another transaction has claimed it in
+    the ledger and not committed, so a write of it waits. Yields ``(target, release)``."""
     import uuid
 
     from hubsched.testing import postgres_url
@@ -127,22 +128,45 @@ def test_a_second_writer_commits_while_the_first_waits_on_the_database():
     target = SinkTarget(name="main", url=url, table=name)
     sink_write(target=target, executions=execution({"flow": 0.0}, tick=TICK - timedelta(seconds=1)))  # tables exist
     blocker = sa.create_engine(url)
+    conn = blocker.connect()
     try:
-        with blocker.connect() as conn:
-            conn.execute(sa.text(f"INSERT INTO {ledger_name(name)} (group_id, tick, values_count) VALUES (7, :tick, 1)"),
-                         {"tick": TICK})  # uncommitted: a writer claiming (7, TICK) waits for this transaction
-            batcher = SinkBatcher(max_rows=1, max_age=0, writers=2)
-            stuck = batcher.submit(target=target, executions=execution({"flow": 1.0}))
-            time.sleep(0.3)  # the first writer is waiting on the row
-            passing = batcher.submit(target=target, executions=execution({"flow": 2.0}, tick=TICK + timedelta(seconds=1)))
-            assert passing.result(timeout=10) == 1
-            assert not stuck.done()
-            conn.rollback()
-        assert stuck.result(timeout=10) == 1
-        with blocker.connect() as conn:
-            assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar() == 3
+        conn.execute(sa.text(f"INSERT INTO {ledger_name(name)} (group_id, tick, values_count) VALUES (7, :tick, 1)"),
+                     {"tick": TICK})
+        yield target, conn.rollback
     finally:
+        conn.close()
         sinks_dispose()
-        with blocker.begin() as conn:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}, {ledger_name(name)}"))
+        with blocker.begin() as cleanup:
+            cleanup.execute(sa.text(f"DROP TABLE IF EXISTS {name}, {ledger_name(name)}"))
         blocker.dispose()
+
+
+def test_a_second_writer_commits_while_the_first_waits_on_the_database(held_execution):
+    """HUBSCHED_SINK_WRITERS: one slow write does not hold back the batches behind it."""
+    target, release = held_execution
+    batcher = SinkBatcher(max_rows=1, max_age=0, writers=2)
+    stuck = batcher.submit(target=target, executions=execution({"flow": 1.0}))
+    time.sleep(0.3)  # the first writer is waiting on the row
+    passing = batcher.submit(target=target, executions=execution({"flow": 2.0}, tick=TICK + timedelta(seconds=1)))
+    assert passing.result(timeout=10) == 1
+    assert not stuck.done()
+    release()
+    assert stuck.result(timeout=10) == 1
+
+
+def test_submitters_wait_while_a_sink_holds_max_pending_values(held_execution):
+    """HUBSCHED_SINK_MAX_PENDING: a sink slower than the polls slows the polls, and loses nothing."""
+    target, release = held_execution
+    batcher = SinkBatcher(max_rows=1, max_age=0, writers=1, max_pending=1)
+    first = batcher.submit(target=target, executions=execution({"flow": 1.0}))  # the writer waits on it
+    time.sleep(0.3)
+    second = batcher.submit(target=target, executions=execution({"flow": 2.0}, tick=TICK + timedelta(seconds=1)))
+    third: list = []
+    submitter = threading.Thread(target=lambda: third.append(
+        batcher.submit(target=target, executions=execution({"flow": 3.0}, tick=TICK + timedelta(seconds=2)))))
+    submitter.start()
+    submitter.join(0.5)
+    assert submitter.is_alive()  # one value pending is the bound: the third submission waits for room
+    release()
+    submitter.join(10)
+    assert [f.result(timeout=10) for f in (first, second, third[0])] == [1, 1, 1]
