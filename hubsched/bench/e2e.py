@@ -167,6 +167,9 @@ def report(result: dict) -> str:
             r = result[path]
             lines.append(f"{path:10}" + "".join(f"{r[k]!s:>22}" for k in KEYS))
             lines.append(f"{'':10}cpu %: " + ", ".join(f"{k} {v}" for k, v in r["cpu_percent"].items()))
+            if "profile" in r:
+                lines.append(f"{'':10}worker profile ({r['profile']['samples']} samples with the GIL), self time:")
+                lines.extend(f"{'':12}{item['percent']:5.1f} %  {item['function']}" for item in r["profile"]["self"])
     lines.append(f"ratio (hubsched / stock stored_values_per_s): {result['ratio']}")
     return "\n".join(lines) + "\n"
 
@@ -256,7 +259,7 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
     engine.dispose()
     offered = groups * keys / period
     expected = round(groups * keys * seconds / period)
-    return {
+    result = {
         "offered_values_per_s": round(offered, 1),
         "stored_values_per_s": round(stats["distinct"] / seconds, 1),
         "lost": max(0, expected - stats["distinct"]),
@@ -267,6 +270,11 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
         "expected_values": expected,
         "executions": stats["executions"],
     }
+    if spy is not None and Path(py_spy).is_file():
+        from .profile import speedscope_summary
+
+        result["profile"] = {"file": py_spy, **speedscope_summary(py_spy)}
+    return result
 
 
 def _count(engine, table, t0: float, t1: float, cutoff: float) -> dict:
