@@ -212,3 +212,15 @@ def test_mysql_without_load_data_local_stores_the_values_with_inserts_instead(ma
         (1, "p1"): (1.5, 1.5), (1, "s"): (None, "tab\there"), (1, "big"): (float(2**70), 2**70),
         (1, "list"): (None, [{"a": 1}]), (1, "flag"): (1.0, True), (1, "none"): (None, None), (2, "p1"): (2.0, 2.0),
     }
+
+
+def test_a_batch_of_more_values_than_one_statement_takes_is_stored_whole(sink_url, table_prefix):
+    """SQLite writes 500 rows per INSERT: 1,234 values are two full statements and a remainder."""
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    executions = [rows({f"k{k}": float(g * 1000 + k) for k in range(100)}, group_id=g)[0] for g in range(12)]
+    executions.append(rows({f"k{k}": float(12_000 + k) for k in range(34)}, group_id=12)[0])
+    assert sink_write(target=target, executions=executions) == 1234
+    got = stored(sink_url, table_prefix)
+    assert len(got) == 1234
+    assert sorted(r["value_num"] for r in got) == sorted(float(g * 1000 + k) for g in range(12) for k in range(100)) + [
+        float(12_000 + k) for k in range(34)]
