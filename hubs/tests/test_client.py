@@ -235,11 +235,14 @@ def test_it_times_out_async_calls_too():
         assert err.value.code == "timeout"
 
 
-def test_it_matches_out_of_order_answers_by_id():
+@pytest.mark.parametrize("batched", [False, True], ids=["call_async", "call_many_async"])
+def test_it_matches_out_of_order_answers_by_id(batched):
+    # the hub holds five answers and sends them at once, out of order: one read brings several frames
     with faults.serve_in_thread("out_of_order", key=KEY, batch=5) as bad, HubClient(bad.url, KEY) as c:
         entities = ["plant/line1/pump1", "plant/line1/pump2", "plant/line2/pump1", "plant/line2/mixer", "plant/utilities/boiler"]
-        futures = [c.call_async("getParams", {"entity": e}) for e in entities]
-        assert [f.result(3)["entity"] for f in futures] == entities
+        calls = [("getParams", {"entity": e}) for e in entities]
+        futures = c.call_many_async(calls) if batched else [c.call_async(method, params) for method, params in calls]
+        assert [f.result(5)["entity"] for f in futures] == entities
 
 
 def test_it_ignores_answers_to_ids_it_never_asked():

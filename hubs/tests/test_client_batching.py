@@ -7,18 +7,11 @@ import pytest
 
 from hubs import client as client_module
 from hubs.client import HubClient, HubError, _loads, _MaskKeys
-from hubs.hubsim import faults, serve_in_thread
+from hubs.hubsim import faults
 
-PUMP = "plant/line1/pump1"
-KEY = "demo-key"
+from .test_client import KEY, PUMP, hub  # noqa: F401  (the reference hub fixture, one per module)
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def hub():
-    with serve_in_thread(key=KEY, name="ref") as running:
-        yield running
 
 
 class _CountingSocket:
@@ -78,14 +71,6 @@ def test_every_call_of_a_batch_fails_with_the_connection_error_when_the_hub_is_d
             with pytest.raises(HubError) as err:
                 future.result(5)
             assert err.value.code == "connection"
-
-
-def test_many_answers_arriving_together_are_each_matched():
-    # the hub holds five answers and sends them at once, out of order: one read brings several frames
-    with faults.serve_in_thread("out_of_order", key=KEY, batch=5) as bad, HubClient(bad.url, KEY) as c:
-        entities = ["plant/line1/pump1", "plant/line1/pump2", "plant/line2/pump1", "plant/line2/mixer", "plant/utilities/boiler"]
-        futures = c.call_many_async([("getParams", {"entity": e}) for e in entities])
-        assert [f.result(5)["entity"] for f in futures] == entities
 
 
 def test_masking_keys_are_fresh_for_every_frame_and_drawn_in_bulk(monkeypatch):

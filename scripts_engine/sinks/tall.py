@@ -202,6 +202,21 @@ def _ledger_rows(by_id: dict[tuple[int, datetime], ExecutionValues], tick: Calla
 # --- per database ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _raw_transaction(engine: sa.Engine):
+    """The pool's DBAPI connection for one transaction: committed when the block ends, rolled back
+    when it raises, returned to the pool either way."""
+    connection = engine.raw_connection()
+    try:
+        yield connection
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.close()
+
+
 def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
     """Ledger rows with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, then one ``COPY`` of the new
     executions' values (text format); one transaction. Returns the values written."""
@@ -209,26 +224,18 @@ def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execu
 
     quote = engine.dialect.identifier_preparer.quote
     by_id = _unique_executions(executions)
-    connection = engine.raw_connection()
-    try:
-        with connection.cursor() as cursor:
-            returned = execute_values(
-                cursor,
-                f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES %s "
-                f"ON CONFLICT DO NOTHING RETURNING group_id, tick",
-                _ledger_rows(by_id, lambda t: t), page_size=max(1, len(by_id)), fetch=True,
-            )
-            new = _new_only(by_id, returned)
-            lines = value_lines(new, _iso_field)
-            if lines:
-                columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
-                cursor.copy_expert(f"COPY {quote(table.name)} ({columns}) FROM STDIN", io.StringIO("".join(lines)))
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.close()
+    with _raw_transaction(engine) as connection, connection.cursor() as cursor:
+        returned = execute_values(
+            cursor,
+            f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES %s "
+            f"ON CONFLICT DO NOTHING RETURNING group_id, tick",
+            _ledger_rows(by_id, lambda t: t), page_size=max(1, len(by_id)), fetch=True,
+        )
+        new = _new_only(by_id, returned)
+        lines = value_lines(new, _iso_field)
+        if lines:
+            columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
+            cursor.copy_expert(f"COPY {quote(table.name)} ({columns}) FROM STDIN", io.StringIO("".join(lines)))
     return len(lines)
 
 
@@ -248,36 +255,28 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
     by_id = _unique_executions(executions)
     ledger_rows = _ledger_rows(by_id, lambda t: t.astimezone(timezone.utc).replace(tzinfo=None))
     claim = f"INSERT IGNORE INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES "
-    connection = engine.raw_connection()
-    try:
-        with connection.cursor() as cursor:
-            if getattr(engine.dialect, "is_mariadb", False):
-                placeholders = ", ".join(["(%s, %s, %s)"] * len(ledger_rows))
-                cursor.execute(f"{claim}{placeholders} RETURNING group_id, tick", [f for row in ledger_rows for f in row])
-                returned = cursor.fetchall()
+    with _raw_transaction(engine) as connection, connection.cursor() as cursor:
+        if getattr(engine.dialect, "is_mariadb", False):
+            placeholders = ", ".join(["(%s, %s, %s)"] * len(ledger_rows))
+            cursor.execute(f"{claim}{placeholders} RETURNING group_id, tick", [f for row in ledger_rows for f in row])
+            returned = cursor.fetchall()
+        else:
+            returned = [row[:2] for row in ledger_rows if cursor.execute(f"{claim}(%s, %s, %s)", row) == 1]
+        new = _new_only(by_id, returned)
+        written = 0
+        if new and engine not in _NO_LOAD_DATA:
+            lines = value_lines(new, _sql_field)
+            if _load_data(cursor, quote(table.name), lines):
+                written = len(lines)
             else:
-                returned = [row[:2] for row in ledger_rows if cursor.execute(f"{claim}(%s, %s, %s)", row) == 1]
-            new = _new_only(by_id, returned)
-            written = 0
-            if new and engine not in _NO_LOAD_DATA:
-                lines = value_lines(new, _sql_field)
-                if _load_data(cursor, quote(table.name), lines):
-                    written = len(lines)
-                else:
-                    _NO_LOAD_DATA.add(engine)
-            if new and engine in _NO_LOAD_DATA:
-                rows = value_tuples(new)
-                columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
-                cursor.executemany(
-                    f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join(['%s'] * len(WRITE_COLUMNS))})", rows,
-                )
-                written = len(rows)
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.close()
+                _NO_LOAD_DATA.add(engine)
+        if new and engine in _NO_LOAD_DATA:
+            rows = value_tuples(new)
+            columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
+            cursor.executemany(
+                f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join(['%s'] * len(WRITE_COLUMNS))})", rows,
+            )
+            written = len(rows)
     return written
 
 
@@ -327,30 +326,22 @@ def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execution
     row_marks = f"({', '.join('?' * len(WRITE_COLUMNS))})"
     claim = (f"INSERT INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES (?, ?, ?) "
              f"ON CONFLICT DO NOTHING RETURNING group_id, tick")
-    with _sqlite_writer_lock(engine.url.database):
-        connection = engine.raw_connection()
+    with _sqlite_writer_lock(engine.url.database), _raw_transaction(engine) as connection:
+        cursor = connection.cursor()  # sqlite3's cursor is no context manager
         try:
-            cursor = connection.cursor()
-            try:
-                returned = []
-                for row in _ledger_rows(by_id, _sql_value):
-                    cursor.execute(claim, row)
-                    returned.extend(cursor.fetchall())
-                new = {id(execution) for execution in _new_only(by_id, returned)}
-                rows = [row for key, execution in by_id.items() if id(execution) in new for row in prepared[key]]
-                per = max(1, min(SQLITE_ROWS_PER_INSERT,
-                                 connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(WRITE_COLUMNS)))
-                for start in range(0, len(rows), per):
-                    chunk = rows[start : start + per]
-                    cursor.execute(insert + ", ".join([row_marks] * len(chunk)), list(itertools.chain.from_iterable(chunk)))
-            finally:
-                cursor.close()
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
+            returned = []
+            for row in _ledger_rows(by_id, _sql_value):
+                cursor.execute(claim, row)
+                returned.extend(cursor.fetchall())
+            new = {id(execution) for execution in _new_only(by_id, returned)}
+            rows = [row for key, execution in by_id.items() if id(execution) in new for row in prepared[key]]
+            per = max(1, min(SQLITE_ROWS_PER_INSERT,
+                             connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(WRITE_COLUMNS)))
+            for start in range(0, len(rows), per):
+                chunk = rows[start : start + per]
+                cursor.execute(insert + ", ".join([row_marks] * len(chunk)), list(itertools.chain.from_iterable(chunk)))
         finally:
-            connection.close()
+            cursor.close()
     return len(rows)
 
 
