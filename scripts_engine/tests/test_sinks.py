@@ -224,3 +224,26 @@ def test_a_batch_of_more_values_than_one_statement_takes_is_stored_whole(sink_ur
     assert len(got) == 1234
     assert sorted(r["value_num"] for r in got) == sorted(float(g * 1000 + k) for g in range(12) for k in range(100)) + [
         float(12_000 + k) for k in range(34)]
+
+
+def test_a_table_made_by_an_earlier_version_with_row_ids_and_a_unique_key_goes_on_working(sink_url, table_prefix):
+    """Up to 2026-11-22 the tall table had an ``id`` and a unique key per value; such a table gets
+    its ledger next to it and takes the same writes."""
+    from scripts_engine.sinks.tables import MAX_IDENTIFIER, RowId, tall_table
+
+    current = tall_table(sa.MetaData(), table_prefix)
+    earlier = sa.Table(
+        table_prefix, sa.MetaData(), sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        *[sa.Column(c.name, c.type, nullable=c.nullable) for c in current.columns],
+        sa.UniqueConstraint("group_id", "tick", "entity", "key", name=f"uq_{table_prefix}_value"[:MAX_IDENTIFIER]),
+    )
+    with sink_engine(sink_url).begin() as conn:
+        earlier.create(conn)
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    sink_write(target=target, executions=rows({"p1": 1.0, "s": "on"}))
+    sink_write(target=target, executions=rows({"p1": 1.5, "s": "off"}))  # delivered twice: not stored, no key conflict
+    sink_write(target=target, executions=rows({"p1": 2.0}, tick=TICK + timedelta(seconds=1)))
+    with sink_engine(sink_url).connect() as conn:
+        got = conn.execute(sa.select(earlier.c.id, earlier.c.key, earlier.c.value_num).order_by(earlier.c.id)).all()
+    assert [(key, num) for _, key, num in got] == [("p1", 1.0), ("s", None), ("p1", 2.0)]
+    assert len({row_id for row_id, _, _ in got}) == 3
