@@ -94,7 +94,7 @@ class _Lane:
                 for future in futures:
                     future.set_exception(error)
             else:
-                with self.ready:
+                with self.batcher._lock:  # one counter for every lane
                     self.batcher.batches += 1
                 for future in futures:
                     future.set_result(written)

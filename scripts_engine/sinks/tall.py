@@ -243,9 +243,10 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
     """The ledger claim, then one ``LOAD DATA LOCAL INFILE`` of the new executions' values from a
     temporary file; one transaction. Returns the values written.
 
-    - Claim: MariaDB 10.5+ takes the batch's ledger rows in one ``INSERT IGNORE ... RETURNING``;
-      MySQL has no RETURNING, so each execution is one ``INSERT IGNORE`` whose row count (1 or 0)
-      says whether it is new.
+    - Claim: where the server has ``INSERT ... RETURNING`` (MariaDB 10.5+; SQLAlchemy's
+      ``dialect.insert_returning``, set on first connect) the batch's ledger rows go in one
+      ``INSERT IGNORE ... RETURNING``; MySQL has none, so each execution is one ``INSERT IGNORE``
+      whose row count (1 or 0) says whether it is new.
     - Values: ``LOAD DATA LOCAL`` needs PyMySQL's ``local_infile`` (set by writers.sink_engine) and
       the server's ``local_infile`` (on by default in MariaDB, off in MySQL 8). Where either refuses,
       the values go in one ``executemany`` INSERT (PyMySQL sends it as multi-row INSERTs), and the
@@ -256,7 +257,7 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
     ledger_rows = _ledger_rows(by_id, lambda t: t.astimezone(timezone.utc).replace(tzinfo=None))
     claim = f"INSERT IGNORE INTO {quote(ledger.name)} (group_id, tick, values_count) VALUES "
     with _raw_transaction(engine) as connection, connection.cursor() as cursor:
-        if getattr(engine.dialect, "is_mariadb", False):
+        if engine.dialect.insert_returning:  # SQLAlchemy's reading of the server: MariaDB 10.5+, not MySQL
             placeholders = ", ".join(["(%s, %s, %s)"] * len(ledger_rows))
             cursor.execute(f"{claim}{placeholders} RETURNING group_id, tick", [f for row in ledger_rows for f in row])
             returned = cursor.fetchall()
@@ -264,13 +265,13 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
             returned = [row[:2] for row in ledger_rows if cursor.execute(f"{claim}(%s, %s, %s)", row) == 1]
         new = _new_only(by_id, returned)
         written = 0
-        if new and engine not in _NO_LOAD_DATA:
-            lines = value_lines(new, _sql_field)
+        lines = value_lines(new, _sql_field) if new and engine not in _NO_LOAD_DATA else []
+        if lines:
             if _load_data(cursor, quote(table.name), lines):
                 written = len(lines)
             else:
                 _NO_LOAD_DATA.add(engine)
-        if new and engine in _NO_LOAD_DATA:
+        if new and engine in _NO_LOAD_DATA:  # refused now or before: the same values as INSERTs
             rows = value_tuples(new)
             columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
             cursor.executemany(
