@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+
+from .validators import MIN_PERIOD_S, PERIOD_MESSAGE
 
 
 class Trigger(models.TextChoices):
@@ -29,7 +32,7 @@ class Group(models.Model):
     period = models.FloatField(
         "period (s)",
         default=10.0,
-        validators=[MinValueValidator(0.1)],
+        validators=[MinValueValidator(MIN_PERIOD_S, message=PERIOD_MESSAGE)],
         help_text="Interval trigger: seconds between ticks (0.1 and up). Ticks sit on a grid aligned to the period.",
     )
     offset = models.FloatField(
@@ -86,6 +89,7 @@ class Group(models.Model):
         ordering = ["hub", "name"]
         verbose_name = "group"
         verbose_name_plural = "groups"
+        permissions = [("run_group", "Can run groups now"), ("enable_group", "Can enable and disable groups")]
         constraints = [models.UniqueConstraint(fields=["hub", "name"], name="group_name_unique_in_hub")]
         indexes = [
             # serves the beat scheduler's "groups changed since <watermark>" poll (groups.scheduler.source)
@@ -98,6 +102,30 @@ class Group(models.Model):
     @property
     def expiry_seconds(self) -> float:
         return self.expires if self.expires is not None else self.period
+
+    def clean(self) -> None:
+        """The group rules import checks too (groups/validators.py): a trigger with its fields, a cron expression
+        that parses, a script of the hub's project, and no wide table shared with another group of the project.
+        The keys' rules are checked with the keys (GroupKey.clean, the admin's key formset, import)."""
+        super().clean()
+        from .validators import group_trigger_problems, group_wide_table_problem, script_project_problem
+
+        errors: dict[str, list[str]] = {}
+        for field, problem in group_trigger_problems(trigger=self.trigger, cron=self.cron or "", has_run_at=self.run_at is not None):
+            errors.setdefault(field, []).append(problem)
+        hub = self.hub if self.hub_id else None
+        if hub is not None and self.script_id:
+            problem = script_project_problem(
+                script_name=self.script.name, script_project_id=self.script.project_id, hub_name=hub.name, hub_project_id=hub.project_id
+            )
+            if problem:
+                errors.setdefault("script", []).append(problem)
+        if hub is not None and self.name:
+            problem = group_wide_table_problem(project_id=hub.project_id, hub_name=hub.name, group_name=self.name, group_id=self.pk)
+            if problem:
+                errors.setdefault("name", []).append(problem)
+        if errors:
+            raise ValidationError(errors)
 
 
 class GroupKey(models.Model):
@@ -123,6 +151,18 @@ class GroupKey(models.Model):
     @property
     def binding(self) -> str:
         return self.alias or self.key
+
+    def clean(self) -> None:
+        """The key must be in its hub's entity tree, when the hub has one (groups/validators.py, as import checks).
+        Rules across a group's keys (twice, bindings, wide columns, none) need them all: the admin's key formset."""
+        super().clean()
+        from .validators import hub_key_problem
+
+        group = self.group if self.group_id or GroupKey._meta.get_field("group").is_cached(self) else None
+        if group is not None and group.hub_id and self.entity and self.key:
+            problem = hub_key_problem(hub_id=group.hub_id, entity=self.entity, key=self.key)
+            if problem:
+                raise ValidationError(problem)
 
 
 class RunStatus(models.TextChoices):

@@ -8,6 +8,8 @@ from typing import Any
 from django.db.models import Sum
 from django.utils import timezone
 
+from hubsched.secrets import text_mask
+
 from .models import Group, GroupStats
 
 
@@ -18,7 +20,9 @@ def _iso(value) -> str | None:
 def status_summary() -> dict[str, Any]:
     """``{"values_stored": N, "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
     "last_status", "last_error", "runs", "values", "dispatched", "started", "done", "failed", "skipped",
-    "missed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions."""
+    "missed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions.
+    ``last_error`` is masked (``hubsched.secrets.text_mask``: URLs without passwords or secret query
+    values, the hub's key as ``***``), whoever asks."""
     groups = []
     for group in Group.objects.select_related("hub__project", "stats").order_by("hub__project__name", "hub__name", "name"):
         stats = getattr(group, "stats", None) or GroupStats(group=group)
@@ -32,7 +36,8 @@ def status_summary() -> dict[str, Any]:
                 "enabled": group.enabled,
                 "last_run_at": _iso(stats.last_run_at),
                 "last_status": stats.last_status or None,
-                "last_error": stats.last_error or None,
+                # masked where the run was recorded too; again here, for errors recorded before that
+                "last_error": text_mask(stats.last_error, secrets=(group.hub.api_key,)) if stats.last_error else None,
                 "runs": stats.runs,
                 "values": stats.values,
                 "dispatched": stats.dispatched,

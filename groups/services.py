@@ -16,6 +16,7 @@ from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from hubsched.per_process import PerProcess
+from hubsched.secrets import text_mask
 
 from .models import Group, GroupRun, RunStatus, Trigger
 from .scheduler.stats import RunTotals, group_stats_add_runs
@@ -203,16 +204,20 @@ def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
     """(GroupRun, lag in ms) of each outcome; logs the failed ones."""
     records = []
     for outcome in outcomes:
-        if outcome.error:
+        error = outcome.error
+        if error:
+            # Masked here, where a run's error is recorded (GroupRun.error, GroupStats.last_error, the log), as
+            # well as at its source (hubs/client.py, the sinks): a URL's password or token, the hub's key.
+            error = text_mask(error, secrets=(outcome.group.hub.api_key,))
             logger.warning("group %s (%s/%s) failed: %s", outcome.group.pk, outcome.group.hub.name,
-                           outcome.group.name, outcome.error)
+                           outcome.group.name, error)
         run = GroupRun(
             group_id=outcome.group.pk,
             scheduled_for=outcome.scheduled_for,
             started_at=outcome.started_at,
             finished_at=outcome.finished_at,
-            status=RunStatus.FAILED if outcome.error else RunStatus.OK,
-            error=outcome.error,
+            status=RunStatus.FAILED if error else RunStatus.OK,
+            error=error,
             values_count=outcome.values,
         )
         lag_ms = max(0, int((outcome.started_at - outcome.scheduled_for).total_seconds() * 1000))

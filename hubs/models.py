@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+
+from hubsched.secrets import EncryptedTextField
 
 
 class Project(models.Model):
@@ -22,6 +25,7 @@ class Project(models.Model):
         ordering = ["name"]
         verbose_name = "project"
         verbose_name_plural = "projects"
+        permissions = [("export_secrets", "Can export projects with their secrets (hub keys, database passwords)")]
 
     def __str__(self) -> str:
         return self.name
@@ -40,11 +44,10 @@ class Hub(models.Model):
     url = models.CharField(
         "URL", max_length=500, help_text="WebSocket endpoint with its path, e.g. ws://10.10.20.8/connect (wss:// for TLS)."
     )
-    api_key = models.CharField(
+    api_key = EncryptedTextField(
         "API key",
-        max_length=500,
         blank=True,
-        help_text="Sent with every request (hub protocol v1: `key`). Never shown in lists or logs.",
+        help_text="Sent with every request (hub protocol v1: `key`). Encrypted at rest; write-only in forms; never shown or logged.",
     )
     timeout = models.FloatField(
         "call timeout (s)",
@@ -58,6 +61,20 @@ class Hub(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Most requests outstanding at once on this hub's connection (fairness between groups).",
     )
+    max_frame_bytes = models.PositiveIntegerField(
+        "largest frame (bytes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1024)],
+        help_text="A frame from the hub larger than this drops the connection; empty: HUBSCHED_HUB_MAX_FRAME_BYTES.",
+    )
+    max_value_bytes = models.PositiveIntegerField(
+        "largest value (bytes)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(16)],
+        help_text="A value whose JSON is larger than this fails its execution; empty: HUBSCHED_HUB_MAX_VALUE_BYTES.",
+    )
     enabled = models.BooleanField("enabled", default=True, help_text="A disabled hub's groups are not run.")
 
     objects = HubQuerySet.as_manager()
@@ -66,6 +83,10 @@ class Hub(models.Model):
         ordering = ["project__name", "name"]
         verbose_name = "hub"
         verbose_name_plural = "hubs"
+        permissions = [
+            ("write_hub", "Can write parameter values to hubs (script write-back in the debugger, the console)"),
+            ("enable_hub", "Can enable and disable hubs"),
+        ]
         constraints = [models.UniqueConstraint(fields=["project", "name"], name="hub_name_unique_in_project")]
 
     def __str__(self) -> str:
@@ -73,6 +94,24 @@ class Hub(models.Model):
 
     def __repr__(self) -> str:  # the API key stays out of reprs, and so out of logs and tracebacks
         return f"<Hub {self.pk} {self.name!r} {self.url!r}>"
+
+    def clean(self) -> None:
+        """The hub rules import checks too (hubs/validators.py): a WebSocket URL with a host; and a new name
+        must not give one of its groups the wide table of another group of the project (groups/validators.py)."""
+        super().clean()
+        from groups.validators import hub_rename_problems
+
+        from .validators import hub_url_problem
+
+        errors: dict[str, list[str]] = {}
+        if self.url and hub_url_problem(self.url):
+            errors["url"] = [hub_url_problem(self.url)]
+        if self.pk and self.project_id and self.name:
+            problems = hub_rename_problems(project_id=self.project_id, hub_id=self.pk, hub_name=self.name)
+            if problems:
+                errors["name"] = problems
+        if errors:
+            raise ValidationError(errors)
 
 
 class Entity(models.Model):

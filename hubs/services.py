@@ -46,7 +46,7 @@ def project_import(*, raw: bytes | str, replace: bool = False, environ: Mapping[
 
 
 def _client(hub: Hub):
-    return hub_client(hub.url, hub.api_key, timeout=hub.timeout, max_in_flight=hub.max_in_flight)
+    return hub_client(hub.url, hub.api_key, timeout=hub.timeout, max_in_flight=hub.max_in_flight, max_frame_bytes=hub.max_frame_bytes)
 
 
 def _remote_tree(client, entities: list[dict], seen: set[str]) -> list[dict]:
@@ -143,4 +143,42 @@ def hubs_enabled_set(*, hub_ids: list[int], enabled: bool) -> int:
             hub.enabled = enabled
             hub.save(update_fields=["enabled"])
             count += 1
+    return count
+
+
+# --- secrets -----------------------------------------------------------------------------------------------
+
+
+def secrets_rotate() -> int:
+    """Re-encrypt every stored secret (``Hub.api_key``, ``Sink.url``, ``DataSource.url``) with the first key
+    of ``HUBSCHED_SECRETS_KEY``; returns how many values were re-encrypted (empty ones are left alone).
+
+    For key rotation (docs/projects.md, Secrets): with ``NEW,OLD`` configured, after this every value opens
+    with ``NEW`` alone. A value stored in clear (from before encryption) is encrypted. The stored text is
+    read as it is (a Cast keeps the field from decrypting it) and written with UPDATE, so no model is saved
+    and no signal runs. One transaction, rows locked where the database can: raises
+    ``hubsched.secrets.SecretsKeyError`` (its message never holds a value) when a value opens with no
+    configured key, and then nothing has changed.
+    """
+    from django.db.models import TextField
+    from django.db.models.functions import Cast
+
+    from hubsched.secrets import secret_reencrypt
+    from scripts_engine.models import DataSource, Sink
+
+    count = 0
+    with transaction.atomic():
+        for model, field_name in ((Hub, "api_key"), (Sink, "url"), (DataSource, "url")):
+            rows = (
+                model.objects.select_for_update()
+                .exclude(**{f"{field_name}__isnull": True})
+                .annotate(stored=Cast(field_name, TextField()))
+                .values_list("pk", "stored")
+            )
+            for pk, stored in list(rows):
+                if not stored:
+                    continue
+                model.objects.filter(pk=pk).update(**{field_name: secret_reencrypt(stored)})
+                count += 1
+    logger.info("secrets rotated: %d values re-encrypted", count)
     return count

@@ -6,6 +6,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from hubsched.secrets import EncryptedTextField
+
 
 class Script(models.Model):
     project = models.ForeignKey(
@@ -31,6 +33,7 @@ class Script(models.Model):
         ordering = ["project", "name"]
         verbose_name = "script"
         verbose_name_plural = "scripts"
+        permissions = [("debug_script", "Can run scripts under the debugger")]
         constraints = [models.UniqueConstraint(fields=["project", "name"], name="script_name_unique_in_project")]
 
     def __str__(self) -> str:
@@ -75,15 +78,21 @@ class Sink(models.Model):
         "hubs.Project", on_delete=models.CASCADE, related_name="sinks", verbose_name="project", help_text="Owning project."
     )
     name = models.CharField("name", max_length=200, help_text="Name, unique within the project.")
-    url = models.CharField(
+    url = EncryptedTextField(
         "SQLAlchemy URL",
-        max_length=1000,
-        help_text="Where values are stored, e.g. postgresql+psycopg2://user@host/db or sqlite:///var/values.sqlite3.",
+        help_text="Where values are stored, e.g. postgresql+psycopg2://user@host/db or sqlite:///var/values.sqlite3. "
+        "Encrypted at rest; its password is write-only in forms and masked wherever it is shown.",
     )
     layout = models.CharField(
         "layout", max_length=8, choices=SinkLayout.choices, default=SinkLayout.TALL, help_text="Table layout."
     )
     table = models.CharField("table", max_length=200, default="hubsched_values", help_text="Table name (tall layout).")
+    local_infile = models.BooleanField(
+        "LOAD DATA LOCAL (MySQL, MariaDB)",
+        default=False,
+        help_text="Fast bulk loads with LOAD DATA LOCAL INFILE. Off: the driver never sends a file, whatever the server asks; "
+        "values go by multi-row INSERT, which costs about 8 times the worker CPU per value on MariaDB (docs/data-path.md).",
+    )
     enabled = models.BooleanField("enabled", default=True, help_text="A disabled sink receives nothing.")
 
     objects = SinkQuerySet.as_manager()
@@ -97,6 +106,18 @@ class Sink(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """A wide sink refuses names that would lose values (docs/data-path.md, "Wide layout names"): made wide,
+        or given another table, every group of the project must keep the rules (groups/validators.py)."""
+        super().clean()
+        if self.layout != SinkLayout.WIDE or not self.project_id:
+            return
+        from groups.validators import project_wide_problems
+
+        problems = project_wide_problems(project_id=self.project_id, sinks=[(self.name, self.table or "hubsched_values")])
+        if problems:
+            raise ValidationError({"layout": problems})
+
 
 class DataSource(models.Model):
     project = models.ForeignKey(
@@ -107,7 +128,21 @@ class DataSource(models.Model):
         help_text="Owning project.",
     )
     name = models.CharField("name", max_length=200, help_text='Name scripts use: sql("name").')
-    url = models.CharField("SQLAlchemy URL", max_length=1000, help_text="Database the scripts may query and insert into.")
+    url = EncryptedTextField(
+        "SQLAlchemy URL",
+        help_text="Database the scripts may query (and, when writable, insert into). Encrypted at rest; its password is "
+        "write-only in forms and masked wherever it is shown.",
+    )
+    writable = models.BooleanField(
+        "writable",
+        default=False,
+        help_text="Off: every sql() statement runs in a read-only transaction and inserts are refused.",
+    )
+    allow_ddl = models.BooleanField(
+        "DDL allowed",
+        default=False,
+        help_text="On (with writable): CREATE, ALTER, DROP and the like are allowed; off, they are refused.",
+    )
 
     class Meta:
         ordering = ["project", "name"]

@@ -21,6 +21,8 @@ from functools import partial
 from django.db import connections, router, transaction
 from django.db.models import F, Q
 
+from hubsched.secrets import text_mask
+
 CHUNK = 500  # ids per statement: well under SQLite's bound-parameter limit
 MIN_RUN = 64  # consecutive ids from which a BETWEEN beats listing them
 
@@ -137,7 +139,8 @@ class RunTotals:
             self.done += 1
         else:
             self.failed += 1
-            self.last_error = error
+            # Defence in depth (groups.services masks a run's error already): this text is shown by /api/status.
+            self.last_error = text_mask(error)
         self.values += values
         self.lag_ms += lag_ms
         if self.last_run_at is None or scheduled_for >= self.last_run_at:

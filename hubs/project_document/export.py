@@ -7,9 +7,9 @@ import json
 import re
 from collections import Counter
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from groups.models import Group
+from hubsched.secrets import url_has_password
 from hubs.models import Hub, Project
 from hubs.selectors import hub_entity_tree
 from scripts_engine.models import DataSource, Script, Sink
@@ -35,27 +35,6 @@ def reference_names(kind: str, names: list[str], suffix: str) -> dict[str, str]:
             slug += "_" + hashlib.sha256(name.encode()).hexdigest()[:8].upper()
         out[name] = f"{kind}_{slug}_{suffix}"
     return out
-
-
-def url_has_password(url: str) -> bool:
-    """Whether a SQLAlchemy URL carries a password (``postgresql://user:secret@host/db``)."""
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:
-        return True  # unreadable: treat as secret rather than risk writing one in clear
-
-
-def url_redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for lists and messages."""
-    if not url_has_password(url):
-        return url
-    try:
-        parts = urlsplit(url)
-        userinfo = f"{parts.username}:***" if parts.username else ":***"
-        host = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=f"{userinfo}@{host}").geturl()
-    except ValueError:
-        return "***"
 
 
 def _secret(value: str, *, include: bool, reference: str, is_secret: bool) -> str:
@@ -110,7 +89,9 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
     Every configuration field is written, lists in a stable order: hubs, groups, scripts, sinks and
     data sources by name, entities by id, parameters by key, a group's keys in their position order.
     Secrets are references unless ``include_secrets``: a non-empty hub key becomes ``${HUB_<HUB>_KEY}``,
-    a sink or data source URL holding a password ``${SINK_<NAME>_URL}`` / ``${DATA_SOURCE_<NAME>_URL}``.
+    a sink or data source URL holding a secret (a password, a user without one, a secret-looking query
+    value: ``hubsched.secrets.url_has_password``) ``${SINK_<NAME>_URL}`` / ``${DATA_SOURCE_<NAME>_URL}``;
+    ``<NAME>`` as ``reference_names`` makes it, and import takes exactly that reference in that field.
     """
     hubs = []
     hub_rows = sorted(Hub.objects.filter(project=project), key=_by_name)
@@ -126,6 +107,8 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 ),
                 "timeout": hub.timeout,
                 "max_in_flight": hub.max_in_flight,
+                "max_frame_bytes": hub.max_frame_bytes,
+                "max_value_bytes": hub.max_value_bytes,
                 "enabled": hub.enabled,
                 "entities": _entity_trees(hub),
                 "groups": [_group(group) for group in groups],
@@ -159,6 +142,7 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 ),
                 "layout": s.layout,
                 "table": s.table,
+                "local_infile": s.local_infile,
                 "enabled": s.enabled,
             }
             for s in sinks
@@ -172,6 +156,8 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                     reference=source_refs[d.name],
                     is_secret=url_has_password(d.url),
                 ),
+                "writable": d.writable,
+                "allow_ddl": d.allow_ddl,
             }
             for d in sources
         ],

@@ -168,9 +168,12 @@ def document_import(
     ``raw`` is the document's text (UTF-8 bytes or str). A project of the same name is refused with
     ProjectExistsError unless ``replace``; replacing updates rows in place by their natural keys (hub
     name, entity id, parameter key, group name, script/sink/data source name), deletes what the document
-    no longer has, and so keeps the run history of every group that stays. References ``${NAME}`` are
-    read from ``environ`` (default: the process environment). Raises ProjectDocumentError listing every
-    problem; then nothing has been written.
+    no longer has, and so keeps the run history of every group that stays. A secret field that is a
+    reference is read from ``environ`` (default: the process environment), and only the reference export
+    writes for that field (``${HUB_<HUB NAME>_KEY}`` in that hub's ``api_key``, ``${SINK_<NAME>_URL}``,
+    ``${DATA_SOURCE_<NAME>_URL}``; ``validation.references_resolve``): ``${SECRET_KEY}`` or another
+    field's variable is refused, so a document cannot make the server send its own environment to a hub
+    the document names. Raises ProjectDocumentError listing every problem; then nothing has been written.
     """
     doc = document_validate(data=document_parse(raw=raw))
     doc = _with_secrets(doc, references_resolve(doc=doc, environ=environ))
@@ -187,8 +190,8 @@ def document_import(
         scripts = _named(
             Script, project, doc.get("scripts", []), {"code": "", "description": "", "timeout": 2.0, "memory_limit_mb": 256}
         )
-        _named(Sink, project, doc.get("sinks", []), {"url": "", "layout": "tall", "table": "hubsched_values", "enabled": True})
-        _named(DataSource, project, doc.get("data_sources", []), {"url": ""})
+        _named(Sink, project, doc.get("sinks", []), {"url": "", "layout": "tall", "table": "hubsched_values", "local_infile": False, "enabled": True})
+        _named(DataSource, project, doc.get("data_sources", []), {"url": "", "writable": False, "allow_ddl": False})
         hubs = {hub.name: hub for hub in Hub.objects.filter(project=project)}
         for data in doc.get("hubs", []):
             values = {
@@ -196,6 +199,8 @@ def document_import(
                 "api_key": data.get("api_key", ""),
                 "timeout": float(data.get("timeout", 5.0)),
                 "max_in_flight": data.get("max_in_flight", 32),
+                "max_frame_bytes": data.get("max_frame_bytes"),
+                "max_value_bytes": data.get("max_value_bytes"),
                 "enabled": data.get("enabled", True),
             }
             hub = _upsert(Hub, hubs, "name", data["name"], values, project=project)

