@@ -10,16 +10,39 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
-from hubs.project_document.validation import cron_problem
 from .services import groups_enabled_set, groups_run_now
 
 from .models import Group, GroupKey, GroupRun, GroupStats, Trigger
+from .validators import group_keys_problems, project_wide_sinks
 
 RECENT_RUNS = 10
 
 
+class GroupKeyFormSet(forms.BaseInlineFormSet):
+    """The rules across a group's keys, as import checks them (groups/validators.py): at least one key, each
+    once, each binding once, and no two sharing a wide column. Each key's place in the hub's entity tree is
+    GroupKey.clean's, on its row."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return  # rows first: the rules below need every row's values
+        rows = [
+            form.cleaned_data for form in self.forms
+            if form.cleaned_data and form.cleaned_data.get("entity") and not self._should_delete_form(form)
+        ]
+        rows.sort(key=lambda row: row.get("position") or 0)  # the group's order (GroupKey.Meta.ordering)
+        hub = self.instance.hub if self.instance.hub_id else None
+        wide = hub is not None and bool(project_wide_sinks(project_id=hub.project_id))
+        keys = [(row["entity"], row["key"], row.get("alias") or "") for row in rows]
+        problems = group_keys_problems(keys=keys, tree=None, wide=wide)
+        if problems:
+            raise forms.ValidationError([message for _, message in problems])
+
+
 class GroupKeyInline(admin.TabularInline):
     model = GroupKey
+    formset = GroupKeyFormSet
     fields = ("position", "entity", "key", "alias")
     extra = 1
 
@@ -30,21 +53,10 @@ class GroupForm(forms.ModelForm):
         fields = "__all__"
 
     def clean(self):
-        # The trigger's own fields must be there before the PeriodicTask mirror can be built from them.
-        cleaned = super().clean()
-        trigger = cleaned.get("trigger")
-        if trigger == Trigger.CRON:
-            problem = cron_problem(cleaned.get("cron") or "") if cleaned.get("cron") else "a cron trigger needs a cron expression"
-            if problem:
-                self.add_error("cron", problem)
-        elif cleaned.get("cron") and cron_problem(cleaned["cron"]):
-            self.add_error("cron", cron_problem(cleaned["cron"]))
-        if trigger == Trigger.ONCE and not cleaned.get("run_at"):
-            self.add_error("run_at", "a once trigger needs a date and time")
-        hub, script = cleaned.get("hub"), cleaned.get("script")
-        if hub and script and script.project_id != hub.project_id:
-            self.add_error("script", f"script {script.name!r} belongs to another project than hub {hub.name!r}")
-        return cleaned
+        # The trigger's own fields (needed before the PeriodicTask mirror can be built from them), the script's
+        # project and the wide table are Group.clean's rules, run right after this with import's wording
+        # (groups/validators.py); the keys' rules are GroupKeyFormSet's.
+        return super().clean()
 
 
 def _ids(queryset) -> list[int]:
@@ -141,17 +153,23 @@ class GroupAdmin(admin.ModelAdmin):
         )
         return format_html('<ul>{}</ul><a href="{}">all runs of this group</a>', rows, all_runs)
 
-    @admin.action(description="Run now (once, in a worker)")
+    def has_run_group_permission(self, request):
+        return request.user.has_perm("groups.run_group")
+
+    def has_enable_group_permission(self, request):
+        return request.user.has_perm("groups.enable_group")
+
+    @admin.action(description="Run now (once, in a worker)", permissions=["run_group"])
     def run_now(self, request, queryset):
         count = groups_run_now(group_ids=_ids(queryset))
         self.message_user(request, f"{count} group(s) queued; their runs appear under Group runs.", messages.SUCCESS)
 
-    @admin.action(description="Enable selected groups")
+    @admin.action(description="Enable selected groups", permissions=["enable_group"])
     def enable(self, request, queryset):
         count = groups_enabled_set(group_ids=_ids(queryset), enabled=True)
         self.message_user(request, f"{count} group(s) enabled.", messages.SUCCESS)
 
-    @admin.action(description="Disable selected groups")
+    @admin.action(description="Disable selected groups", permissions=["enable_group"])
     def disable(self, request, queryset):
         count = groups_enabled_set(group_ids=_ids(queryset), enabled=False)
         self.message_user(request, f"{count} group(s) disabled.", messages.SUCCESS)
@@ -264,15 +282,15 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
             )
         return queryset.filter(hubsched_group__isnull=True)
 
-    @admin.action(description=BeatPeriodicTaskAdmin.enable_tasks.short_description)
+    @admin.action(description=BeatPeriodicTaskAdmin.enable_tasks.short_description, permissions=["change"])
     def enable_tasks(self, request, queryset):
         return super().enable_tasks(request, self._unowned(request, queryset))
 
-    @admin.action(description=BeatPeriodicTaskAdmin.disable_tasks.short_description)
+    @admin.action(description=BeatPeriodicTaskAdmin.disable_tasks.short_description, permissions=["change"])
     def disable_tasks(self, request, queryset):
         return super().disable_tasks(request, self._unowned(request, queryset))
 
-    @admin.action(description=BeatPeriodicTaskAdmin.toggle_tasks.short_description)
+    @admin.action(description=BeatPeriodicTaskAdmin.toggle_tasks.short_description, permissions=["change"])
     def toggle_tasks(self, request, queryset):
         return super().toggle_tasks(request, self._unowned(request, queryset))
 

@@ -7,6 +7,7 @@ import zipfile
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponse
 from django.shortcuts import redirect
@@ -16,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from groups.models import Group
+from hubsched.roles import permissions_missing, project_import_permissions
 from scripts_engine.models import Script
 
 from .client import HubError
@@ -93,11 +95,14 @@ class ProjectAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 
-    @admin.action(description="Export as JSON documents (secrets as ${NAME} references)")
+    def has_export_secrets_permission(self, request):
+        return request.user.has_perm("hubs.export_secrets")
+
+    @admin.action(description="Export as JSON documents (secrets as ${NAME} references)", permissions=["view"])
     def export_documents(self, request, queryset):
         return self._export(queryset, include_secrets=False)
 
-    @admin.action(description="Export as JSON documents with secrets in clear")
+    @admin.action(description="Export as JSON documents with secrets in clear", permissions=["export_secrets"])
     def export_documents_with_secrets(self, request, queryset):
         return self._export(queryset, include_secrets=True)
 
@@ -106,12 +111,20 @@ class ProjectAdmin(admin.ModelAdmin):
         return urls + super().get_urls()
 
     def import_view(self, request):
-        """Upload a document; on success go to the project, else show every error and change nothing."""
-        if not self.has_add_permission(request) or not self.has_change_permission(request):
-            return redirect("admin:hubs_project_changelist")
+        """Upload a document; on success go to the project, else show every error and change nothing.
+
+        Needs what the API's import needs (``hubsched.roles.project_import_permissions``): 403 without the
+        add permissions; replacing a project also needs the change and delete ones."""
+        missing = permissions_missing(request.user, *project_import_permissions(replace=False))
+        if missing:
+            raise PermissionDenied(f"permission required: {', '.join(missing)}")
         errors: list[str] = []
         form = ProjectImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
+        replace_missing = (permissions_missing(request.user, *project_import_permissions(replace=True))
+                           if request.method == "POST" and form.is_valid() and form.cleaned_data["replace"] else [])
+        if replace_missing:
+            errors = [f"replace: permission required: {', '.join(replace_missing)}"]
+        elif request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["document"]
             raw = upload.read(max_bytes() + 1)
             try:
@@ -159,8 +172,21 @@ class HubForm(forms.ModelForm):
         return cleaned
 
 
+class GroupInlineFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        # A group needs a key (groups/validators.py), and keys are edited on the group's own page: a group
+        # added here would have none.
+        super().clean()
+        from groups.validators import NO_KEYS
+
+        for form in self.extra_forms:
+            if form.has_changed() and not self._should_delete_form(form):
+                form.add_error(None, f"{NO_KEYS}: add the group on its own page, with its keys")
+
+
 class GroupInline(admin.TabularInline):
     model = Group
+    formset = GroupInlineFormSet
     fields = ("name", "trigger", "period", "offset", "cron", "run_at", "script", "enabled")
     extra = 0
     show_change_link = True
@@ -215,6 +241,24 @@ class HubAdmin(admin.ModelAdmin):
     readonly_fields = ("entity_tree",)
     inlines = [GroupInline]
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # view only: Django would show the key's value as it is; show whether one is set instead
+        return [
+            (name, {**opts, "fields": tuple("api_key_set" if f == "api_key" else f for f in opts["fields"] if f != "clear_api_key")})
+            for name, opts in fieldsets
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        return readonly if obj is None or self.has_change_permission(request, obj) else (*readonly, "api_key_set")
+
+    @admin.display(description="API key")
+    def api_key_set(self, obj):
+        return "set (never shown)" if obj.api_key else "none"
+
     class Media:
         css = {"all": ["hubs/admin/entity_tree.css"]}
     actions = ["test_connection", "sync_entities", "enable", "disable"]
@@ -237,13 +281,16 @@ class HubAdmin(admin.ModelAdmin):
         tree = hub_entity_tree(hub=obj) if obj.pk else []
         return _tree_html(tree) or "No entities yet: save the hub, then run “Sync entities from the hub”."
 
-    @admin.action(description="Test connection (getInfo, or ping)")
+    def has_enable_hub_permission(self, request):
+        return request.user.has_perm("hubs.enable_hub")
+
+    @admin.action(description="Test connection (getInfo, or ping)", permissions=["view"])
     def test_connection(self, request, queryset):
         for hub in queryset:
             report = hub_connection_test(hub=hub)
             self.message_user(request, f"{hub.name}: {report.summary()}", messages.SUCCESS if report.ok else messages.ERROR)
 
-    @admin.action(description="Sync entities from the hub (getEntities, getParams)")
+    @admin.action(description="Sync entities from the hub (getEntities, getParams)", permissions=["change"])
     def sync_entities(self, request, queryset):
         for hub in queryset:
             try:
@@ -262,12 +309,12 @@ class HubAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
 
-    @admin.action(description="Enable selected hubs")
+    @admin.action(description="Enable selected hubs", permissions=["enable_hub"])
     def enable(self, request, queryset):
         count = hubs_enabled_set(hub_ids=list(queryset.values_list("pk", flat=True)), enabled=True)
         self.message_user(request, f"{count} hub(s) enabled.", messages.SUCCESS)
 
-    @admin.action(description="Disable selected hubs (their groups stop)")
+    @admin.action(description="Disable selected hubs (their groups stop)", permissions=["enable_hub"])
     def disable(self, request, queryset):
         count = hubs_enabled_set(hub_ids=list(queryset.values_list("pk", flat=True)), enabled=False)
         self.message_user(request, f"{count} hub(s) disabled.", messages.SUCCESS)

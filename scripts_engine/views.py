@@ -1,12 +1,18 @@
-"""HTTP API for scripts: the debugger (JSON in, JSON out; staff only)."""
+"""HTTP API for scripts: the debugger (JSON in, JSON out).
+
+Errors ``{"error": {"kind": "request", "message"}}``: 401 for an anonymous caller, 403 naming the permission
+missing (roles in hubsched/roles.py). A POST carries Django's CSRF token (``X-CSRFToken`` header, from the
+``csrftoken`` cookie), as every admin form does.
+"""
 
 from __future__ import annotations
 
 import json
 
 from django.http import JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+
+from hubsched.roles import permissions_missing
 
 from .models import Script
 from .services import ScriptDebugError, debug_payload, script_debug
@@ -16,13 +22,33 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": {"kind": "request", "message": message}}, status=status)
 
 
-@csrf_exempt  # a JSON API for staff sessions; the session login is the guard
+# What each part of a debug request needs beyond scripts_engine.debug_script. Storing writes the bindings
+# into the project's sinks, the step a group run ends with, so it needs what running a group needs.
+PERMISSIONS_OF = {
+    "live": ("groups.view_group",),
+    "write_back": ("hubs.write_hub",),
+    "store": ("groups.run_group",),
+}
+
+
+def scripts_visible(user):
+    """The scripts ``user`` may see: every one with ``scripts_engine.view_script``, else none."""
+    return Script.objects.all() if user.has_perm("scripts_engine.view_script") else Script.objects.none()
+
+
 @require_POST
 def api_script_debug(request, script_id: int):
-    """``POST /api/scripts/<id>/debug``: run the script under the debugger; see docs/scripts.md for the shapes."""
-    if not (request.user.is_authenticated and request.user.is_active and request.user.is_staff):
-        return _error(403, "staff login required")
-    script = Script.objects.filter(pk=script_id).select_related("project").first()
+    """``POST /api/scripts/<id>/debug``: run the script under the debugger; see docs/scripts.md for the shapes.
+
+    Needs ``scripts_engine.debug_script`` (and ``view_script``: an unseen script is a 404); ``live`` also
+    ``groups.view_group``, ``write_back`` also ``hubs.write_hub``, ``store`` also ``groups.run_group``.
+    """
+    if not request.user.is_authenticated:
+        return _error(401, "authentication required: log in to the admin first")
+    missing = permissions_missing(request.user, "scripts_engine.debug_script")
+    if missing:
+        return _error(403, f"permission required: {missing[0]}")
+    script = scripts_visible(request.user).filter(pk=script_id).select_related("project").first()
     if script is None:
         return _error(404, f"no script {script_id}")
     try:
@@ -42,6 +68,10 @@ def api_script_debug(request, script_id: int):
         return _error(400, "breakpoints must be a list of line numbers")
     if not (isinstance(actions, list) and all(a in ("step", "continue") for a in actions)):
         return _error(400, 'actions must be a list of "step" or "continue"')
+    asked = [part for part in PERMISSIONS_OF if body.get(part)]
+    missing = permissions_missing(request.user, *dict.fromkeys(p for part in asked for p in PERMISSIONS_OF[part]))
+    if missing:
+        return _error(403, f"permission required: {', '.join(missing)}")
     group_id = body.get("group")
     if body.get("live") and not isinstance(group_id, int):
         return _error(400, "live values need a group id: {\"live\": true, \"group\": <id>}")

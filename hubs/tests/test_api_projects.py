@@ -1,4 +1,4 @@
-"""The projects API: GET /api/projects/<id>/export and POST /api/projects/import, staff only."""
+"""The projects API: GET /api/projects/<id>/export and POST /api/projects/import, by permission (hubsched/roles.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group as AuthGroup
+from django.test import Client
 
 from hubs.models import Hub, Project
 from hubs.services import project_import
@@ -14,11 +16,18 @@ from hubs.tests.test_project_document import KEY_A, sample_document
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user("staff", password="pw-staff-123", is_staff=True)
+def role_client(role: str, *, username: str | None = None, **client_options) -> Client:
+    user = get_user_model().objects.create_user(username or role, password="pw-staff-123", is_staff=True)
+    user.groups.add(AuthGroup.objects.get(name=role))
+    client = Client(**client_options)
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def staff_client():
+    """An integrator: exports without secrets, imports and replaces."""
+    return role_client("integrator")
 
 
 @pytest.fixture
@@ -40,9 +49,14 @@ def test_export_returns_the_document_without_secrets(staff_client, project):
     assert KEY_A.encode() not in response.content
 
 
-def test_export_includes_secrets_when_asked(staff_client, project):
-    response = staff_client.get(f"/api/projects/{project.pk}/export?include_secrets=1")
+def test_export_includes_secrets_when_an_admin_asks(project):
+    response = role_client("admin").get(f"/api/projects/{project.pk}/export?include_secrets=1")
     assert json.loads(response.content)["hubs"][0]["api_key"] == KEY_A
+
+
+def test_export_refuses_secrets_to_an_integrator_rather_than_leave_them_out(staff_client, project):
+    response = staff_client.get(f"/api/projects/{project.pk}/export?include_secrets=1")
+    assert response.status_code == 403 and response.json() == {"errors": ["permission required: hubs.export_secrets"]}
 
 
 def test_export_of_an_unknown_project_is_404(staff_client):
@@ -56,12 +70,15 @@ def test_import_creates_the_project_and_answers_201(staff_client):
     assert body["created"] is True and Project.objects.get(pk=body["id"]).name == "plant"
 
 
-def test_import_needs_no_csrf_token(client):
-    # a script posts with its session cookie and no CSRF token
-    user = get_user_model().objects.create_user("bot", password="pw-bot-12345", is_staff=True)
-    client.force_login(user)
-    client.handler.enforce_csrf_checks = True
-    assert post_document(client, json.dumps(sample_document())).status_code == 201
+def test_import_needs_the_csrf_token_with_the_session():
+    client = role_client("integrator", username="bot", enforce_csrf_checks=True)
+    assert post_document(client, json.dumps(sample_document())).status_code == 403
+    assert not Project.objects.exists()
+    client.get("/admin/")  # an admin page sets the csrftoken cookie
+    token = client.cookies["csrftoken"].value
+    response = client.post("/api/projects/import", data=json.dumps(sample_document()), content_type="application/json",
+                           HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 201
 
 
 def test_a_bad_document_is_400_with_every_error_and_changes_nothing(staff_client, project):
@@ -107,11 +124,13 @@ def test_a_document_larger_than_djangos_upload_limit_is_still_read(staff_client,
 
 
 @pytest.mark.parametrize("method, url", [("get", "/api/projects/1/export"), ("post", "/api/projects/import")])
-def test_anonymous_callers_get_401_and_non_staff_403(client, project, method, url):
+def test_anonymous_callers_get_401_and_users_without_the_permission_403(client, project, method, url):
     assert getattr(client, method)(url).status_code == 401
-    user = get_user_model().objects.create_user("plain", password="pw-plain-123")
-    client.force_login(user)
-    assert getattr(client, method)(url).status_code == 403
+    for username, staff in (("plain", False), ("staff", True)):
+        user = get_user_model().objects.create_user(username, password="pw-plain-123", is_staff=staff)
+        client.force_login(user)
+        response = getattr(client, method)(url)
+        assert response.status_code == 403 and response.json()["errors"][0].startswith("permission required: hubs.")
 
 
 def test_export_answers_only_get_and_import_only_post(staff_client, project):

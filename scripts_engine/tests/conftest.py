@@ -14,7 +14,11 @@ def project(db):
 
 @pytest.fixture
 def staff_client(client, django_user_model):
+    """A staff user in the integrator role (hubsched/roles.py: edits projects, debugs scripts, writes to hubs)."""
+    from django.contrib.auth.models import Group as AuthGroup
+
     user = django_user_model.objects.create_user(username="integrator", password="pw-123456", is_staff=True)
+    user.groups.add(AuthGroup.objects.get(name="integrator"))
     client.force_login(user)
     return client
 

@@ -1,4 +1,4 @@
-"""POST /api/scripts/<id>/debug: staff only, JSON in and out, nothing written unless asked."""
+"""POST /api/scripts/<id>/debug: by permission (scripts_engine.debug_script), JSON in and out, nothing written unless asked."""
 
 from __future__ import annotations
 
@@ -45,11 +45,14 @@ def test_a_failing_script_answers_with_the_error_and_its_position(staff_client, 
     assert "result" not in body and [s["line"] for s in body["stops"]] == [1]
 
 
-def test_an_anonymous_or_non_staff_caller_is_refused(client, django_user_model, script):
-    assert post(client, script.pk, {}).status_code == 403
-    user = django_user_model.objects.create_user(username="viewer", password="pw-123456")
-    client.force_login(user)
-    assert post(client, script.pk, {}).status_code == 403
+def test_an_anonymous_caller_or_one_without_debug_script_is_refused(client, django_user_model, script):
+    assert post(client, script.pk, {}).status_code == 401
+    for username, staff in (("plain", False), ("staff", True)):
+        user = django_user_model.objects.create_user(username=username, password="pw-123456", is_staff=staff)
+        client.force_login(user)
+        response = post(client, script.pk, {})
+        assert response.status_code == 403
+        assert response.json()["error"]["message"] == "permission required: scripts_engine.debug_script"
 
 
 def test_bad_input_is_a_400_naming_the_field(staff_client, script):
