@@ -28,9 +28,15 @@ class DebugSession:
     stored: int = 0  # values stored in the project's sinks
 
 
-def script_data_sources(*, project_id: int) -> dict[str, str]:
-    """The project's data sources as ``{name: SQLAlchemy URL}`` (what ``sql("name")`` reaches)."""
-    return dict(DataSource.objects.filter(project_id=project_id).values_list("name", "url"))
+def script_data_sources(*, project_id: int) -> dict[str, dict[str, Any]]:
+    """The project's data sources as ``{name: {"url": SQLAlchemy URL, "writable": bool, "allow_ddl": bool}}``.
+
+    What ``sql("name")`` reaches, in the shape ``script_execute(data_sources=...)`` takes. A source
+    is read-only unless ``writable``; ``allow_ddl`` counts only with ``writable`` (DataSource model;
+    what is refused: docs/scripts.md, "SQL").
+    """
+    rows = DataSource.objects.filter(project_id=project_id).values_list("name", "url", "writable", "allow_ddl")
+    return {name: {"url": url, "writable": writable, "allow_ddl": allow_ddl} for name, url, writable, allow_ddl in rows}
 
 
 def script_debug(

@@ -34,8 +34,24 @@ def script_compile(*, code: str) -> None:
     script_compile_code(code)
 
 
+DataSources = dict[str, "str | dict[str, Any]"]
+
+
+def _data_sources(data_sources: DataSources | None) -> dict[str, dict[str, Any]]:
+    """``{name: {"url": str, "writable": bool, "allow_ddl": bool}}`` from that shape or ``{name: url}`` (read-only)."""
+    shaped: dict[str, dict[str, Any]] = {}
+    for name, value in (data_sources or {}).items():
+        if isinstance(value, str):
+            value = {"url": value}
+        if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not value["url"]:
+            raise ScriptError("internal", f"data source {name!r}: expected a URL or {{'url': ..., 'writable': ..., 'allow_ddl': ...}}")
+        shaped[str(name)] = {"url": value["url"], "writable": bool(value.get("writable")),
+                             "allow_ddl": bool(value.get("allow_ddl"))}
+    return shaped
+
+
 def _request(code: str, bindings: dict[str, Any], timeout: float, memory_limit_mb: int,
-             data_sources: dict[str, str] | None, debug: dict | None) -> dict:
+             data_sources: DataSources | None, debug: dict | None) -> dict:
     try:
         bindings_json = json.dumps(bindings, ensure_ascii=False, default=str)
     except (TypeError, ValueError) as exc:
@@ -46,7 +62,7 @@ def _request(code: str, bindings: dict[str, Any], timeout: float, memory_limit_m
         "bindings_json": bindings_json,
         "timeout": float(timeout),
         "memory_limit_mb": int(memory_limit_mb),
-        "data_sources": dict(data_sources or {}),
+        "data_sources": _data_sources(data_sources),
         "debug": debug,
     }
 
@@ -65,13 +81,15 @@ def script_execute(
     bindings: dict[str, Any],
     timeout: float = 2.0,
     memory_limit_mb: int = 256,
-    data_sources: dict[str, str] | None = None,
+    data_sources: DataSources | None = None,
 ) -> ScriptResult:
     """Run ``code`` once on ``bindings`` (name -> JSON value) in a sandbox process; returns the ScriptResult.
 
     ``timeout``: CPU seconds (the process is killed past twice that in wall-clock time, at least one
-    second more); ``memory_limit_mb``: what the script may allocate; ``data_sources``: name -> SQLAlchemy
-    URL, reachable as ``sql("name")``. Raises ``ScriptError`` (see its ``kind``); thread-safe.
+    second more); ``memory_limit_mb``: what the script may allocate; ``data_sources``: name ->
+    ``{"url": SQLAlchemy URL, "writable": bool, "allow_ddl": bool}`` (or a bare URL: read-only, no
+    DDL), reachable as ``sql("name")`` (what each refuses: sandbox/data_sources.py, docs/scripts.md).
+    Raises ``ScriptError`` (see its ``kind``); thread-safe.
     """
     request = _request(code, bindings, timeout, memory_limit_mb, data_sources, None)
     reply = sandbox_pool().run(request, wall_s=wall_deadline_s(float(timeout)))
@@ -89,7 +107,7 @@ def script_debug_run(
     on_stop: Callable[[DebugStop], str] | None = None,
     timeout: float = 2.0,
     memory_limit_mb: int = 256,
-    data_sources: dict[str, str] | None = None,
+    data_sources: DataSources | None = None,
 ) -> DebugRun:
     """Run ``code`` under the debugger; returns every stop and the result (or the error). Never raises for the script.
 

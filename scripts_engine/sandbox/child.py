@@ -3,8 +3,8 @@
 Frames both ways are a 4-byte big-endian length and UTF-8 JSON. Request::
 
     {"op": "run", "code": str, "bindings_json": str, "timeout": s, "memory_limit_mb": int,
-     "data_sources": {name: url}, "debug": null | {"breakpoints": [line], "actions": ["step"|"continue"],
-     "interactive": bool}}
+     "data_sources": {name: {"url": str, "writable": bool, "allow_ddl": bool}},
+     "debug": null | {"breakpoints": [line], "actions": ["step"|"continue"], "interactive": bool}}
 
 Answers: zero or more ``{"op": "stop", "stop": {...}}`` (interactive debugging only; the worker answers
 each with ``{"action": "step"|"continue"}``), then one ``{"op": "result", ...}`` (see runtime.run).

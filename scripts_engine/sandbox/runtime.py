@@ -29,6 +29,8 @@ from RestrictedPython.Guards import (
     safer_getattr_raise,
 )
 
+from .data_sources import DataSource, SqlError, engines_dispose, run_begins, sql_factory  # noqa: F401
+from .data_sources import _plain
 from .errors import DebugStop, ScriptError
 from .policy import ALLOWED_MODULES, SCRIPT_FILENAME, script_compile_code
 
@@ -286,106 +288,8 @@ HELPER_NAMES = {"sql"}
 
 # --- sql() --------------------------------------------------------------------------------------
 
-_engines: dict[str, Any] = {}
-
-
-def _engine(url: str):
-    engine = _engines.get(url)
-    if engine is None:
-        import sqlalchemy as sa
-
-        engine = _engines[url] = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=0)
-    return engine
-
-
-def engines_dispose() -> None:
-    for engine in _engines.values():
-        try:
-            engine.dispose()
-        except Exception:
-            pass
-    _engines.clear()
-
-
-class SqlError(Exception):
-    """A data source refused a query or an insert; the message names the data source."""
-
-
-def _plain(value):
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
-    if isinstance(value, (bytes, memoryview)):
-        return bytes(value).decode("utf-8", "replace")
-    return value
-
-
-class DataSource:
-    """What ``sql("name")`` gives a script: ``query(sql, **params)`` and ``insert(table, rows)``; each is one transaction."""
-
-    __slots__ = ("_name", "_url")
-
-    def __init__(self, name: str, url: str):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_url", url)
-
-    def __repr__(self) -> str:
-        return f"<data source {self._name!r}>"
-
-    def query(self, statement: str, **params) -> list[dict]:
-        """Run ``statement`` with ``:name`` parameters bound from ``params``; returns the rows as dicts (none for DML)."""
-        import sqlalchemy as sa
-
-        if not isinstance(statement, str):
-            raise TypeError("query() takes the SQL text first, then parameters by name")
-        try:
-            with _engine(self._url).begin() as conn:
-                result = conn.execute(sa.text(statement), params)
-                if not result.returns_rows:
-                    return []
-                return [{k: _plain(v) for k, v in row._mapping.items()} for row in result]
-        except sa.exc.SQLAlchemyError as exc:
-            raise SqlError(f"data source {self._name!r}: {_short(exc)}") from None
-
-    def insert(self, table: str, rows) -> int:
-        """Insert ``rows`` (a dict or a list of dicts with the same keys) into ``table``; returns how many."""
-        import sqlalchemy as sa
-
-        if isinstance(rows, dict):
-            rows = [rows]
-        rows = list(rows)
-        if not rows:
-            return 0
-        if not all(isinstance(r, dict) for r in rows):
-            raise TypeError("insert() takes a dict or a list of dicts")
-        keys = list(rows[0])
-        if any(list(r) != keys and set(r) != set(keys) for r in rows):
-            raise ValueError("insert(): every row must have the same keys")
-        if not isinstance(table, str) or not table:
-            raise TypeError("insert(): the table name must be text")
-        schema, _, name = table.rpartition(".")
-        target = sa.table(name, *(sa.column(k) for k in keys), schema=schema or None)
-        try:
-            with _engine(self._url).begin() as conn:
-                conn.execute(target.insert(), rows)
-        except sa.exc.SQLAlchemyError as exc:
-            raise SqlError(f"data source {self._name!r}: {_short(exc)}") from None
-        return len(rows)
-
-
-def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0][:500] if text else type(exc).__name__
-
-
-def _sql_factory(data_sources: dict[str, str]):
-    def sql(name: str) -> DataSource:
-        url = data_sources.get(name)
-        if url is None:
-            known = ", ".join(sorted(data_sources)) or "none"
-            raise KeyError(f"no data source named {name!r} (this project has: {known})")
-        return DataSource(name, url)
-
-    return sql
+# sql("name"), its guards and its connections are in data_sources.py (imported above); the run
+# calls run_begins() first, and the process calls engines_dispose() before it ends.
 
 
 # --- compiling, with a cache --------------------------------------------------------------------
@@ -577,7 +481,8 @@ def run(request: dict, ask=None) -> dict:
     pristine = json.loads(inputs_json)
     namespace: dict[str, Any] = {"__builtins__": SCRIPT_BUILTINS, "__name__": "__script__"}
     namespace.update(GUARD_NAMES)
-    namespace["sql"] = _sql_factory(request.get("data_sources") or {})
+    run_begins()  # no connection state from an earlier run reaches this one
+    namespace["sql"] = sql_factory(request.get("data_sources") or {})
     namespace.update(bindings)
     tracer = _Tracer(debug.get("breakpoints"), debug.get("actions"), list(bindings), ask) if debug else None
     state = _state = RunState()

@@ -64,3 +64,28 @@ def test_script_debug_interactive_steps_on_n_and_continues_on_c(tmp_path):
     assert done.returncode == 0, done.stderr
     assert [s["line"] for s in json.loads(done.stdout)["stops"]] == [1, 2, None]
     assert "-- step at line 2" in done.stderr
+
+
+def test_script_run_takes_a_data_source_read_only_unless_marked_writable(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "plant.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE events (tag TEXT)")
+    conn.close()
+    script = tmp_path / "insert.py"
+    script.write_text("n = sql('local').insert('events', {'tag': 'p1'})\n")
+    done = manage("script_run", str(script), "--data-source", f"local=sqlite:///{db}")
+    assert done.returncode != 0
+    assert 'sql("local"): insert() is not allowed on a read-only data source (writable is off)' in done.stderr
+    done = manage("script_run", str(script), "--data-source", f"local=sqlite:///{db},writable")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["n"] == 1
+    ddl = tmp_path / "ddl.py"
+    ddl.write_text("sql('local').query('CREATE TABLE more (a INTEGER)')\n")
+    done = manage("script_run", str(ddl), "--data-source", f"local=sqlite:///{db},writable")
+    assert done.returncode != 0 and "allow_ddl is off" in done.stderr
+    done = manage("script_run", str(ddl), "--data-source", f"local=sqlite:///{db},writable,allow_ddl")
+    assert done.returncode == 0, done.stderr
+    done = manage("script_run", str(ddl), "--data-source", f"local=sqlite:///{db},allow_ddl")
+    assert done.returncode != 0 and "allow_ddl needs writable" in done.stderr

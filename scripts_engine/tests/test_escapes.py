@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+
 import pytest
 
-from scripts_engine.sandbox import ScriptError, script_execute
+from scripts_engine.sandbox import ScriptError, pool, script_execute
 
 # (case id, script, kind of ScriptError, a fragment of its message, why this is the right outcome)
 CORPUS = [
@@ -123,3 +126,131 @@ def test_the_corpus_holds_at_least_thirty_cases():
 def test_the_sandbox_still_works_after_the_whole_corpus():
     result = script_execute(code="p1 = p1 * 2", bindings={"p1": 21})
     assert result.bindings["p1"] == 42 and result.changed == {"p1"}
+
+
+# --- sql(): a data source reaches its own database and nothing else -------------------------------
+
+
+@pytest.fixture
+def hubsched_db(tmp_path):
+    """A SQLite file standing for hubsched's own database: an admin's password hash, a hub key, a project."""
+    path = tmp_path / "hubsched.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE auth_user (username TEXT, password TEXT, is_superuser INTEGER)")
+        db.execute("INSERT INTO auth_user VALUES ('admin', 'pbkdf2_sha256$870000$salt$hash', 1)")
+        db.execute("CREATE TABLE hubs_hub (name TEXT, api_key TEXT)")
+        db.execute("INSERT INTO hubs_hub VALUES ('hub-a', 'fernet:secret-key')")
+        db.execute("CREATE TABLE hubs_project (id INTEGER, name TEXT)")
+        db.execute("INSERT INTO hubs_project VALUES (1, 'plant')")
+    db.close()
+    return path
+
+
+@pytest.fixture
+def plant_db(tmp_path):
+    """The project's own SQLite data source, with one table ``t``."""
+    path = tmp_path / "plant.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, value REAL)")
+        db.execute("INSERT INTO t VALUES (1, 2.5)")
+    db.close()
+    return path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sources(path) -> list[dict]:
+    """The same SQLite file as every kind of data source: what is refused here is refused on all of them."""
+    url = f"sqlite:///{path}"
+    return [{"url": url}, {"url": url, "writable": True}, {"url": url, "writable": True, "allow_ddl": True}]
+
+
+def sql_refused(code: str, source: dict, fragment: str) -> ScriptError:
+    with pytest.raises(ScriptError) as caught:
+        script_execute(code=code, bindings={}, data_sources={"plant": source})
+    error = caught.value
+    assert error.kind == "runtime" and f'SqlError: sql("plant"): {fragment}' in str(error), str(error)
+    return error
+
+
+def test_a_script_cannot_attach_hubsched_s_database_and_read_its_secrets(hubsched_db, plant_db):
+    before = digest(hubsched_db)
+    attack = (
+        "s = sql('plant')\n"
+        f"s.query(\"ATTACH DATABASE '{hubsched_db}' AS h\")\n"
+        "hashes = s.query('SELECT password FROM h.auth_user')\n"
+        "keys = s.query('SELECT api_key FROM h.hubs_hub')\n"
+        "s.query(\"UPDATE h.hubs_project SET name = 'owned'\")\n"
+    )
+    for source in sources(plant_db):
+        error = sql_refused(attack, source, "ATTACH is not allowed on a data source")
+        assert error.line == 2 and "pbkdf2" not in str(error)
+        # A bound file name is refused the same way.
+        sql_refused(f"sql('plant').query('ATTACH DATABASE :f AS h', f={str(hubsched_db)!r})", source,
+                    "ATTACH is not allowed on a data source")
+    assert digest(hubsched_db) == before
+
+
+def test_no_attachment_is_left_on_the_pooled_connection_for_the_next_run(hubsched_db, plant_db):
+    pool.sandbox_pool_close()
+    with pool._pool_lock:
+        pool._pool = pool.SandboxPool(size=1)  # the next run lands on the same process and pool
+    try:
+        source = sources(plant_db)[2]
+        code = f"try:\n    sql('plant').query(\"ATTACH DATABASE '{hubsched_db}' AS h\")\nexcept Exception:\n    pass"
+        script_execute(code=code, bindings={}, data_sources={"plant": source})
+        after = script_execute(code="dbs = [r['name'] for r in sql('plant').query('PRAGMA database_list')]",
+                               bindings={}, data_sources={"plant": source})
+        assert after.bindings["dbs"] == ["main"]
+        sql_refused("rows = sql('plant').query('SELECT password FROM h.auth_user')", source, "no such table")
+    finally:
+        pool.sandbox_pool_close()
+
+
+def test_detach_is_refused(plant_db):
+    for source in sources(plant_db):
+        sql_refused("sql('plant').query('DETACH DATABASE main')", source, "DETACH is not allowed on a data source")
+
+
+def test_vacuum_into_is_refused_and_writes_no_copy(plant_db, tmp_path):
+    copy = tmp_path / "stolen.sqlite3"
+    for source in sources(plant_db):
+        sql_refused(f"sql('plant').query(\"VACUUM INTO '{copy}'\")", source, "VACUUM INTO is not allowed on a data source")
+        sql_refused("sql('plant').query('VACUUM')", source, "VACUUM is not allowed on a data source")
+    assert not copy.exists()
+
+
+def test_load_extension_is_refused(plant_db, tmp_path):
+    for source in sources(plant_db):
+        sql_refused(f"sql('plant').query(\"SELECT load_extension('{tmp_path / 'evil.so'}')\")", source,
+                    "load_extension() is not allowed on a data source")
+
+
+WRITING_PRAGMAS = ["PRAGMA user_version = 5", "PRAGMA journal_mode = DELETE", "PRAGMA main.user_version = 5",
+                   "PRAGMA query_only = OFF", "PRAGMA writable_schema = ON", "PRAGMA optimize",
+                   "PRAGMA wal_checkpoint(TRUNCATE)"]
+
+
+@pytest.mark.parametrize("statement", WRITING_PRAGMAS)
+def test_a_pragma_that_writes_is_refused(plant_db, statement):
+    with sqlite3.connect(plant_db) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+    db.close()
+    for source in sources(plant_db):
+        sql_refused(f"sql('plant').query({statement!r})", source, "PRAGMA ")
+    with sqlite3.connect(plant_db) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_a_pragma_that_reads_is_allowed(plant_db):
+    code = ("cols = [r['name'] for r in sql('plant').query('PRAGMA table_info(t)')]\n"
+            "version = sql('plant').query('PRAGMA user_version')[0]['user_version']\n"
+            "listed = [r['name'] for r in sql('plant').query(\"SELECT name FROM pragma_table_info('t')\")]")
+    for source in sources(plant_db):
+        result = script_execute(code=code, bindings={}, data_sources={"plant": source})
+        assert result.bindings["cols"] == result.bindings["listed"] == ["id", "value"]
+        assert result.bindings["version"] == 0

@@ -13,8 +13,9 @@ def add_script_arguments(parser) -> None:
     parser.add_argument("--bindings", default="{}", help='the bindings as a JSON object, or @FILE: {"p1": 2.5}')
     parser.add_argument("--timeout", type=float, default=2.0, help="CPU time limit, seconds (default 2)")
     parser.add_argument("--memory-mb", type=int, default=256, help="memory limit, MB (default 256)")
-    parser.add_argument("--data-source", action="append", default=[], metavar="NAME=URL",
-                        help='a data source for sql("NAME") (repeatable)')
+    parser.add_argument("--data-source", action="append", default=[], metavar="NAME=URL[,writable[,allow_ddl]]",
+                        help='a data source for sql("NAME"), read-only unless ",writable" follows the URL; '
+                             '",writable,allow_ddl" allows DDL too (repeatable)')
     parser.add_argument("--project", help="take the data sources of this project (by name)")
 
 
@@ -42,8 +43,12 @@ def read_bindings(text: str) -> dict:
     return bindings
 
 
-def read_data_sources(options: dict) -> dict[str, str]:
-    sources: dict[str, str] = {}
+_FLAGS = ("writable", "allow_ddl")
+
+
+def read_data_sources(options: dict) -> dict[str, dict]:
+    """``--project``'s data sources, then each ``--data-source`` (which wins), in script_execute's shape."""
+    sources: dict[str, dict] = {}
     if options.get("project"):
         from hubs.models import Project
         from scripts_engine.services import script_data_sources
@@ -54,9 +59,18 @@ def read_data_sources(options: dict) -> dict[str, str]:
         sources.update(script_data_sources(project_id=project.pk))
     for item in options.get("data_source") or ():
         name, sep, url = item.partition("=")
+        flags = set()
+        while True:
+            head, comma, last = url.rpartition(",")
+            if not comma or last.strip() not in _FLAGS:
+                break
+            flags.add(last.strip())
+            url = head
         if not sep or not name or not url:
-            raise CommandError(f"--data-source {item!r}: expected NAME=URL")
-        sources[name] = url
+            raise CommandError(f"--data-source {item!r}: expected NAME=URL[,writable[,allow_ddl]]")
+        if "allow_ddl" in flags and "writable" not in flags:
+            raise CommandError(f"--data-source {name}: allow_ddl needs writable (DDL is a write)")
+        sources[name] = {"url": url, "writable": "writable" in flags, "allow_ddl": "allow_ddl" in flags}
     return sources
 
 
