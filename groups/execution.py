@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.utils import timezone
 
 from hubs.client import HubClient, HubError, hub_client
 from hubs.models import Hub
-from scripts_engine.sinks import ExecutionValues, SinkError, SinkTarget, sinks_submit
+from scripts_engine.sinks import ExecutionValues, SinkError, SinkExecutionsError, SinkTarget, sinks_submit
+from scripts_engine.sinks.values import ESTIMATED_VALUE_BYTES, STORABLE_TS, ts_storable, value_json
 
 from .models import Group
 
@@ -64,15 +66,18 @@ class Outcome:
     bindings: dict[str, Binding] = field(default_factory=dict)
     reads: dict[str, Future] = field(default_factory=dict)  # entity -> pending getEntityParams
     read: list[tuple[str, list[dict]]] = field(default_factory=list)
+    read_bytes: int = 0  # the answers' size (values_check), what the sink batcher counts
 
 
 def client_for(hub: Hub) -> HubClient:
-    """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub)."""
+    """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub), refusing
+    frames over the hub's ``max_frame_bytes`` (default the setting HUBSCHED_HUB_MAX_FRAME_BYTES)."""
     return hub_client(
         hub.url,
         hub.api_key,
         timeout=hub.timeout,
         max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
+        max_frame_bytes=hub.max_frame_bytes or settings.HUBSCHED_HUB_MAX_FRAME_BYTES,
     )
 
 
@@ -169,21 +174,150 @@ def _send_batch_reads(outcomes: list[Outcome]) -> None:
 
 
 def _collect_reads(outcome: Outcome) -> None:
-    """Wait for the group's answers into ``outcome.read``: per entity, one value object per key asked, in order."""
+    """Wait for the group's answers into ``outcome.read``: per entity, one value object per key asked, in
+    order, each meeting the value contract (``values_check``); ``outcome.read_bytes``, the answers' size."""
     hub = outcome.group.hub
     by_entity = _read_plan(outcome.group)[1]
+    max_value_bytes = hub.max_value_bytes or settings.HUBSCHED_HUB_MAX_VALUE_BYTES
     read = []
+    size = 0
     for entity, future in outcome.reads.items():
         try:
             values = future.result(timeout=hub.timeout + 1.0).get("values")
+            frame_bytes = getattr(future, "hub_frame_bytes", 0)
         except HubError as exc:
             if exc.code != -32601:
                 raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: {exc}") from exc
             # hub protocol v1: a hub without getEntityParams is read through subscribe
             values = _read_via_subscribe(hub, entity, by_entity[entity])
-        read.append((entity, _answer_values(hub, entity, by_entity[entity], values)))
+            frame_bytes = 0
+        picked = _answer_values(hub, entity, by_entity[entity], values)
+        size += values_check(hub=hub.name, entity=entity, values=picked, max_value_bytes=max_value_bytes,
+                             frame_bytes=frame_bytes)
+        read.append((entity, picked))
     outcome.read = read
+    outcome.read_bytes = size
     outcome.reads = {}
+
+
+# hub protocol v1: quality is good, uncertain or bad; absent means good
+QUALITIES = frozenset({"good", "uncertain", "bad"})
+_QUALITY_OK = QUALITIES | {None}
+_NUMBERS = (float, int, bool, type(None))  # values that need no look inside: JSON numbers, booleans, null
+
+
+def values_check(*, hub: str, entity: str, values: list[dict], max_value_bytes: int, frame_bytes: int = 0) -> int:
+    """Check hub value objects against the value contract; returns their size in bytes, for the sink batcher.
+
+    A value object passes when its ``quality`` is good, uncertain, bad or absent; its ``ts`` is absent or
+    a text the sinks can store (``scripts_engine.sinks.values.ts_storable``: RFC 3339, hub protocol v1);
+    its ``value`` holds no string with a NUL character (anywhere, keys of nested objects included: no
+    sink can store one in a text column); and the value's JSON is at most ``max_value_bytes`` bytes
+    (the hub's ``max_value_bytes``, HUBSCHED_HUB_MAX_VALUE_BYTES). ``frame_bytes`` is the size of the
+    answer they came in (0: unknown): an answer no larger than ``max_value_bytes`` holds no larger
+    value, so then no value is measured. The size returned is ``frame_bytes`` when known, else an
+    estimate (``ESTIMATED_VALUE_BYTES`` per value plus the measured size of strings and containers).
+
+    Raises GroupRunError naming the hub, entity and key and what is wrong; the execution fails, not its
+    batch-mates. Cost (docs/data-path.md): a number value with a timestamp seen before is three dict
+    lookups, two set memberships and a type test; strings are scanned for NUL in C; containers are encoded once by orjson.
+    """
+    measure = not 0 < frame_bytes <= max_value_bytes
+    quality_ok, known_ts, numbers = _QUALITY_OK, STORABLE_TS, _NUMBERS
+    extra = 0
+    try:
+        for item in values:
+            get = item.get
+            if get("quality") not in quality_ok:
+                raise _NotContract
+            ts = get("ts")
+            if ts not in known_ts and not ts_storable(ts):
+                raise _NotContract
+            value = get("value")
+            kind = type(value)
+            if kind in numbers:
+                continue
+            if kind is str:
+                if "\x00" in value:
+                    raise _NotContract
+                if measure and len(value) * 6 + 2 > max_value_bytes:
+                    size = _json_size(value)
+                    if size > max_value_bytes:
+                        raise _NotContract
+                    extra += size
+            elif _json_problem(value, max_value_bytes if measure else 0):
+                raise _NotContract
+            elif measure:
+                extra += _json_size(value)
+    except (_NotContract, TypeError):  # TypeError: an unhashable quality or ts
+        for item in values:
+            problem = _value_problem(item, max_value_bytes)
+            if problem:
+                raise GroupRunError(f"hub {hub!r}, entity {entity!r}, key {item.get('key')!r}: {problem}") from None
+        raise  # not reached: the slow check finds what the fast one did
+    return frame_bytes if frame_bytes > 0 else ESTIMATED_VALUE_BYTES * len(values) + extra
+
+
+class _NotContract(Exception):
+    pass
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of the value's JSON (orjson's, or the sinks' ``value_json`` where orjson cannot encode it)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:  # integers past 64 bits, lone surrogates
+        return len(value_json(value).encode("utf-8", "surrogatepass"))
+
+
+def _json_problem(value: Any, max_bytes: int) -> bool:
+    """Whether a list or object holds a NUL character, or (``max_bytes`` > 0) its JSON is larger than that."""
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:
+        return _has_nul(value) or (max_bytes > 0 and _json_size(value) > max_bytes)
+    except RecursionError:
+        return True
+    if max_bytes and len(encoded) > max_bytes:
+        return True
+    return b"\\u0000" in encoded and _has_nul(value)  # the text "\u0000" is also encoded with it
+
+
+def _has_nul(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return "\x00" in value
+    if kind is list:
+        return any(_has_nul(v) for v in value)
+    if kind is dict:
+        return any("\x00" in k if type(k) is str else False for k in value) or any(_has_nul(v) for v in value.values())
+    return False
+
+
+def _value_problem(item: Any, max_value_bytes: int) -> str:
+    """What is wrong with one value object ("" when nothing), for the error message."""
+    quality = item.get("quality")
+    if not (quality is None or (type(quality) is str and quality in QUALITIES)):
+        return f"quality {_shown(quality)} is not good, uncertain or bad (hub protocol v1)"
+    ts = item.get("ts")
+    if ts is not None and not (type(ts) is str and ts_storable(ts)):
+        return f"ts {_shown(ts)} is not an RFC 3339 timestamp that can be stored (hub protocol v1)"
+    value = item.get("value")
+    try:
+        if _has_nul(value):
+            return "the value holds a NUL character, which no sink stores"
+        size = _json_size(value)
+    except RecursionError:
+        return "the value is nested too deeply to store"
+    if size > max_value_bytes:
+        return (f"the value's JSON is {size} bytes, over the hub's limit of {max_value_bytes} bytes "
+                f"(max_value_bytes, HUBSCHED_HUB_MAX_VALUE_BYTES)")
+    return ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _answer_values(hub: Hub, entity: str, keys: list[str], values: Any) -> list[dict]:
@@ -262,6 +396,10 @@ def _run_script(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
     bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed)
     outcome.read = _read_from_bindings(bindings)
+    # what the script made is measured like a hub's values (no frame bounds it): NUL, size
+    limit = hub.max_value_bytes or settings.HUBSCHED_HUB_MAX_VALUE_BYTES
+    outcome.read_bytes = sum(values_check(hub=hub.name, entity=entity or "(script)", values=values, max_value_bytes=limit)
+                             for entity, values in outcome.read)
 
 
 def group_poll(*, group: Group) -> dict[str, Binding]:
@@ -303,8 +441,9 @@ class _Stored:
     """The sink writes of one batch: wait for them, or have a callback run when the last one ends."""
 
     def __init__(self, outcomes: list[Outcome], targets: dict[int, list[SinkTarget]], sizes: dict[int, int],
-                 futures: dict[SinkTarget, Future]):
+                 futures: dict[SinkTarget, Future], positions: dict[SinkTarget, dict[int, int]]):
         self.outcomes, self.targets, self.sizes, self.futures = outcomes, targets, sizes, futures
+        self.positions = positions  # target -> {id(outcome): its execution's position in that submission}
         self._left = len(futures)
         self._lock = threading.Lock()
         self._then: Callable[[list[Outcome]], None] | None = None
@@ -340,16 +479,29 @@ class _Stored:
             logger.exception("recording %d outcomes failed", len(self.outcomes))
 
     def _finish(self) -> None:
-        failures = {t: f.exception().message for t, f in self.futures.items() if isinstance(f.exception(), SinkError)}
+        failures: dict[SinkTarget, str] = {}  # the whole submission failed
+        refused: dict[SinkTarget, dict[int, str]] = {}  # some executions failed: position -> message
         for target, future in self.futures.items():
-            if target not in failures and future.exception() is not None:
-                failures[target] = f"sink {target.name!r}: {type(future.exception()).__name__}: {future.exception()}"
+            exc = future.exception()
+            if isinstance(exc, SinkExecutionsError):
+                refused[target] = {i: e.message for i, e in exc.failed.items()}
+            elif isinstance(exc, SinkError):
+                failures[target] = exc.message
+            elif exc is not None:
+                failures[target] = f"sink {target.name!r}: {type(exc).__name__}: {exc}"
         finished = timezone.now()
         for o in self.outcomes:
             o.finished_at = finished
             if id(o) not in self.sizes:  # failed before storing
                 continue
-            errors = [failures[t] for t in self.targets[o.group.hub.project_id] if t in failures]
+            errors = []
+            for t in self.targets[o.group.hub.project_id]:
+                if t in failures:
+                    errors.append(failures[t])
+                elif t in refused:
+                    message = refused[t].get(self.positions[t][id(o)])
+                    if message is not None:
+                        errors.append(message)
             if errors:
                 o.error = "; ".join(errors)
             else:
@@ -363,16 +515,19 @@ def _store(outcomes: list[Outcome]) -> _Stored:
     good = [o for o in outcomes if not o.error]
     targets = definitions().sink_targets({o.group.hub.project_id for o in good})
     by_target: dict[SinkTarget, list[ExecutionValues]] = defaultdict(list)
+    positions: dict[SinkTarget, dict[int, int]] = defaultdict(dict)
     sizes: dict[int, int] = {}  # id(outcome) -> values handed to the sinks
     for o in good:
         group = o.group
         hub = group.hub
-        execution = ExecutionValues(o.scheduled_for, hub.project.name, hub.name, group.pk, group.name, o.read)
+        execution = ExecutionValues(o.scheduled_for, hub.project.name, hub.name, group.pk, group.name, o.read, o.read_bytes)
         sizes[id(o)] = execution.value_count()
         for target in targets[hub.project_id]:
-            by_target[target].append(execution)
+            submission = by_target[target]
+            positions[target][id(o)] = len(submission)
+            submission.append(execution)
     futures = {target: sinks_submit(target=target, executions=executions) for target, executions in by_target.items()}
-    return _Stored(outcomes, targets, sizes, futures)
+    return _Stored(outcomes, targets, sizes, futures, positions)
 
 
 def _now_ts() -> str:

@@ -16,6 +16,7 @@ The API key goes on every request frame and nowhere else: not in logs, not in ex
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -31,6 +32,9 @@ from typing import Any, Callable
 
 import orjson
 import websocket
+from websocket._abnf import frame_buffer
+
+from hubsched.secrets import url_mask
 
 
 def _loads(frame: str | bytes) -> Any:
@@ -123,8 +127,59 @@ class _MaskKeys:
 _MASK_KEYS = _MaskKeys()
 
 
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024  # the setting HUBSCHED_HUB_MAX_FRAME_BYTES's default
+STATUS_MESSAGE_TOO_BIG = 1009  # RFC 6455 7.4.1
+
+
+class FrameTooLarge(websocket.WebSocketProtocolException):
+    """A hub announced a frame (or a fragmented message) larger than the client's limit; raised from
+    the frame header, before the payload is read."""
+
+    def __init__(self, announced: int, limit: int):
+        super().__init__(f"the hub announced a message of {announced} bytes, over this hub's limit of {limit} bytes "
+                         f"(max_frame_bytes, HUBSCHED_HUB_MAX_FRAME_BYTES)")
+        self.announced, self.limit = announced, limit
+
+
+class _BoundedFrames(frame_buffer):
+    """websocket-client's frame parser, refusing a message larger than ``limit`` bytes from its length field.
+
+    websocket-client reads a frame as header, length, mask, then ``recv_strict(length)``, which
+    buffers the whole payload however large the length says it is. The length is checked as soon as
+    it is read (``recv_length``), so at most one socket read (16 KiB) of an oversized payload is
+    ever taken in. Continuation frames count toward their message's total; control frames
+    (close, ping, pong) may carry 125 bytes (RFC 6455 5.5). This uses websocket-client internals
+    (``frame_buffer.recv_length``, ``header``; 1.9): a newer version's tests here say if they moved.
+    """
+
+    def __init__(self, recv_fn, skip_utf8_validation: bool, limit: int):
+        super().__init__(recv_fn, skip_utf8_validation)
+        self.limit = limit
+        self.message_bytes = 0  # payload of the current message's earlier fragments
+        self._total = 0
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        fin, opcode = self.header[0], self.header[4]
+        if opcode >= websocket.ABNF.OPCODE_CLOSE:
+            if self.length > 125:
+                raise FrameTooLarge(self.length, 125)
+            return
+        total = self.length + (self.message_bytes if opcode == websocket.ABNF.OPCODE_CONT else 0)
+        if total > self.limit:
+            raise FrameTooLarge(total, self.limit)
+        self._total = total
+
+    def recv_frame(self):
+        frame = super().recv_frame()
+        if frame.opcode < websocket.ABNF.OPCODE_CLOSE:
+            self.message_bytes = 0 if frame.fin else self._total
+        return frame
+
+
 class _Connection(websocket.WebSocket):
-    """websocket-client's WebSocket, reading the socket in chunks of at least ``read_size`` bytes.
+    """websocket-client's WebSocket, reading the socket in chunks of at least ``read_size`` bytes,
+    and refusing messages over ``max_message_bytes`` (``_BoundedFrames``).
 
     The frame parser asks for exactly what it needs next (a 2-byte header, a length, a payload),
     which is one ``recv`` system call each, three per answer; it keeps what a read brings beyond
@@ -133,11 +188,19 @@ class _Connection(websocket.WebSocket):
 
     read_size = 16384
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES, **kwargs) -> None:
         super().__init__(*args, get_mask_key=_MASK_KEYS, **kwargs)
+        self.frame_buffer = _BoundedFrames(self._recv, kwargs.get("skip_utf8_validation", False), max_message_bytes)
 
     def _recv(self, bufsize: int) -> bytes:
         return websocket._socket.recv(self.sock, max(bufsize, self.read_size))
+
+    def recv_message(self) -> tuple[int, bytes]:
+        """The next text or binary message as ``(opcode, payload bytes)``: no decoding to str (orjson
+        reads UTF-8 bytes, and checks them). ``(OPCODE_CLOSE, ...)`` when the hub closed."""
+        with self.readlock:
+            opcode, data = self.recv_data()
+        return opcode, data if isinstance(data, bytes) else data.encode()
 
 
 def ws_frame(text: str) -> bytes:
@@ -215,7 +278,12 @@ class HubClient:
     `timeout` (seconds) is the default per-call deadline, counted from the call, connecting
     included. At most `max_in_flight` calls wait for answers at once; more wait for a slot
     within their deadline. `connect_timeout` (seconds, default `timeout`) bounds one
-    connection attempt. Thread-safe; use as a context manager or `close()` it.
+    connection attempt. A message from the hub larger than `max_frame_bytes` (bytes, the
+    fragments of one message together) is refused from its frame header, before its payload is
+    read: the connection is closed with 1009 and its pending calls fail with a "connection"
+    HubError naming the limit; the next call reconnects. Messages and logs name the hub by
+    `hubsched.secrets.url_mask(url)`, never the URL's password or secret query values.
+    Thread-safe; use as a context manager or `close()` it.
     """
 
     backoff_base = 0.2   # seconds before the first reconnect attempt after a failure
@@ -223,10 +291,14 @@ class HubClient:
     io_timeout = 30.0    # seconds a blocked send may take before the connection counts as dead
 
     def __init__(self, url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32,
-                 connect_timeout: float | None = None):
+                 connect_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be at least 1")
+        self.max_frame_bytes = max_frame_bytes
         self.url = url
+        self._shown = url_mask(url)  # what messages and logs name: no user:password@, no ?token=
         self._key = key
         self.timeout = timeout
         self.max_in_flight = max_in_flight
@@ -251,7 +323,7 @@ class HubClient:
         self._last_error = ""
 
     def __repr__(self) -> str:
-        return f"<HubClient {self.url}>"
+        return f"<HubClient {self._shown}>"
 
     def __enter__(self) -> "HubClient":
         return self
@@ -262,7 +334,10 @@ class HubClient:
     # -- redaction
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """``text`` without the key, and with the hub's URL (which may hold a password or a token) masked."""
+        if self._key:
+            text = text.replace(self._key, "***")
+        return text.replace(self.url, self._shown) if self._shown != self.url else text
 
     def _redact_data(self, data):
         if isinstance(data, str):
@@ -345,7 +420,7 @@ class HubClient:
         if self._closed:
             raise HubError(f"{method}: the client is closed", "connection")
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise HubError(f"{method}: {self.max_in_flight} calls already in flight to {self.url}", "timeout")
+            raise HubError(f"{method}: {self.max_in_flight} calls already in flight to {self._shown}", "timeout")
         slots = 1
         while slots < len(requests) and self._slots.acquire(blocking=False):
             slots += 1
@@ -365,7 +440,7 @@ class HubClient:
                 batch.append((rid, future, method))
             with self._lock:
                 if self._ws is not ws:
-                    raise HubError(f"{method}: connection to {self.url} lost", "connection")
+                    raise HubError(f"{method}: connection to {self._shown} lost", "connection")
                 for rid, future, method in batch:
                     self._pending[rid] = _Pending(future, deadline, method, on_result)
                     future.hub_id = rid
@@ -415,7 +490,7 @@ class HubClient:
         if pending is not None:
             if pending.method == "subscribe":
                 self._late_subscribes.add(rid)  # unsubscribe if its answer turns up after all
-            _settle(pending.future, error=HubError(f"{pending.method}: no answer from {self.url} in time", "timeout"))
+            _settle(pending.future, error=HubError(f"{pending.method}: no answer from {self._shown} in time", "timeout"))
 
     def _expire_due(self) -> bool:
         """Fail overdue calls; returns whether calls are still pending."""
@@ -435,7 +510,7 @@ class HubClient:
         if ws is not None:
             return ws
         if not self._connect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise HubError(f"{method}: timed out waiting to connect to {self.url}", "timeout")
+            raise HubError(f"{method}: timed out waiting to connect to {self._shown}", "timeout")
         try:
             if self._ws is not None:
                 return self._ws
@@ -443,24 +518,24 @@ class HubClient:
             if wait > 0:
                 if wait >= deadline - time.monotonic():
                     # A down hub fails fast instead of holding the caller past its deadline.
-                    raise HubError(f"{method}: hub {self.url} unreachable ({self._last_error}); "
+                    raise HubError(f"{method}: hub {self._shown} unreachable ({self._last_error}); "
                                    f"next attempt in {wait:.1f}s", "connection")
                 time.sleep(wait)
             attempt = min(self.connect_timeout, max(0.05, deadline - time.monotonic()))
             try:
-                ws = websocket.create_connection(self.url, timeout=attempt, enable_multithread=True,
-                                                 skip_utf8_validation=True, class_=_Connection)
+                ws = websocket.create_connection(self.url, timeout=attempt, enable_multithread=True, skip_utf8_validation=True,
+                                                 class_=functools.partial(_Connection, max_message_bytes=self.max_frame_bytes))
             except Exception as exc:
                 self._failures += 1
                 self._retry_at = time.monotonic() + self._backoff()
                 self._last_error = self._redact(f"{type(exc).__name__}: {exc}")
-                log.warning("cannot connect to hub %s: %s (attempt %d)", self.url, self._last_error, self._failures)
-                raise HubError(f"{method}: cannot connect to hub {self.url}: {self._last_error}", "connection") from None
+                log.warning("cannot connect to hub %s: %s (attempt %d)", self._shown, self._last_error, self._failures)
+                raise HubError(f"{method}: cannot connect to hub {self._shown}: {self._last_error}", "connection") from None
             ws.settimeout(self.io_timeout)
             with self._lock:
                 self._ws = ws
-            threading.Thread(target=self._read_loop, args=(ws,), name=f"hub-reader {self.url}", daemon=True).start()
-            log.info("connected to hub %s", self.url)
+            threading.Thread(target=self._read_loop, args=(ws,), name=f"hub-reader {self._shown}", daemon=True).start()
+            log.info("connected to hub %s", self._shown)
             return ws
         finally:
             self._connect_lock.release()
@@ -490,26 +565,35 @@ class HubClient:
             pass
         if not self._closed:
             log.warning("connection to hub %s lost (%s); %d calls failed, %d subscriptions ended",
-                        self.url, self._last_error, len(pending), len(subs))
+                        self._shown, self._last_error, len(pending), len(subs))
         for pending_call in pending.values():
             self._slots.release()
             _settle(pending_call.future, error=HubError(
-                f"{pending_call.method}: connection to {self.url} lost ({self._last_error})", "connection"))
+                f"{pending_call.method}: connection to {self._shown} lost ({self._last_error})", "connection"))
         for sub_id, (_, on_end) in subs.items():
             if on_end is not None:
                 try:
                     on_end(sub_id)
                 except Exception:
-                    log.exception("on_end callback of subscription %s on hub %s failed", sub_id, self.url)
+                    log.exception("on_end callback of subscription %s on hub %s failed", sub_id, self._shown)
 
     def _read_loop(self, ws: websocket.WebSocket) -> None:
         while True:
             try:
-                frame = ws.recv()
+                _opcode, frame = ws.recv_message()
             except websocket.WebSocketTimeoutException:
                 if self._ws is not ws:
                     return
                 continue  # idle; the frame parser keeps partial frames across timeouts
+            except FrameTooLarge as exc:
+                log.warning("hub %s: %s; closing the connection (1009)", self._shown, exc)
+                try:
+                    with self._send_lock:
+                        ws.send_close(STATUS_MESSAGE_TOO_BIG, b"message too big")
+                except Exception:
+                    pass
+                self._connection_lost(ws, exc)
+                return
             except Exception as exc:
                 self._connection_lost(ws, exc)
                 return
@@ -519,25 +603,25 @@ class HubClient:
             try:
                 self._dispatch(frame)
             except Exception:
-                log.exception("hub %s: failed to handle a frame; ignored", self.url)
+                log.exception("hub %s: failed to handle a frame; ignored", self._shown)
 
-    def _dispatch(self, frame: str | bytes) -> None:
+    def _dispatch(self, frame: bytes) -> None:
         try:
             msg = _loads(frame)
         except (ValueError, TypeError):
-            log.warning("hub %s sent a frame that is not JSON (%d bytes); ignored", self.url, len(frame))
+            log.warning("hub %s sent a frame that is not JSON (%d bytes); ignored", self._shown, len(frame))
             return
         if not isinstance(msg, dict):
-            log.warning("hub %s sent a JSON %s instead of an object; ignored", self.url, type(msg).__name__)
+            log.warning("hub %s sent a JSON %s instead of an object; ignored", self._shown, type(msg).__name__)
             return
         if "method" not in msg:
-            self._answer(msg)
+            self._answer(msg, len(frame))
         elif msg["method"] == "dataChange":
             self._notification(msg.get("params"))
         else:
-            log.warning("hub %s sent an unexpected %r message; ignored", self.url, msg["method"])
+            log.warning("hub %s sent an unexpected %r message; ignored", self._shown, msg["method"])
 
-    def _answer(self, msg: dict) -> None:
+    def _answer(self, msg: dict, frame_bytes: int = 0) -> None:
         rid = msg.get("id")
         pending = self._take(rid) if isinstance(rid, int) and not isinstance(rid, bool) else None
         if pending is None:
@@ -545,7 +629,7 @@ class HubClient:
                 self._late_subscribes.discard(rid)
                 self._drop_late_subscription(msg.get("result"))
             else:
-                log.info("hub %s answered unknown or forgotten id %r; dropped", self.url, rid)
+                log.info("hub %s answered unknown or forgotten id %r; dropped", self._shown, rid)
             return
         self._failures = 0
         if "error" in msg:
@@ -559,6 +643,7 @@ class HubClient:
                     error = HubError(f"{pending.method}: {self._redact(str(exc))}", "protocol")
         else:
             error = HubError(f"{pending.method}: the answer has neither result nor error", "protocol")
+        pending.future.hub_frame_bytes = frame_bytes  # bounds every value in it (groups.execution)
         _settle(pending.future, result=msg.get("result"), error=error)
 
     def _error(self, err, method: str) -> HubError:
@@ -574,17 +659,17 @@ class HubClient:
 
     def _notification(self, params) -> None:
         if not isinstance(params, dict):
-            log.warning("hub %s sent a dataChange without params; ignored", self.url)
+            log.warning("hub %s sent a dataChange without params; ignored", self._shown)
             return
         sub_id = params.get("subscription")
         entry = self._subs.get(sub_id) if isinstance(sub_id, str) else None
         if entry is None:
-            log.debug("hub %s: dataChange for unknown or dropped subscription %r; ignored", self.url, sub_id)
+            log.debug("hub %s: dataChange for unknown or dropped subscription %r; ignored", self._shown, sub_id)
             return
         try:
             entry[0](params)
         except Exception:
-            log.exception("callback of subscription %s on hub %s failed", sub_id, self.url)
+            log.exception("callback of subscription %s on hub %s failed", sub_id, self._shown)
 
     def _drop_late_subscription(self, result) -> None:
         sub_id = result.get("subscription") if isinstance(result, dict) else None
@@ -654,7 +739,7 @@ class HubClient:
             if isinstance(listed, list) and all(isinstance(m, str) for m in listed):
                 methods = frozenset(listed)
             else:
-                log.warning("hub %s: getInfo has no usable method list; assuming all methods", self.url)
+                log.warning("hub %s: getInfo has no usable method list; assuming all methods", self._shown)
                 methods = ALL_METHODS
         self._methods = methods
         return methods
@@ -699,12 +784,12 @@ class HubClient:
         try:
             params = first.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise HubError(f"subscribe: no dataChange from {self.url} in time", "timeout") from None
+            raise HubError(f"subscribe: no dataChange from {self._shown} in time", "timeout") from None
         finally:
             try:
                 self.unsubscribe(sub_id)
             except HubError as exc:
-                log.info("hub %s: unsubscribe %s failed: %s", self.url, sub_id, exc)
+                log.info("hub %s: unsubscribe %s failed: %s", self._shown, sub_id, exc)
         values = params.get("values")
         if not isinstance(values, list):
             raise HubError("dataChange: no values list", "protocol")
@@ -714,7 +799,7 @@ class HubClient:
     def _items(self, items: list, method: str) -> list[dict]:
         good = [item for item in items if isinstance(item, dict) and isinstance(item.get("key"), str)]
         if len(good) != len(items):
-            log.warning("hub %s: %s returned %d malformed items; ignored", self.url, method, len(items) - len(good))
+            log.warning("hub %s: %s returned %d malformed items; ignored", self._shown, method, len(items) - len(good))
         return good
 
     def set_entity_params(self, entity: str, values: dict) -> list[str]:
@@ -773,18 +858,35 @@ _POOL: dict[tuple[str, str], HubClient] = {}
 _POOL_LOCK = threading.Lock()
 
 
-def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32) -> HubClient:
+def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32,
+               max_frame_bytes: int | None = None) -> HubClient:
     """The process's shared client for (url, key), created on first use.
 
     Connections live as long as the worker process and are shared by its threads. After
     os.fork() the child starts with an empty pool (it never reuses the parent's sockets).
-    `timeout` and `max_in_flight` apply when the client is created.
+    `timeout` and `max_in_flight` apply when the client is created; `max_frame_bytes` (bytes;
+    None: the setting HUBSCHED_HUB_MAX_FRAME_BYTES, 16 MiB) to every connection made after the call.
     """
+    if max_frame_bytes is None:
+        max_frame_bytes = default_max_frame_bytes()
     with _POOL_LOCK:
         client = _POOL.get((url, key))
         if client is None or client._closed:
-            client = _POOL[(url, key)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight)
+            client = _POOL[(url, key)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight,
+                                                   max_frame_bytes=max_frame_bytes)
+        elif client.max_frame_bytes != max_frame_bytes:
+            client.max_frame_bytes = max_frame_bytes
         return client
+
+
+def default_max_frame_bytes() -> int:
+    """The setting HUBSCHED_HUB_MAX_FRAME_BYTES; 16 MiB outside Django (the reference hub's tools)."""
+    try:
+        from django.conf import settings
+
+        return int(getattr(settings, "HUBSCHED_HUB_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES))
+    except Exception:  # settings not configured
+        return DEFAULT_MAX_FRAME_BYTES
 
 
 def hub_clients_close_all() -> None:

@@ -11,6 +11,15 @@ Each mode is one item of hub protocol v1's "What a client must survive" (plus er
   error               answers every request with error `code` (503, 429, ...)
   wrong_types         correct ids, but results with values and items of unexpected types and shapes
   ghost_notifications sends dataChange for subscriptions that do not exist or were dropped
+  bad_values          answers like the reference hub, with the fields of chosen values replaced:
+                      `overrides` {(entity, key): {"quality": "excellent", "ts": ..., "value": ...}}
+  huge_frame          answers with a text frame header announcing `frame_bytes` (200 MB) and
+                      streams its payload as fast as the client reads it
+  huge_message        the same in fragments of `fragment_bytes`: a text frame without FIN, then
+                      continuation frames, each small, the message `frame_bytes` in all
+
+In the huge modes `streamed` counts the payload bytes the client's socket took (written minus
+what still waits in the server's buffer), and `close_codes` the close codes clients sent.
 
 `times` limits the fault to the first N requests (counted over all connections); after
 that the hub answers like the reference hub, whose state produces every correct answer.
@@ -22,21 +31,28 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 from typing import Iterator
 
 from .protocol import error_frame
 from .server import HubServer, RunningServer, _ConnectionSession, serve_handler_in_thread
 
 MODES = ("slow", "not_json", "close_mid_request", "never_answer", "wrong_ids", "out_of_order",
-         "error", "wrong_types", "ghost_notifications")
+         "error", "wrong_types", "ghost_notifications", "bad_values", "huge_frame", "huge_message")
 
 
 class FaultyHub:
     def __init__(self, mode: str, *, key: str = "demo-key", name: str = "faulty", delay: float = 2.0,
-                 code: int = 503, times: int | None = None, batch: int = 4, methods: set[str] | None = None):
+                 code: int = 503, times: int | None = None, batch: int = 4, methods: set[str] | None = None,
+                 frame_bytes: int = 200_000_000, fragment_bytes: int = 256 * 1024,
+                 overrides: dict[tuple[str, str], dict] | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(MODES)}")
         self.mode, self.delay, self.code, self.times, self.batch = mode, delay, code, times, batch
+        self.frame_bytes, self.fragment_bytes = frame_bytes, fragment_bytes
+        self.overrides = overrides or {}
+        self.streamed = 0  # huge modes: payload bytes the client's socket took
+        self.close_codes: list[int | None] = []
         self.hub = HubServer(key=key, name=name, methods=methods)
         self.received = 0   # requests received
         self.faulted = 0    # requests that got the fault
@@ -110,6 +126,12 @@ class FaultyHub:
                 elif mode == "wrong_types":
                     await ws.send(_garble(answer))
                     session.start_pending()
+                elif mode == "bad_values":
+                    await ws.send(_override(message, answer, self.overrides))
+                    session.start_pending()
+                elif mode in ("huge_frame", "huge_message"):
+                    await self._stream_huge(ws)
+                    return
                 elif mode == "ghost_notifications":
                     await ws.send(_ghost("s-ghost"))
                     await ws.send(answer)
@@ -127,6 +149,55 @@ class FaultyHub:
             for task in list(tasks):
                 task.cancel()
             session.close()
+
+    async def _stream_huge(self, ws) -> None:
+        """Write a frame header announcing ``frame_bytes`` (or, in huge_message, fragment headers) straight
+        to the socket, then its payload in 64 KiB chunks whenever the client has taken the previous ones
+        (at most 256 KiB waiting in the server's buffer), until it is all sent or the client closes."""
+        transport = ws.transport
+        chunk = b" " * 65536
+        total, written, fragment_left = self.frame_bytes, 0, 0
+        if self.mode == "huge_frame":
+            transport.write(_frame_header(0x81, total))
+            fragment_left = total
+        while written < total and not transport.is_closing():
+            buffered = transport.get_write_buffer_size()
+            self.streamed = max(self.streamed, written - buffered)
+            if buffered > 256 * 1024:
+                await asyncio.sleep(0.002)
+                continue
+            if fragment_left == 0:  # huge_message: the next fragment, text first, never FIN
+                fragment_left = min(self.fragment_bytes, total - written)
+                transport.write(_frame_header(0x01 if written == 0 else 0x00, fragment_left))
+            n = min(len(chunk), fragment_left)
+            transport.write(chunk[:n])
+            written += n
+            fragment_left -= n
+        if not transport.is_closing():
+            self.streamed = max(self.streamed, written - transport.get_write_buffer_size())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        self.close_codes.append(ws.close_code)
+
+
+def _override(request: str, answer: str, overrides: dict[tuple[str, str], dict]) -> str:
+    """The answer with the fields of the values of ``overrides`` replaced (getEntityParams answers only)."""
+    try:
+        entity = (json.loads(request).get("params") or {}).get("entity")
+        msg = json.loads(answer)
+    except (ValueError, AttributeError):
+        return answer
+    values = (msg.get("result") or {}).get("values") if isinstance(msg, dict) else None
+    if not isinstance(values, list):
+        return answer
+    for item in values:
+        item.update(overrides.get((entity, item.get("key")), {}))
+    return json.dumps(msg)
+
+
+def _frame_header(first_byte: int, length: int) -> bytes:
+    """An unmasked server frame header (RFC 6455 5.2) with a 64-bit length."""
+    return bytes((first_byte, 127)) + struct.pack("!Q", length)
 
 
 def _ghost(subscription: str) -> str:
@@ -165,7 +236,7 @@ def serve_in_thread(mode: str, *, port: int = 0, key: str = "demo-key", host: st
                     **options) -> Iterator[RunningServer]:
     """Run a misbehaving hub on a background thread; yields an object with `.url`, `.port`,
     `.faulty` (received / faulted counters, `.state`) and `.drop_connections()`.
-    Options: delay (s), code, times, batch, methods, name."""
+    Options: delay (s), code, times, batch, methods, name, frame_bytes, fragment_bytes, overrides."""
     faulty = FaultyHub(mode, key=key, **options)
     with serve_handler_in_thread(faulty.handler, host=host, port=port) as running:
         running.faulty = faulty

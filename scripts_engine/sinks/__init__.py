@@ -12,17 +12,20 @@ from concurrent.futures import Future
 from .batcher import batcher
 from .tables import DEFAULT_TABLE, tall_table, wide_table_name
 from .values import ExecutionValues, parse_ts, value_json
-from .writers import SinkError, SinkTarget, engines_dispose, safe_url, sink_engine, sink_write
+from .writers import (
+    SinkError, SinkExecutionsError, SinkTarget, engines_dispose, safe_url, sink_engine, sink_write, sink_write_isolating,
+)
 
 __all__ = [
-    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkTarget", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
+    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkExecutionsError", "SinkTarget", "sink_write_isolating", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
     "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_drain", "sinks_submit", "sinks_write", "tall_table", "value_json",
     "wide_table_name",
 ]
 
 
 def sink_targets_for_projects(*, project_ids: set[int]) -> dict[int, list[SinkTarget]]:
-    """Each project's enabled sinks; the settings' default sink (HUBSCHED_SINK_URL) for one that has none."""
+    """Each project's enabled sinks; the settings' default sink (HUBSCHED_SINK_URL, LOAD DATA LOCAL off) for
+    one that has none."""
     from django.conf import settings
 
     from ..models import Sink
@@ -30,7 +33,8 @@ def sink_targets_for_projects(*, project_ids: set[int]) -> dict[int, list[SinkTa
     targets: dict[int, list[SinkTarget]] = {pid: [] for pid in project_ids}
     for sink in Sink.objects.enabled().filter(project_id__in=project_ids).order_by("pk"):
         targets[sink.project_id].append(
-            SinkTarget(name=sink.name, url=sink.url, table=sink.table or DEFAULT_TABLE, layout=sink.layout)
+            SinkTarget(name=sink.name, url=sink.url, table=sink.table or DEFAULT_TABLE, layout=sink.layout,
+                       local_infile=sink.local_infile)
         )
     default = SinkTarget(name="default", url=settings.HUBSCHED_SINK_URL)
     return {pid: found or [default] for pid, found in targets.items()}
@@ -41,7 +45,8 @@ def sink_targets_for_project(*, project_id: int) -> list[SinkTarget]:
 
 
 def sinks_submit(*, target: SinkTarget, executions: list[ExecutionValues]) -> Future:
-    """Queue ``executions`` for ``target`` in this process's batcher; the Future is done once they are committed."""
+    """Queue ``executions`` for ``target`` in this process's batcher; the Future is done once they are committed
+    (``SinkBatcher.submit``: SinkExecutionsError names the executions the database refused)."""
     return batcher().submit(target=target, executions=executions)
 
 

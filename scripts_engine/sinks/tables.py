@@ -34,8 +34,10 @@ text for anything else. A binding that appears later adds its column (ALTER TABL
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+from typing import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -199,3 +201,66 @@ def _create(engine: sa.Engine, table: sa.Table) -> None:
         # another process created it between the check and the CREATE: fine if it is there now
         if not sa.inspect(engine).has_table(table.name):
             raise
+
+
+# --- wide layout names: the rules a group must keep so that no value is lost (docs/data-path.md, "Wide layout names")
+
+WIDE_RESERVED = frozenset({"id", "tick", "ts", "quality"})  # the wide table's own columns (wide_table)
+WIDE_KEY_PREFIX = "k_"
+
+
+def wide_column_name(key: str) -> str:
+    """The wide column of parameter key (or binding name) ``key``: ``identifier(key)``, and ``k_<that>``
+    when it would be one of the table's own columns (``WIDE_RESERVED``: id, tick, ts, quality).
+
+    The mapping is fixed per key, whatever else the group holds, so a column keeps its meaning across
+    executions and groups. Two keys may still map to one column (``P1`` and ``p1``, ``p-1`` and ``p_1``,
+    ``id`` and ``k_id``); ``wide_columns_problems`` refuses such groups.
+    """
+    name = identifier(key)
+    return f"{WIDE_KEY_PREFIX}{name}" if name in WIDE_RESERVED else name
+
+
+def wide_columns_problems(keys: Sequence[str], labels: Sequence[str] | None = None) -> list[tuple[int, str]]:
+    """Why the keys of one group cannot be stored in a wide table without losing a value: ``[(index, message)]``.
+
+    ``keys`` are the names the wide writer makes columns of (the group keys' parameter keys), in the
+    group's order; ``labels`` name them in messages (default: the keys; e.g. ``entity.key``). Refused:
+    a key whose column (``wide_column_name``) another key of the group already has (one value of every
+    execution would be lost), and a column longer than MAX_IDENTIFIER characters (PostgreSQL cuts
+    names at 63 bytes, MySQL refuses past 64). ``index`` is the later key of a pair. Empty: no problem.
+    """
+    labels = keys if labels is None else labels
+    first: dict[str, int] = {}
+    problems = []
+    for index, key in enumerate(keys):
+        column = wide_column_name(key)
+        if len(column) > MAX_IDENTIFIER:
+            problems.append((index, f"{labels[index]}: its wide column {json.dumps(column)} is longer than {MAX_IDENTIFIER} "
+                                    "characters (a column name of PostgreSQL and MySQL is at most 63)"))
+        elif column in first:
+            other = first[column]
+            problems.append((index, f"{labels[other]} and {labels[index]} would share the wide column {json.dumps(column)} "
+                                    "(a wide sink stores one column per parameter key, lower case, other characters as _): "
+                                    "one value of every execution would be lost"))
+        else:
+            first[column] = index
+    return problems
+
+
+def wide_table_collisions(*, prefix: str, groups: Sequence[tuple[str, str]]) -> list[tuple[int, int, str]]:
+    """Groups that would write the same wide table of a sink whose table (prefix) is ``prefix``.
+
+    ``groups`` is ``[(hub name, group name)]``; returns ``[(index, index of the earlier group, table name)]``
+    for each group whose ``wide_table_name`` an earlier one has (``a_b``/``c`` and ``a``/``b_c`` both
+    make ``<prefix>_a_b_c``; names differing in case or punctuation, or only past MAX_IDENTIFIER, too).
+    """
+    first: dict[str, int] = {}
+    collisions = []
+    for index, (hub, group) in enumerate(groups):
+        name = wide_table_name(prefix, hub, group)
+        if name in first:
+            collisions.append((index, first[name], name))
+        else:
+            first[name] = index
+    return collisions

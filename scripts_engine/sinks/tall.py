@@ -247,10 +247,14 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
       ``dialect.insert_returning``, set on first connect) the batch's ledger rows go in one
       ``INSERT IGNORE ... RETURNING``; MySQL has none, so each execution is one ``INSERT IGNORE``
       whose row count (1 or 0) says whether it is new.
-    - Values: ``LOAD DATA LOCAL`` needs PyMySQL's ``local_infile`` (set by writers.sink_engine) and
-      the server's ``local_infile`` (on by default in MariaDB, off in MySQL 8). Where either refuses,
-      the values go in one ``executemany`` INSERT (PyMySQL sends it as multi-row INSERTs), and the
-      engine is remembered so later batches go there straight away.
+    - Values: ``LOAD DATA LOCAL`` only for a sink with ``local_infile`` on (``Sink.local_infile``,
+      default off; writers.sink_engine marks the other engines ``_NO_LOAD_DATA``), through PyMySQL's
+      ``local_infile`` and ``mysql.GuardedConnection`` (which sends only this batch's file), and
+      where the server's ``local_infile`` allows (on by default in MariaDB, off in MySQL 8). Otherwise,
+      or where either refuses, the values go in one ``executemany`` INSERT (PyMySQL sends it as
+      multi-row INSERTs), and a refusing engine is remembered so later batches go there straight away.
+      LOAD DATA LOCAL treats data errors as warnings (MySQL: as if IGNORE, a value too long is cut);
+      INSERT in strict mode refuses them, and the batcher isolates the execution they came in.
     """
     quote = engine.dialect.identifier_preparer.quote
     by_id = _unique_executions(executions)
@@ -298,6 +302,10 @@ def _load_data(cursor, table: str, lines: list[str]) -> bool:
         spool.flush()
         path = spool.name.replace("\\", "\\\\").replace("'", "\\'")
         # the defaults of LOAD DATA are COPY's text format: tab, newline, backslash escapes, \N for null
+        connection = getattr(cursor, "connection", None)
+        guarded = hasattr(connection, "expected_infile")  # mysql.GuardedConnection: sends this file and no other
+        if guarded:
+            connection.expected_infile = spool.name
         try:
             cursor.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table} CHARACTER SET utf8mb4 ({columns})")
         except Exception as exc:
@@ -305,6 +313,9 @@ def _load_data(cursor, table: str, lines: list[str]) -> bool:
                 logger.warning("sink %s: LOAD DATA LOCAL refused (%s); values go in multi-row INSERTs", table, exc)
                 return False
             raise
+        finally:
+            if guarded:
+                connection.expected_infile = None
     return True
 
 

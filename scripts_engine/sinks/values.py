@@ -23,13 +23,23 @@ class ExecutionValues(NamedTuple):
     group_id: int
     group: str
     values: list[tuple[str, list[dict]]]
+    size: int = 0  # bytes: the JSON of the hub's answers as received (0: unknown, see byte_size)
 
     def value_count(self) -> int:
         return sum(len(items) for _, items in self.values)
 
+    def byte_size(self) -> int:
+        """What the batcher counts against HUBSCHED_SINK_MAX_PENDING_BYTES: ``size`` (the answers' frame
+        bytes, which is what large values weigh), or ``ESTIMATED_VALUE_BYTES`` per value when unknown."""
+        return self.size or ESTIMATED_VALUE_BYTES * self.value_count()
+
+
+ESTIMATED_VALUE_BYTES = 100  # a number value's JSON object in a getEntityParams answer is 70-90 bytes
+
 
 def parse_ts(ts: str | datetime | None) -> datetime | None:
-    """RFC 3339 (hub protocol v1: UTC with milliseconds) to an aware UTC datetime; None when absent or unreadable."""
+    """RFC 3339 (hub protocol v1: UTC with milliseconds) to an aware UTC datetime; None when absent or unreadable
+    (a time that leaves the years 1-9999 once in UTC included)."""
     if ts is None:
         return None
     if isinstance(ts, datetime):
@@ -39,7 +49,35 @@ def parse_ts(ts: str | datetime | None) -> datetime | None:
             parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
         except (AttributeError, TypeError, ValueError):
             return None
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00
+        return None
+
+
+MIN_STORABLE_YEAR = 1000  # MySQL/MariaDB DATETIME starts at 1000-01-01; PostgreSQL and SQLite go further
+# ts texts known to be storable, and None (absent); the values of one tick share a few timestamps, so
+# the usual value's check is one set membership (groups.execution.values_check reads it inline)
+STORABLE_TS: set[str | None] = {None}
+_STORABLE_TS_MAX = 65_536
+
+
+def ts_storable(ts: str) -> bool:
+    """Whether a value's ``ts`` text can be stored by every sink: ``parse_ts`` reads it (RFC 3339, or the
+    ISO 8601 forms ``datetime.fromisoformat`` reads) and its UTC year is 1000 or later. Storable texts
+    are remembered in STORABLE_TS (at most 65,536, then it starts over)."""
+    if type(ts) is not str:
+        return False
+    if ts in STORABLE_TS:
+        return True
+    parsed = parse_ts(ts)
+    if parsed is None or parsed.year < MIN_STORABLE_YEAR:
+        return False
+    if len(STORABLE_TS) >= _STORABLE_TS_MAX:
+        STORABLE_TS.clear()
+        STORABLE_TS.add(None)
+    STORABLE_TS.add(ts)
+    return True
 
 
 def value_num(value: Any) -> float | None:

@@ -17,7 +17,9 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from .tables import JSON_TEXT, NUMBER, TableCache, column_kind, identifier, wide_table_name
+from hubsched.secrets import text_mask, url_mask
+
+from .tables import JSON_TEXT, NUMBER, TableCache, column_kind, wide_column_name, wide_table_name
 from .tall import write_tall
 from .values import ExecutionValues, parse_ts, value_json, value_num
 
@@ -25,22 +27,56 @@ QUALITY_RANK = {"good": 0, "uncertain": 1, "bad": 2}
 
 
 class SinkError(Exception):
-    """A sink could not be reached or written; the message names the sink (never its password)."""
+    """A sink could not be reached or written; the message names the sink (never its password).
 
-    def __init__(self, message: str, *, permanent: bool = False):
+    ``refused``: the database refused the batch's data (a value too long for its column, a constraint,
+    a value of the wrong type), so the same write without the offending execution may succeed
+    (``sink_write_isolating`` splits on it). False for what would fail any batch: the database is
+    down or unreachable, the connection broke, a lock or a timeout, a bad URL.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, refused: bool = False):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.refused = refused
+
+    def __reduce__(self):
+        return (_sink_error, (type(self), self.message, self.permanent, self.refused))
+
+
+def _sink_error(cls, message, permanent, refused):
+    return cls(message, permanent=permanent, refused=refused)
+
+
+class SinkExecutionsError(SinkError):
+    """Some executions of one submission were refused by the database; the others were stored.
+
+    ``failed`` maps each refused execution's position in the submission (0-based) to its SinkError.
+    """
+
+    def __init__(self, message: str, *, failed: dict[int, SinkError] | None = None, permanent: bool = False,
+                 refused: bool = True):
+        super().__init__(message, permanent=permanent, refused=refused)
+        self.failed = failed or {}
+
+    def __reduce__(self):
+        return (SinkExecutionsError, (self.message,), {"failed": self.failed})
 
 
 @dataclass(frozen=True)
 class SinkTarget:
+    """One sink as the data path writes to it. ``local_infile`` (MySQL/MariaDB, ``Sink.local_infile``):
+    values go by ``LOAD DATA LOCAL INFILE``, and the driver may send a file, only the one hubsched
+    asked to load (``mysql.py``); off (default), by multi-row INSERT and the driver sends no file."""
+
     name: str
     url: str
     table: str = "hubsched_values"
     layout: str = "tall"
+    local_infile: bool = False
 
-_engines: dict[str, sa.Engine] = {}
+_engines: dict[tuple[str, bool], sa.Engine] = {}
 _engines_lock = threading.Lock()
 tables = TableCache()
 
@@ -52,23 +88,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def sink_engine(url: str) -> sa.Engine:
-    """One engine (and so one connection pool) per URL per process. Raises SinkError for a bad URL."""
-    engine = _engines.get(url)
+def sink_engine(url: str, *, local_infile: bool = False) -> sa.Engine:
+    """One engine (and so one connection pool) per URL and ``local_infile`` per process. Raises SinkError
+    for a bad URL.
+
+    MySQL/MariaDB through PyMySQL: connections are ``mysql.GuardedConnection``, which sends a file
+    only in answer to hubsched's own LOAD DATA of that very file; ``local_infile`` off (the default)
+    opens them without the LOCAL capability and the tall layout writes by multi-row INSERT. Other
+    MySQL drivers never get ``local_infile`` and write by INSERT as well.
+    """
+    engine = _engines.get((url, local_infile))
     if engine is not None:
         return engine
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, local_infile))
         if engine is None:
+            pymysql = _is_pymysql(url)
             try:
-                # tall.write_mysql sends LOAD DATA LOCAL INFILE, which PyMySQL refuses unless asked
-                extra = {"connect_args": {"local_infile": True}} if _is_pymysql(url) else {}
+                extra = {"connect_args": {"local_infile": bool(local_infile)}} if pymysql else {}
                 engine = sa.create_engine(url, pool_pre_ping=True, **extra)
             except Exception as exc:  # a bad URL, a missing driver
-                raise SinkError(f"sink URL {safe_url(url)!r}: {exc}", permanent=True) from None
+                raise SinkError(f"sink URL {safe_url(url)!r}: {_short(exc)}", permanent=True) from None
             if engine.dialect.name == "sqlite":
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
-            _engines[url] = engine
+            if pymysql:
+                from .mysql import guard_connections
+
+                guard_connections(engine)
+            if engine.dialect.name in {"mysql", "mariadb"} and not (pymysql and local_infile):
+                no_load_data(engine)
+            _engines[(url, local_infile)] = engine
     return engine
 
 
@@ -110,7 +159,7 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
     by_table: dict[str, dict[datetime, ExecutionValues]] = defaultdict(dict)
     for execution in executions:  # an execution delivered twice into one batch counts once
         by_table[wide_table_name(target.table, execution.hub, execution.group)].setdefault(parse_ts(execution.tick), execution)
-    column_of: dict[str, str] = {}  # key -> column name: identifier() is a regex, and keys repeat in every execution
+    column_of: dict[str, str] = {}  # key -> column name: wide_column_name() is a regex, and keys repeat in every execution
     written = 0
     for name, by_tick in by_table.items():
         columns: dict[str, str] = {}
@@ -120,7 +169,7 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
                     key, value = item["key"], item.get("value")
                     col = column_of.get(key)
                     if col is None:
-                        col = column_of[key] = identifier(key)
+                        col = column_of[key] = wide_column_name(key)
                     if col not in columns:
                         columns[col] = NUMBER if value is None or value_num(value) is not None else JSON_TEXT
         table = tables.wide(engine, target.url, name, columns)
@@ -128,6 +177,7 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
         records = []
         for tick, execution in by_tick.items():
             record: dict[str, Any] = {c: None for c in columns}
+            key_of: dict[str, str] = {}  # column -> the key that filled it in this execution
             stamps = [parse_ts(item.get("ts")) for _, items in execution.values for item in items]
             record.update(tick=tick, ts=max((t for t in stamps if t is not None), default=None))
             qualities = [str(item.get("quality") or "good") for _, items in execution.values for item in items]
@@ -135,13 +185,21 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
             for entity, items in execution.values:
                 for item in items:
                     col, value = column_of[item["key"]], item.get("value")
+                    if key_of.setdefault(col, item["key"]) != item["key"]:
+                        # a name a script made at run time can meet a key in one column; groups.validators refuses
+                        # such keys at save time, but a script's names are known only now: fail, never drop one
+                        raise SinkError(
+                            f"sink {target.name!r}: table {name}, column {col} would hold both {key_of[col]!r} "
+                            f"and {item['key']!r}; rename one of them",
+                            permanent=True, refused=True,
+                        )
                     if kinds[col] == NUMBER:
                         number = value_num(value)
                         if number is None and value is not None:
                             raise SinkError(
                                 f"sink {target.name!r}: table {name}, column {col} holds numbers; "
                                 f"{entity}.{item['key']} sent {value_json(value)[:80]}",
-                                permanent=True,
+                                permanent=True, refused=True,
                             )
                         record[col] = number
                     else:
@@ -156,15 +214,15 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
 def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues]) -> int:
     """Store ``executions`` on ``target`` in one transaction per table; returns how many values were offered.
 
-    Raises ``SinkError`` when the database cannot be reached or refuses the write; nothing of the
-    batch is stored in that table then. An execution (group_id, tick) stored before is not stored
-    again (tall: its ledger; wide: the unique tick).
+    Raises ``SinkError`` when the database cannot be reached or refuses the write (``refused`` says
+    which, see SinkError); nothing of the batch is stored in that table then. An execution
+    (group_id, tick) stored before is not stored again (tall: its ledger; wide: the unique tick).
     """
     executions = list(executions)
     offered = sum(execution.value_count() for execution in executions)
     if not offered:
         return 0
-    engine = sink_engine(target.url)
+    engine = sink_engine(target.url, local_infile=target.local_infile)
     try:
         if target.layout == "wide":
             _write_wide(engine, target, executions)
@@ -174,17 +232,124 @@ def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues]) -> 
     except SinkError:
         raise
     except (sa.exc.SQLAlchemyError, OSError, engine.dialect.loaded_dbapi.Error) as exc:
-        raise SinkError(f"sink {target.name!r} ({safe_url(target.url)}): {_short(exc)}") from exc
+        raise SinkError(f"sink {target.name!r} ({safe_url(target.url)}): {_short(exc)}",
+                        refused=_refused(engine, exc)) from exc
     return offered
 
 
-def safe_url(url: str) -> str:
+# A batch of 50 executions with one refused takes 1 + 6 to 12 writes (one per halving, two where the left
+# half holds it); past this many, the executions not yet isolated fail together (a database refusing all).
+ISOLATING_ATTEMPTS = 64
+
+
+def sink_write_isolating(*, target: SinkTarget, executions: list[ExecutionValues]) -> tuple[int, dict[int, SinkError]]:
+    """``sink_write``, and where the database refuses the batch's data, the batch split in halves, each
+    written in its own transaction, down to the single executions it refuses.
+
+    Returns ``(values offered in the stored executions, {position in executions: SinkError})``.
+    Raises the SinkError of the first attempt when it is not a refusal (``SinkError.refused`` false:
+    the database is down, a broken connection, a timeout): every execution of the batch fails, at
+    once, without more attempts; likewise a half that fails so. A split retry is safe: each write is
+    idempotent per execution (tall: the ledger; wide: the unique tick) and a refused one is rolled
+    back whole. At most ``ISOLATING_ATTEMPTS`` writes; the executions not isolated by then fail with
+    the last refusal.
+    """
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unreadable URL>"
+        return sink_write(target=target, executions=executions), {}
+    except SinkError as exc:
+        if not exc.refused or len(executions) == 1:
+            raise
+        first = exc
+    failed: dict[int, SinkError] = {}
+    stored: list[tuple[int, int]] = []
+    state = {"written": 0, "attempts": 1}
+
+    def attempt(start: int, end: int) -> SinkError | None:
+        state["attempts"] += 1
+        try:
+            state["written"] += sink_write(target=target, executions=executions[start:end])
+        except SinkError as exc:
+            if not exc.refused:
+                raise _Abort(exc) from exc
+            return exc
+        stored.append((start, end))
+        return None
+
+    def split(start: int, end: int, error: SinkError) -> None:
+        """[start, end) failed with ``error``: find the executions in it that the database refuses."""
+        if end - start == 1 or state["attempts"] >= ISOLATING_ATTEMPTS:
+            failed.update((i, error) for i in range(start, end))
+            return
+        middle = (start + end) // 2
+        left = attempt(start, middle)
+        if left is None:  # the refused ones are all on the right: no need to try it whole
+            split(middle, end, error)
+            return
+        split(start, middle, left)
+        right = attempt(middle, end)
+        if right is not None:
+            split(middle, end, right)
+
+    try:
+        split(0, len(executions), first)
+    except _Abort as abort:  # the database went away meanwhile: what is not stored fails with it
+        done = {i for a, b in stored for i in range(a, b)}
+        failed.update((i, abort.error) for i in range(len(executions)) if i not in done and i not in failed)
+    return state["written"], failed
+
+
+class _Abort(Exception):
+    def __init__(self, error: SinkError):
+        self.error = error
+
+
+def _refused(engine: sa.Engine, exc: BaseException) -> bool:
+    """Whether a database error refuses the batch's data rather than failing any batch (SinkError.refused).
+
+    Not refused: OSError, SQLAlchemy's own errors (pool timeout), a connection SQLAlchemy invalidated,
+    and the DB-API's OperationalError and InterfaceError (PEP 249: connection, locks, timeouts,
+    resources), except on MySQL/MariaDB, where PyMySQL raises OperationalError for every server error
+    code it has no class for (1292 incorrect datetime value, 4025 CHECK constraint failed): there only
+    the client's codes (2000-2999) and the server's connection, lock and resource codes count as not refused.
+    """
+    if isinstance(exc, OSError):
+        return False
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        orig = exc.orig
+    elif isinstance(exc, sa.exc.SQLAlchemyError):
+        return False
+    else:
+        orig = exc
+    dbapi = engine.dialect.loaded_dbapi
+    if isinstance(orig, OSError) or isinstance(orig, dbapi.InterfaceError) or not isinstance(orig, dbapi.Error):
+        return False
+    if isinstance(orig, dbapi.OperationalError):
+        if engine.dialect.name not in {"mysql", "mariadb"}:
+            return False
+        code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else 2000
+        return not (2000 <= code < 3000 or code in _MYSQL_NOT_REFUSED)
+    return True
+
+
+# MySQL/MariaDB server errors that fail any batch: too many connections, host errors, access denied,
+# unknown database, shutdown, aborted or killed connections, lock wait timeout, deadlock, read only,
+# disconnected for inactivity
+_MYSQL_NOT_REFUSED = frozenset({1040, 1041, 1042, 1043, 1044, 1045, 1047, 1049, 1053, 1077, 1078, 1079, 1080, 1081,
+                                1129, 1130, 1152, 1153, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161, 1184, 1203,
+                                1205, 1213, 1290, 1836, 1927, 4031})
+
+
+def no_load_data(engine: sa.Engine) -> None:
+    from .tall import _NO_LOAD_DATA
+
+    _NO_LOAD_DATA.add(engine)
+
+
+safe_url = url_mask  # the name the sinks' callers use; hubsched.secrets.url_mask masks passwords and tokens
 
 
 def _short(exc: Exception) -> str:
     text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0][:500] if text else type(exc).__name__
+    return text_mask(text.splitlines()[0][:500]) if text else type(exc).__name__

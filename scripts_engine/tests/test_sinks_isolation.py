@@ -1,0 +1,190 @@
+"""A batch the database refuses stores everything but the refused execution; a dead database fails it at once.
+Plus the batcher's bound in bytes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from hubs.hubsim.faults import unused_port
+from scripts_engine.sinks import (
+    ExecutionValues, SinkError, SinkExecutionsError, SinkTarget, sink_engine, sink_write, sink_write_isolating, sinks_dispose,
+    tall_table,
+)
+from scripts_engine.sinks import writers
+from scripts_engine.sinks.batcher import SinkBatcher
+
+TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
+BAD_KEY = "k" * 300  # over the tall table's varchar(200): PostgreSQL and MariaDB (strict) refuse it
+
+
+def execution(n: int, *, project: str = "plant", key: str = "flow", size: int = 0) -> ExecutionValues:
+    values = [("plant/line1/pump1", [{"key": key, "value": float(n), "ts": "2026-11-20T10:00:00.120Z", "quality": "good"},
+                                     {"key": "pressure", "value": 6.0, "quality": "good"}])]
+    return ExecutionValues(TICK + timedelta(seconds=n), project, "hub-a", 100 + n, f"g{n}", values, size)
+
+
+def twenty_with_one_refused() -> list[ExecutionValues]:
+    return [execution(n, project="plant" if n % 2 else "mill", key=BAD_KEY if n == 13 else "flow") for n in range(20)]
+
+
+def refuse_the_bad_key_on_sqlite(url: str, table: str) -> None:
+    """SQLite stores any length: a trigger makes it refuse the bad key as the others do."""
+    if not url.startswith("sqlite"):
+        return
+    engine = sink_engine(url)
+    writers.tables.tall(engine, url, table)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TRIGGER {table}_refuse BEFORE INSERT ON {table} WHEN length(NEW.key) > 200 "
+                             f"BEGIN SELECT RAISE(ABORT, 'value too long for key'); END"))
+
+
+def stored(url: str, table: str) -> list[tuple[int, str]]:
+    t = tall_table(sa.MetaData(), table)
+    with sink_engine(url).connect() as conn:
+        return sorted(conn.execute(sa.select(t.c.group_id, t.c.key)).all())
+
+
+def test_a_refused_execution_fails_alone_and_the_other_nineteen_are_stored(sink_url, table_prefix):
+    refuse_the_bad_key_on_sqlite(sink_url, table_prefix)
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    with pytest.raises(SinkError) as whole:
+        sink_write(target=target, executions=twenty_with_one_refused())
+    assert whole.value.refused
+    written, failed = sink_write_isolating(target=target, executions=twenty_with_one_refused())
+    assert list(failed) == [13] and failed[13].refused and written == 38
+    assert stored(sink_url, table_prefix) == sorted((100 + n, k) for n in range(20) if n != 13 for k in ("flow", "pressure"))
+
+
+def test_through_the_batcher_only_the_refused_executions_submission_says_so(sink_url, table_prefix):
+    refuse_the_bad_key_on_sqlite(sink_url, table_prefix)
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    batch = twenty_with_one_refused()
+    batcher = SinkBatcher(max_rows=1000, max_age=0.2, writers=1)
+    futures = [batcher.submit(target=target, executions=batch[:10]), batcher.submit(target=target, executions=batch[10:])]
+    assert futures[0].result(30) == 38
+    refused = futures[1].exception(30)
+    assert isinstance(refused, SinkExecutionsError) and list(refused.failed) == [3]
+    assert len(stored(sink_url, table_prefix)) == 38
+
+
+def test_a_retry_after_isolating_stores_nothing_twice(sink_url, table_prefix):
+    refuse_the_bad_key_on_sqlite(sink_url, table_prefix)
+    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
+    sink_write_isolating(target=target, executions=twenty_with_one_refused())
+    written, failed = sink_write_isolating(target=target, executions=twenty_with_one_refused())
+    assert list(failed) == [13]
+    assert len(stored(sink_url, table_prefix)) == 38
+
+
+# --- a database that is really down ----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL instance of our own on a free port, in a temporary directory, run as the postgres user;
+    yields ``(url, stop)``, where ``stop()`` kills the postmaster by its pid."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("initdb/pg_ctl are not installed")
+    as_postgres = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    data = tempfile.mkdtemp(prefix="hubsched-pg-")
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    port = unused_port()
+    subprocess.run([*as_postgres, "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, "pg_ctl", "start", "-D", data, "-w", "-l", f"{data}/log", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"], check=True, capture_output=True)
+    with open(f"{data}/postmaster.pid") as pidfile:
+        pid = int(pidfile.readline())
+
+    def stop() -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", stop
+    finally:
+        stop()
+        sinks_dispose()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_database_that_is_down_fails_the_whole_batch_at_once(own_postgres, monkeypatch):
+    url, stop = own_postgres
+    target = SinkTarget(name="main", url=url, table="values_down")
+    assert sink_write(target=target, executions=[execution(1)]) == 2  # up: the pool holds a connection
+    stop()
+    attempts = []
+    real = writers.sink_write
+    monkeypatch.setattr(writers, "sink_write", lambda **kw: attempts.append(1) or real(**kw))
+    with pytest.raises(SinkError) as down:
+        sink_write_isolating(target=target, executions=twenty_with_one_refused())
+    assert not down.value.refused and attempts == [1]
+    batcher = SinkBatcher(max_rows=1000, max_age=0.05, writers=1)
+    future = batcher.submit(target=target, executions=twenty_with_one_refused())
+    error = future.exception(60)
+    assert isinstance(error, SinkError) and not isinstance(error, SinkExecutionsError)
+    assert len(attempts) == 2
+
+
+# --- the bound in bytes ------------------------------------------------------------------------------
+
+
+def test_submitters_wait_while_the_pending_bytes_are_at_the_bound(tmp_path):
+    url = f"sqlite:///{tmp_path / 'values.sqlite3'}"
+    target = SinkTarget(name="main", url=url, table="bytes")
+    sink_write(target=target, executions=[execution(0)])  # the table exists
+    batcher = SinkBatcher(max_rows=1_000_000, max_age=0.0, writers=1, max_pending=1_000_000, max_pending_bytes=3_000_000)
+    lock = writers_lock(url)
+    lock.acquire()  # hold the sink's writer: what is submitted stays pending
+    try:
+        first = batcher.submit(target=target, executions=[execution(1, size=1_000_000)])  # taken by the writer, blocked
+        wait_until(lambda: batcher._lanes[target].writing == 1)
+        pending = [batcher.submit(target=target, executions=[execution(n, size=1_000_000)]) for n in (2, 3, 4)]
+        lane = batcher._lanes[target]
+        assert lane.bytes == 3_000_000 and lane.values == 6
+        late: list = []
+        submitter = threading.Thread(target=lambda: late.append(batcher.submit(target=target, executions=[execution(5, size=10)])))
+        submitter.start()
+        submitter.join(0.5)
+        assert submitter.is_alive() and not late  # the bytes bound holds it back, though values are far from theirs
+    finally:
+        lock.release()
+    submitter.join(30)
+    assert [f.result(30) for f in [first, *pending, late[0]]]
+    assert len(stored(url, "bytes")) == 12
+    sinks_dispose()
+
+
+def test_a_submission_larger_than_the_bound_goes_alone(tmp_path):
+    url = f"sqlite:///{tmp_path / 'values.sqlite3'}"
+    target = SinkTarget(name="main", url=url, table="bytes")
+    batcher = SinkBatcher(max_rows=1_000_000, max_age=0.0, writers=1, max_pending_bytes=1024)
+    huge = batcher.submit(target=target, executions=[execution(1, size=10_000_000)])  # no deadlock on an empty lane
+    assert huge.result(30) == 2
+    assert execution(1).byte_size() == 200  # no frame size: an estimate per value
+    sinks_dispose()
+
+
+def writers_lock(url: str) -> threading.Lock:
+    from scripts_engine.sinks.tall import _SQLITE_LOCAL
+
+    return _SQLITE_LOCAL.setdefault(sa.engine.make_url(url).database, threading.Lock())
+
+
+def wait_until(condition, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition never met"
+        time.sleep(0.01)
