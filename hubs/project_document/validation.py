@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import jsonschema
-from croniter import croniter
 from django.conf import settings
+
+from groups.validators import cron_problem, group_keys_problems, group_trigger_problems, period_problem, wide_table_problems
+from hubs.validators import HUB_URL_MESSAGE, hub_url_problem
 
 from .errors import ProjectDocumentError
 
@@ -29,8 +31,10 @@ DEFAULT_MAX_DEPTH = 100
 
 # Fields holding secrets: their values are never quoted in an error message.
 SECRET_FIELDS = {"api_key", "url"}
-REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-MIN_PERIOD_S = 0.1  # groups.models.Group.period
+# A secret field whose whole value has this shape is a reference (docs/projects.md, Secrets): import
+# takes it only when it is the one variable export writes for that field (references_resolve), so a
+# document cannot read any other environment variable (SECRET_KEY, another hub's key) into a field.
+REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 
 
 def max_bytes() -> int:
@@ -125,6 +129,8 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
         unknown = sorted(k for k in error.instance if k not in allowed) if isinstance(error.instance, dict) else []
         return path + unknown[:1], "unknown field" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else "")
     secret = bool(path) and path[-1] in SECRET_FIELDS
+    if kind == "pattern" and len(path) == 3 and path[0] == "hubs" and path[2] == "url":
+        return path, HUB_URL_MESSAGE  # hubs.validators: the admin's text for the same rule
     messages = {
         "type": lambda: "must be " + " or ".join({"null": "null"}.get(t, f"{'an' if t[0] in 'aeiou' else 'a'} {t}")
                                                  for t in ([expected] if isinstance(expected, str) else expected)),
@@ -190,8 +196,14 @@ def _semantic_errors(doc: dict) -> list[str]:
         problem = _code_error(script.get("code", ""))
         if problem:
             errors.append(f"scripts[{index}].code: {problem}")
+    # A sink of the project with the wide layout makes its names rules of every group (docs/data-path.md).
+    wide_sinks = [(s["name"], s.get("table", "hubsched_values")) for s in doc.get("sinks", []) if s.get("layout") == "wide"]
+    tables: list[tuple[str, str]] = []  # (hub, group) of every group, in document order
+    at_groups: list[list] = []
     for h, hub in enumerate(doc.get("hubs", [])):
         at_hub = ["hubs", h]
+        if hub_url_problem(hub["url"]):
+            errors.append(f"{json_path(at_hub + ['url'])}: {hub_url_problem(hub['url'])}")
         params: dict[str, set[str]] = {}
         ids: Counter = Counter()
         for entity, at, ancestors in _walk_entities(hub.get("entities", []), at_hub + ["entities"]):
@@ -204,50 +216,32 @@ def _semantic_errors(doc: dict) -> list[str]:
             params.setdefault(entity["id"], set()).update(p["key"] for p in entity.get("params", []))
         errors.extend(_duplicates(hub.get("groups", []), "name", at_hub + ["groups"]))
         for g, group in enumerate(hub.get("groups", [])):
-            errors.extend(_group_errors(group, at_hub + ["groups", g], params, script_names))
+            errors.extend(_group_errors(group, at_hub + ["groups", g], params, script_names, wide=bool(wide_sinks)))
+            tables.append((hub["name"], group["name"]))
+            at_groups.append(at_hub + ["groups", g, "name"])
+    for index, message in wide_table_problems(sinks=wide_sinks, groups=tables):
+        errors.append(f"{json_path(at_groups[index])}: {message}")
     return errors
 
 
-def _group_errors(group: dict, at: list, params: dict[str, set[str]], script_names: set[str]) -> Iterator[str]:
-    trigger = group["trigger"]
-    if group.get("period", 10.0) < MIN_PERIOD_S:
-        yield f"{json_path(at + ['period'])}: must be at least {MIN_PERIOD_S} seconds"
-    cron = group.get("cron", "")
-    if trigger == "cron" and not cron:
-        yield f"{json_path(at + ['cron'])}: a cron trigger needs a cron expression"
-    if cron and cron_problem(cron):
-        yield f"{json_path(at + ['cron'])}: {cron_problem(cron)}"
+def _group_errors(
+    group: dict, at: list, params: dict[str, set[str]], script_names: set[str], *, wide: bool = False
+) -> Iterator[str]:
+    """The group rules of groups/validators.py (the admin's too), each at its JSON path."""
+    if period_problem(group.get("period", 10.0)):
+        yield f"{json_path(at + ['period'])}: {period_problem(group.get('period', 10.0))}"
     run_at = group.get("run_at")
-    if trigger == "once" and run_at is None:
-        yield f"{json_path(at + ['run_at'])}: a once trigger needs run_at"
+    for field, problem in group_trigger_problems(trigger=group["trigger"], cron=group.get("cron", ""), has_run_at=run_at is not None):
+        yield f"{json_path(at + [field])}: {problem}"
     if run_at is not None and run_at_parse(run_at) is None:
         yield f"{json_path(at + ['run_at'])}: must be an RFC 3339 date and time with an offset (2026-01-31T08:00:00Z)"
     script = group.get("script")
     if script is not None and script not in script_names:
         yield f"{json_path(at + ['script'])}: no script named {json.dumps(script)} in this document"
-    keys = group.get("keys", [])
-    pairs: Counter = Counter()
-    bindings: Counter = Counter()
-    for k, key in enumerate(keys):
-        pair = (key["entity"], key["key"])
-        pairs[pair] += 1
-        if pairs[pair] == 2:
-            yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} is listed twice"
-        binding = key.get("alias") or key["key"]
-        bindings[binding] += 1
-        if bindings[binding] == 2:
-            yield f"{json_path(at + ['keys', k])}: binding name {json.dumps(binding)} is used twice in this group"
-        # The check needs the hub's entity tree; a document without one cannot say what exists.
-        if params and key["key"] not in params.get(key["entity"], ()):
-            where = "no entity parameter" if key["entity"] in params else "no entity"
-            yield f"{json_path(at + ['keys', k])}: {key['entity']}.{key['key']} names {where} of this hub"
-
-
-def cron_problem(cron: str) -> str | None:
-    """Why ``cron`` is not a six-field cron expression with seconds first (groups.models.Group.cron), or None."""
-    if len(cron.split()) != 6 or not croniter.is_valid(cron, second_at_beginning=True):
-        return "not a six-field cron expression (seconds first, e.g. */5 * * * * *)"
-    return None
+    keys = [(key["entity"], key["key"], key.get("alias", "")) for key in group.get("keys", [])]
+    # The tree check needs the hub's entity tree; a document without one cannot say what exists (params empty).
+    for k, problem in group_keys_problems(keys=keys, tree=params, wide=wide):
+        yield f"{json_path(at + ['keys'] + ([] if k is None else [k]))}: {problem}"
 
 
 def _code_error(code: str) -> str | None:
@@ -283,26 +277,47 @@ def document_validate(*, data: Any) -> dict:
 
 
 def references_resolve(*, doc: dict, environ: Mapping[str, str] | None = None) -> dict[tuple, str]:
-    """Resolve every ``${NAME}`` secret of ``doc`` from ``environ`` (default: the process environment).
+    """Resolve the secret references of a validated ``doc`` from ``environ`` (default: the process environment).
 
-    Returns ``{json path tuple: clear value}`` for the fields that held a reference; raises
-    ProjectDocumentError naming each field whose variable is not set (never the value).
+    A hub's ``api_key``, a sink's ``url`` or a data source's ``url`` whose whole value is ``${...}``
+    (``REFERENCE``) is a reference, and only one is taken in each field: the variable export writes
+    there (``export.reference_names``), ``${HUB_<HUB NAME>_KEY}``, ``${SINK_<SINK NAME>_URL}`` or
+    ``${DATA_SOURCE_<NAME>_URL}`` of that very hub, sink or data source. Any other reference
+    (``${SECRET_KEY}``, a sink's variable in a hub key, another hub's key) is refused: no other
+    environment variable is ever read. Returns ``{json path tuple: clear value}`` for the fields that
+    held a reference; raises ProjectDocumentError naming each refused field, each unset variable and
+    each empty URL (never a value).
     """
+    from .export import reference_names  # export imports this module
+
     environ = os.environ if environ is None else environ
     resolved: dict[tuple, str] = {}
     errors = []
-    fields = [(("hubs", i, "api_key"), hub.get("api_key", "")) for i, hub in enumerate(doc.get("hubs", []))]
-    fields += [(("sinks", i, "url"), sink["url"]) for i, sink in enumerate(doc.get("sinks", []))]
-    fields += [(("data_sources", i, "url"), source["url"]) for i, source in enumerate(doc.get("data_sources", []))]
-    for path, value in fields:
-        match = REFERENCE.fullmatch(value)
-        if match is None:
-            continue
-        name = match.group(1)
-        if name in environ:
-            resolved[path] = environ[name]
-        else:
-            errors.append(f"{json_path(path)}: environment variable {name} is not set")
+    sections = (
+        ("hubs", "api_key", "HUB", "KEY", "key of hub"),
+        ("sinks", "url", "SINK", "URL", "URL of sink"),
+        ("data_sources", "url", "DATA_SOURCE", "URL", "URL of data source"),
+    )
+    for section, field_name, kind, suffix, what in sections:
+        items = doc.get(section, [])
+        expected = reference_names(kind, [item["name"] for item in items], suffix)
+        for index, item in enumerate(items):
+            match = REFERENCE.fullmatch(item.get(field_name, ""))
+            if match is None:
+                continue
+            path = json_path((section, index, field_name))
+            name = expected[item["name"]]
+            if match.group(1) != name:
+                errors.append(
+                    f"{path}: refused reference: this field takes only ${{{name}}}, the {what} "
+                    f"{json.dumps(item['name'])}; import reads no other environment variable"
+                )
+            elif name not in environ:
+                errors.append(f"{path}: environment variable {name} is not set")
+            elif field_name == "url" and not environ[name]:
+                errors.append(f"{path}: environment variable {name} is empty")
+            else:
+                resolved[(section, index, field_name)] = environ[name]
     if errors:
         raise ProjectDocumentError(errors)
     return resolved
