@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,14 @@ from .models import Hub, Project
 from .project_document.importer import entity_tree_write
 
 DEMO_PROJECT = "demo"
-DEMO_HUBS = (("hub-a", 8765, "demo-key-a"), ("hub-b", 8766, "demo-key-b"))
+# (hub, port, the environment variable holding its key, the key without it); docker-compose.yml gives each
+# reference hub the same variable as HUBSIM_KEY, so the demo project and its hubs agree.
+DEMO_HUBS = (("hub-a", 8765, "HUB_A_KEY", "demo-key-a"), ("hub-b", 8766, "HUB_B_KEY", "demo-key-b"))
+
+
+def demo_hub_key(*, env_name: str, default: str) -> str:
+    """A demo hub's key: ``$<env_name>`` when set (compose), else the development default."""
+    return os.environ.get(env_name) or default
 
 # (hub, group, period s, [(entity, key, alias)], script name or None)
 DEMO_GROUPS = (
@@ -98,7 +106,7 @@ def demo_load(*, hub_urls: dict[str, str] | None = None) -> DemoSummary:
     ws://127.0.0.1:8766/connect, where ``make run`` starts them. Raises ``ValueError`` for a name
     that is not a demo hub.
     """
-    unknown = set(hub_urls or {}) - {name for name, _, _ in DEMO_HUBS}
+    unknown = set(hub_urls or {}) - {name for name, *_ in DEMO_HUBS}
     if unknown:
         raise ValueError(f"not a demo hub: {', '.join(sorted(unknown))} (demo hubs: hub-a, hub-b)")
     from groups.models import Group, GroupKey
@@ -110,13 +118,13 @@ def demo_load(*, hub_urls: dict[str, str] | None = None) -> DemoSummary:
             defaults={"description": "Two reference hubs on this machine (make run starts them)."},
         )
         hubs = {}
-        for name, port, key in DEMO_HUBS:
+        for name, port, env_name, default_key in DEMO_HUBS:
             hubs[name], _ = Hub.objects.update_or_create(
                 project=project,
                 name=name,
                 defaults={
                     "url": (hub_urls or {}).get(name, f"ws://127.0.0.1:{port}/connect"),
-                    "api_key": key,
+                    "api_key": demo_hub_key(env_name=env_name, default=default_key),
                     "timeout": 5.0,
                     "enabled": True,
                 },

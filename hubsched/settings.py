@@ -4,6 +4,12 @@ Defaults need no server: SQLite under ``var/`` for Django, kombu's ``filesystem:
 ``var/broker/``, and a SQLite sink under ``var/``. URLs in the environment switch to real servers:
 ``DATABASE_URL`` (anything dj-database-url reads), ``CELERY_BROKER_URL`` (``redis://``, ``amqp://``),
 ``HUBSCHED_SINK_URL`` (any SQLAlchemy URL).
+
+Deployment mode (README "Deploying"): ``HUBSCHED_ENV=production`` refuses to start without ``SECRET_KEY``,
+``ALLOWED_HOSTS`` and ``HUBSCHED_SECRETS_KEY`` from the environment, turns DEBUG off and the SECURE_* settings
+on by default, and serves static files from ``collectstatic``'s hashed, compressed copies (whitenoise).
+Unset (``make run``, the tests), the embedded defaults keep working: DEBUG on, a SECRET_KEY made once
+in ``var/secret-key``.
 """
 
 from __future__ import annotations
@@ -55,9 +61,80 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     return _env_number(name, default, float, "a number", minimum)
 
 
-SECRET_KEY = env_str("SECRET_KEY", "hubsched-development-only-secret-key-change-me-in-production")
-DEBUG = env_bool("DEBUG", True)
-ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",") if h]
+def env_list(name: str, default: str) -> list[str]:
+    """A comma-separated variable as a list, blanks dropped: ``a, b,`` -> ``["a", "b"]``."""
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# The deployment mode: "production" or "development" (the default: `make run`, the tests).
+HUBSCHED_ENV = env_str("HUBSCHED_ENV", "development").strip().lower() or "development"
+if HUBSCHED_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(f"HUBSCHED_ENV={HUBSCHED_ENV!r}: expected production or development")
+PRODUCTION = HUBSCHED_ENV == "production"
+
+
+def env_required(name: str, dev_default):
+    """``name`` from the environment; in production its absence stops the process (no embedded default)."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(
+            f"{name} is not set: HUBSCHED_ENV=production needs it from the environment (README, Deploying)"
+        )
+    return dev_default() if callable(dev_default) else dev_default
+
+
+def _dev_secret_key() -> str:
+    """The development SECRET_KEY, made once in var/secret-key (mode 0600) and read from there afterwards."""
+    import secrets
+
+    path = VAR_DIR / "secret-key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # web, worker and beat start together: write a whole file aside, then link it into place (atomic,
+        # fails if another process got there first), so that no process reads a half-written key
+        tmp = VAR_DIR / f".secret-key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+# Fernet key(s) that encrypt hub keys and database URLs at rest (hubsched/secrets.py); comma-separated, the
+# first encrypts. Empty on the embedded defaults: a key is made once in var/secrets.key. Required in production.
+HUBSCHED_SECRETS_KEY = env_required("HUBSCHED_SECRETS_KEY", "")
+
+SECRET_KEY = env_required("SECRET_KEY", _dev_secret_key)
+DEBUG = env_bool("DEBUG", not PRODUCTION)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG is on with HUBSCHED_ENV=production: debug pages show settings and code")
+ALLOWED_HOSTS = [h.strip() for h in env_required("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",")
+                 if h.strip()]
+
+# HTTPS (Django's deployment checklist): on by default in production, where a TLS proxy is expected in front.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+# "HEADER,value", e.g. HTTP_X_FORWARDED_PROTO,https: set it only behind a proxy that sets (and strips) that header.
+_proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured(
+        f"SECURE_PROXY_SSL_HEADER={os.environ['SECURE_PROXY_SSL_HEADER']!r}: expected HEADER,value "
+        "(e.g. HTTP_X_FORWARDED_PROTO,https)"
+    )
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) or None
+# Origins allowed to POST with a CSRF token, with their scheme: https://hubsched.example.com
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -71,10 +148,13 @@ INSTALLED_APPS = [
     "hubs",
     "scripts_engine",
     "groups",
+    "streams",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # static files from the ASGI server itself, right after the HTTPS redirect (whitenoise's documented place)
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -84,7 +164,10 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "hubsched.urls"
+# A refused CSRF check on /api/ answers JSON, like the API's other errors (hubsched/views.py).
+CSRF_FAILURE_VIEW = "hubsched.views.csrf_failure"
 WSGI_APPLICATION = "hubsched.wsgi.application"
+ASGI_APPLICATION = "hubsched.asgi.application"  # what uvicorn serves (compose, Dockerfile, make run)
 
 TEMPLATES = [
     {
@@ -135,6 +218,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Production serves collectstatic's hashed, compressed copies (far-future cache headers; the Dockerfile runs
+# collectstatic at build); elsewhere plain storage, and whitenoise finds files in the apps, so `make run` and the
+# tests need no collectstatic.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
 
 LOGGING = {
     "version": 1,
@@ -187,6 +282,12 @@ HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=
 HUBSCHED_SINK_WRITERS = env_int("HUBSCHED_SINK_WRITERS", 2, minimum=1)
 # Values waiting for a sink per worker process (about 450 bytes each) before polls wait for the sink.
 HUBSCHED_SINK_MAX_PENDING = env_int("HUBSCHED_SINK_MAX_PENDING", 100_000, minimum=1)
+# ... and their bytes (the JSON of the values): a hub sending large values fills this bound before the count's.
+HUBSCHED_SINK_MAX_PENDING_BYTES = env_int("HUBSCHED_SINK_MAX_PENDING_BYTES", 64 * 1024 * 1024, minimum=1024)
+# A hostile or broken hub is bounded (issue 11): a frame larger than this drops its connection, a value whose JSON is
+# larger than this fails its execution. A hub's own max_frame_bytes / max_value_bytes override these.
+HUBSCHED_HUB_MAX_FRAME_BYTES = env_int("HUBSCHED_HUB_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
+HUBSCHED_HUB_MAX_VALUE_BYTES = env_int("HUBSCHED_HUB_MAX_VALUE_BYTES", 1024 * 1024, minimum=16)
 # What executions read from the Django database is kept per worker process (groups/definitions.py): a group is
 # read again within HUBSCHED_EXECUTION_CHECK_S of an edit, everything else within HUBSCHED_EXECUTION_CACHE_S.
 HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)
@@ -205,4 +306,14 @@ HUBSCHED_DISPATCH_LEAD_S = env_float("HUBSCHED_DISPATCH_LEAD_S", 0.25, minimum=0
 # Long-lived sandbox processes per worker process that run integrator scripts; 0 means one per CPU (at least 2).
 HUBSCHED_SANDBOX_PROCESSES = env_int("HUBSCHED_SANDBOX_PROCESSES", 0, minimum=0)
 
+# The durable log between acquisition and storage (issue 12, docs/streams.md). Empty: the embedded SQLite log at
+# var/log.sqlite3 (WAL, synchronous=FULL); rabbitmq-stream://guest:guest@127.0.0.1:5552/ selects RabbitMQ Streams.
+HUBSCHED_LOG_URL = env_str("HUBSCHED_LOG_URL", "")
+# Retention per stream: records older than this many seconds, and the oldest beyond this many bytes of records,
+# are dropped (RabbitMQ: whole segments; set when a stream is first declared). Days, so that a sink can be down a while.
+HUBSCHED_LOG_RETENTION_S = env_float("HUBSCHED_LOG_RETENTION_S", 7 * 24 * 3600.0, minimum=1.0)
+HUBSCHED_LOG_RETENTION_BYTES = env_int("HUBSCHED_LOG_RETENTION_BYTES", 10 * 1024**3, minimum=1024 * 1024)
+
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+if not PRODUCTION:  # whitenoise looks at STATIC_ROOT at start (and warns when it is missing); finders serve the files
+    Path(STATIC_ROOT).mkdir(exist_ok=True)

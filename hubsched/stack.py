@@ -1,20 +1,23 @@
 """The whole stack on one machine (`make run`): reference hubs, Celery worker and beat, Flower, web server.
 
 Each part is a child process in its own process group with its output in ``var/log/<part>.log``;
-the supervisor prints a status line from ``/api/status`` every few seconds and stops every part
-on Ctrl-C (SIGTERM, then SIGKILL after a grace period).
+the supervisor prints a status line (``groups.selectors.status_summary``, read in this process) every
+few seconds and stops every part on Ctrl-C (SIGTERM, then SIGKILL after a grace period).
+
+No secret is on a command line (``ps`` shows them to every user): a hub's key goes to its reference hub
+in ``$HUBSIM_KEY``, Flower's basic-auth credentials in ``$FLOWER_BASIC_AUTH`` (made once in
+``var/flower-credentials``, mode 0600, unless the environment has them).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +30,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 class Part:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     process: subprocess.Popen | None = None
 
 
@@ -40,6 +44,44 @@ def beat_argv() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "hubsched", "beat", "-S", settings.CELERY_BEAT_SCHEDULER, "-l", "INFO"]
 
 
+def web_argv(*, host: str, port: int) -> list[str]:
+    """The ASGI server (uvicorn, static files by whitenoise): also the `web` service of docker-compose.yml.
+
+    Django's ASGI handler has no lifespan protocol: ``--lifespan off`` saves uvicorn's probe and its log line.
+    """
+    return [sys.executable, "-m", "uvicorn", "hubsched.asgi:application", "--host", host, "--port", str(port),
+            "--lifespan", "off"]
+
+
+def flower_argv(*, address: str, port: int) -> list[str]:
+    """Flower, its basic-auth credentials in ``$FLOWER_BASIC_AUTH``: also the `flower` service of docker-compose.yml."""
+    return [sys.executable, "-m", "celery", "-A", "hubsched", "flower", f"--port={port}", f"--address={address}"]
+
+
+def hubsim_argv(*, host: str, port: int, name: str) -> list[str]:
+    """A reference hub, its key in ``$HUBSIM_KEY``: also the `hub-a`/`hub-b` services of docker-compose.yml.
+
+    ``python -m hubs.hubsim`` needs no Django settings, so a hub is given no Django secret.
+    """
+    return [sys.executable, "-m", "hubs.hubsim", "--host", host, "--port", str(port), "--name", name]
+
+
+def flower_credentials() -> tuple[str, str]:
+    """Flower's ``user:password`` and where it comes from: ``$FLOWER_BASIC_AUTH``, else ``var/flower-credentials``.
+
+    The file is made once (mode 0600) with user ``admin`` and a random password, like ``var/admin-password``.
+    """
+    configured = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if configured:
+        return configured, "$FLOWER_BASIC_AUTH"
+    path = Path(settings.VAR_DIR) / "flower-credentials"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"admin:{secrets.token_urlsafe(12)}\n")
+    return path.read_text().strip(), str(path)
+
+
 def local_hub_parts() -> list[Part]:
     """A reference hub for every enabled hub whose URL points at this machine (the demo's hubs)."""
     from hubs.models import Hub
@@ -50,9 +92,8 @@ def local_hub_parts() -> list[Part]:
         if url.hostname not in LOCAL_HOSTS or not url.port or url.port in ports:
             continue
         ports.add(url.port)
-        argv = [sys.executable, "manage.py", "hubsim", "--host", url.hostname, "--port", str(url.port), "--name", hub.name]
-        argv += ["--key", hub.api_key]
-        parts.append(Part(name=f"hubsim-{hub.name}", argv=argv))
+        argv = hubsim_argv(host=url.hostname, port=url.port, name=hub.name)
+        parts.append(Part(name=f"hubsim-{hub.name}", argv=argv, env={"HUBSIM_KEY": hub.api_key}))
     return parts
 
 
@@ -69,13 +110,13 @@ class Stack:
         self.parts = local_hub_parts() + [
             Part("worker", worker_argv()),
             Part("beat", beat_argv()),
-            Part("web", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]),
+            Part("web", web_argv(host="127.0.0.1", port=port)),
         ]
+        self.flower_credentials_source = None
         if flower_port:
-            self.parts.append(
-                Part("flower", [sys.executable, "-m", "celery", "-A", "hubsched", "flower", f"--port={flower_port}",
-                                "--address=127.0.0.1"])
-            )
+            credentials, self.flower_credentials_source = flower_credentials()
+            self.parts.append(Part("flower", flower_argv(address="127.0.0.1", port=flower_port),
+                                   env={"FLOWER_BASIC_AUTH": credentials}))
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -83,9 +124,16 @@ class Stack:
             path = self.log_dir / f"{part.name}.log"
             with open(path, "ab") as log:  # the child keeps its own descriptor
                 part.process = subprocess.Popen(
-                    part.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=settings.BASE_DIR, start_new_session=True
+                    part.argv, stdout=log, stderr=subprocess.STDOUT, env={**env, **part.env}, cwd=settings.BASE_DIR,
+                    start_new_session=True,
                 )
             self.out(f"started {part.name:<14} pid {part.process.pid:<7} log {path}")
+            if part.name == "flower":
+                user, _, password = part.env["FLOWER_BASIC_AUTH"].partition(",")[0].partition(":")
+                if self.flower_credentials_source == "$FLOWER_BASIC_AUTH":
+                    self.out(f"flower user: {user} (password from $FLOWER_BASIC_AUTH)")
+                else:
+                    self.out(f"flower user: {user} / {password} (kept in {self.flower_credentials_source})")
 
     def stop(self, grace: float = 8.0) -> None:
         # a second Ctrl-C (or the SIGTERM that follows it) must not cut the shutdown short and orphan parts
@@ -109,11 +157,16 @@ class Stack:
         return [p for p in self.parts if p.process and p.process.poll() is not None]
 
     def status_line(self) -> str:
+        """One line of counters, read in this process (the HTTP status endpoint needs a login)."""
+        from django.db import DatabaseError, close_old_connections
+
+        from groups.selectors import status_summary
+
+        close_old_connections()  # a connection broken since the last line is not reused
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/status", timeout=2) as response:
-                status = json.load(response)
-        except OSError as exc:
-            return f"web server not answering yet ({exc.__class__.__name__})"
+            status = status_summary()
+        except DatabaseError as exc:
+            return f"status not readable yet ({exc.__class__.__name__})"
         groups = ", ".join(
             f"{g['hub']}/{g['name']} {g['last_status'] or '-'} {g['runs']} runs {g['values']} values"
             for g in status["groups"]

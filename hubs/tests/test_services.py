@@ -233,3 +233,14 @@ def test_hub_sync_command_reports_an_unreachable_hub():
     with pytest.raises(CommandError, match="nothing was changed"):
         call_command("hub_sync", "down")
     hub_clients_close_all()
+
+
+@pytest.mark.django_db
+def test_the_demo_takes_its_hub_keys_from_the_variables_compose_gives_the_hubs(monkeypatch):
+    from hubs.demo import demo_load
+
+    monkeypatch.setenv("HUB_A_KEY", "site-key-a")
+    monkeypatch.delenv("HUB_B_KEY", raising=False)
+    demo_load()
+    keys = dict(Hub.objects.filter(project__name="demo").values_list("name", "api_key"))
+    assert keys == {"hub-a": "site-key-a", "hub-b": "demo-key-b"}

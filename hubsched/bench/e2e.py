@@ -140,8 +140,8 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
             hub_log = open(work / f"hub{i}.log", "w")
             hub_procs.append(subprocess.Popen(
                 [sys.executable, str(ROOT / "manage.py"), "hubsim", "--port", str(port), "--name", f"hub{i}",
-                 "--key", API_KEY, "--tree", f"bench:{per_hub}:{keys}", "--processes", str(hub_processes)],
-                env=env, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
+                 "--tree", f"bench:{per_hub}:{keys}", "--processes", str(hub_processes)],
+                env={**env, "HUBSIM_KEY": API_KEY}, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
             hub_log.close()
         _wait_for_ports(ports, hub_procs)
         paths_measure(result, paths=paths, log=log, name="e2e", measure=lambda path: _measure(
