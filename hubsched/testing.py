@@ -62,3 +62,11 @@ def redis_url() -> str:
 
 def rabbitmq_url() -> str:
     return require_server(RABBITMQ_URL, "RabbitMQ")
+
+
+TEST_RABBITMQ_STREAM_URL = os.environ.get("TEST_RABBITMQ_STREAM_URL", "rabbitmq-stream://guest:guest@127.0.0.1:5552/")
+
+
+def rabbitmq_stream_url() -> str:
+    """RabbitMQ Streams (``rabbitmq-plugins enable rabbitmq_stream``; ``TEST_RABBITMQ_STREAM_URL``, with its port)."""
+    return require_server(TEST_RABBITMQ_STREAM_URL, "RabbitMQ Streams")

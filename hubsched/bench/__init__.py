@@ -8,4 +8,5 @@ To add one: write ``hubsched/bench/<name>.py`` with ``HELP``, ``add_arguments(pa
 BENCHES = {
     "scheduler": "hubsched.bench.scheduler",
     "e2e": "hubsched.bench.e2e",
+    "log": "hubsched.bench.log",
 }
