@@ -2,7 +2,7 @@
 
 How it works (details in docs/hub-client.md):
 - `HubClient` connects lazily on the first call and keeps the connection open.
-- Requests are sent from the caller's thread (under a send lock); a reader thread matches
+- Requests are sent from the caller's thread; a reader thread matches
   answers to pending calls by id (answers may come in any order) and hands `dataChange`
   notifications to subscription callbacks.
 - Every call has a deadline; a module-wide sweeper thread fails calls made with
@@ -10,6 +10,8 @@ How it works (details in docs/hub-client.md):
   forgotten id is dropped.
 - When the connection drops, in-flight calls fail with code "connection"; the next call
   reconnects, no sooner than an exponential backoff with jitter allows.
+- Every write on a connection (our requests, websocket-client's pongs and close frames) holds
+  that connection's one write lock, ``ws.lock``, so no frame is ever written into another.
 - `hub_client(url, key)` returns one shared client per (url, key) per process.
 The API key goes on every request frame and nowhere else: not in logs, not in exceptions.
 """
@@ -23,6 +25,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -34,7 +37,7 @@ import orjson
 import websocket
 from websocket._abnf import frame_buffer
 
-from hubsched.secrets import url_mask
+from hubsched.secrets import text_mask, url_mask
 
 
 def _loads(frame: str | bytes) -> Any:
@@ -61,6 +64,24 @@ _PLAIN_PARAMS = frozenset({"getInfo", "ping", "getEntities", "getParams", "getEn
 PERMANENT_CODES = frozenset({401, 403, 404, 422, -32700, -32600, -32601, -32602})
 # hub protocol v1: 429 and 503 say "retry later"; -32603 is the hub's own failure.
 TRANSIENT_CODES = frozenset({429, 503, -32603})
+
+
+_LEADING_CODE = re.compile(r"\s*(-?\d{1,6})(?![\w.])")
+
+
+def _error_code(code) -> int | str:
+    """An error's ``code`` as the integer it states (``401``, ``"401"``, ``401.0``), else ``"protocol"``."""
+    if isinstance(code, bool):
+        return "protocol"
+    if isinstance(code, int):
+        return code
+    if isinstance(code, float) and code.is_integer():
+        return int(code)
+    if isinstance(code, str):
+        match = _LEADING_CODE.fullmatch(code.strip())
+        if match:
+            return int(match.group(1))
+    return "protocol"
 
 
 def is_permanent(code: int | str | None) -> bool:
@@ -177,9 +198,35 @@ class _BoundedFrames(frame_buffer):
         return frame
 
 
+# RFC 6455 7.4.1 and the IANA registry: what a hub's close code means, for the error a call gets
+CLOSE_CODES = {
+    1000: "normal closure", 1001: "going away", 1002: "protocol error", 1003: "unsupported data",
+    1007: "invalid frame payload data", 1008: "policy violation", 1009: "message too big",
+    1010: "mandatory extension", 1011: "internal error", 1012: "service restart", 1013: "try again later",
+    1014: "bad gateway",
+}
+
+
+def close_description(payload: bytes) -> str:
+    """A close frame's payload (RFC 6455 5.5.1: a 2-byte status code, then a UTF-8 reason) in words:
+    ``"closed by the hub with 1001 (going away): restarting"``."""
+    if len(payload) < 2:
+        return "closed by the hub without a close code"
+    code = int.from_bytes(payload[:2], "big")
+    reason = payload[2:].decode("utf-8", "replace")
+    text = f"closed by the hub with {code} ({CLOSE_CODES.get(code, 'unknown close code')})"
+    return f"{text}: {reason}" if reason else text
+
+
 class _Connection(websocket.WebSocket):
     """websocket-client's WebSocket, reading the socket in chunks of at least ``read_size`` bytes,
     and refusing messages over ``max_message_bytes`` (``_BoundedFrames``).
+
+    Every write takes ``self.lock``, websocket-client's own send lock, which its pong (answering a
+    hub's ping, on the reader thread, inside ``recv_data_frame``) and close frames take too:
+    ``send_raw`` writes our pre-built request frames under it. Two locks would let a pong land inside a
+    large request frame, which a hub sees as a corrupt frame (invalid UTF-8) and drops the connection.
+    ``hub_close`` keeps the payload of the close frame the hub sent, if it sent one.
 
     The frame parser asks for exactly what it needs next (a 2-byte header, a length, a payload),
     which is one ``recv`` system call each, three per answer; it keeps what a read brings beyond
@@ -191,6 +238,18 @@ class _Connection(websocket.WebSocket):
     def __init__(self, *args, max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES, **kwargs) -> None:
         super().__init__(*args, get_mask_key=_MASK_KEYS, **kwargs)
         self.frame_buffer = _BoundedFrames(self._recv, kwargs.get("skip_utf8_validation", False), max_message_bytes)
+        self.hub_close: bytes | None = None
+
+    def send_raw(self, data: bytes) -> None:
+        """Write ready frames (``ws_frame``) whole, under the connection's one write lock."""
+        with self.lock:
+            self.sock.sendall(data)
+
+    def recv_frame(self):
+        frame = self.frame_buffer.recv_frame()
+        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            self.hub_close = frame.data  # before websocket-client answers it, which may fail
+        return frame
 
     def _recv(self, bufsize: int) -> bytes:
         return websocket._socket.recv(self.sock, max(bufsize, self.read_size))
@@ -311,7 +370,6 @@ class HubClient:
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()          # guards _ws, _pending, _subs, _methods
         self._connect_lock = threading.Lock()  # one connection attempt at a time
-        self._send_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
         self._ws: websocket.WebSocket | None = None
         self._pending: dict[int, _Pending] = {}
@@ -334,9 +392,9 @@ class HubClient:
     # -- redaction
 
     def _redact(self, text: str) -> str:
-        """``text`` without the key, and with the hub's URL (which may hold a password or a token) masked."""
-        if self._key:
-            text = text.replace(self._key, "***")
+        """``text`` with the key masked where it stands as a whole word (``text_mask``: a key ``pump1`` leaves
+        ``plant/line1/pump12`` alone), and every URL in it (the hub's may hold a password or a token) masked."""
+        text = text_mask(text, secrets=(self._key,) if self._key else ())
         return text.replace(self.url, self._shown) if self._shown != self.url else text
 
     def _redact_data(self, data):
@@ -449,8 +507,7 @@ class HubClient:
                 _SWEEPER.watch(self)
                 data = b"".join(ws_frame(frame) for frame in frames)
                 try:
-                    with self._send_lock:
-                        ws.sock.sendall(data)
+                    ws.send_raw(data)  # under ws.lock, as websocket-client's pongs are
                 except Exception as exc:
                     self._connection_lost(ws, exc)
         finally:
@@ -555,7 +612,11 @@ class HubClient:
             self._methods = None
             self._failures += 1
             self._retry_at = time.monotonic() + self._backoff()
-            self._last_error = self._redact(f"{type(exc).__name__}: {exc}" if exc else "closed")
+            hub_close = getattr(ws, "hub_close", None)  # the hub's close code and reason say why
+            if hub_close is not None:
+                self._last_error = self._redact(close_description(hub_close))
+            else:
+                self._last_error = self._redact(f"{type(exc).__name__}: {exc}" if exc else "closed")
         try:
             # SHUT_RDWR first: a bare close() would neither wake the reader blocked in
             # recv() nor send the FIN while that recv() holds the socket.
@@ -588,8 +649,7 @@ class HubClient:
             except FrameTooLarge as exc:
                 log.warning("hub %s: %s; closing the connection (1009)", self._shown, exc)
                 try:
-                    with self._send_lock:
-                        ws.send_close(STATUS_MESSAGE_TOO_BIG, b"message too big")
+                    ws.send_close(STATUS_MESSAGE_TOO_BIG, b"message too big")  # takes ws.lock
                 except Exception:
                     pass
                 self._connection_lost(ws, exc)
@@ -647,14 +707,22 @@ class HubClient:
         _settle(pending.future, result=msg.get("result"), error=error)
 
     def _error(self, err, method: str) -> HubError:
+        """The HubError of an answer's ``error``. A malformed one keeps the code it states, so a malformed 401
+        is as permanent as a proper one: a numeric string (``"401"``) or an integral float reads as that
+        integer, and so does a bare number or a string starting with one (``"401 wrong key"``) in place of
+        the error object. Without a readable code it is ``"protocol"``, not permanent."""
+        message = None
+        if isinstance(err, dict):
+            code, message = _error_code(err.get("code")), err.get("message")
+        elif isinstance(err, str):
+            match = _LEADING_CODE.match(err)
+            code, message = (int(match.group(1)) if match else "protocol"), err
+        else:
+            code = _error_code(err)
         if not isinstance(err, dict):
-            return HubError(f"{method}: malformed error from the hub", "protocol")
-        code = err.get("code")
-        if isinstance(code, bool) or not isinstance(code, int):
-            code = "protocol"
-        message = err.get("message")
+            message = f"malformed error from the hub: {message}" if message else "malformed error from the hub"
         message = self._redact(message if isinstance(message, str) else "error without a message")
-        data = err.get("data")
+        data = err.get("data") if isinstance(err, dict) else None
         return HubError(f"{method}: {message}", code, is_permanent(code), self._redact_data(data) if isinstance(data, dict) else None)
 
     def _notification(self, params) -> None:
@@ -683,8 +751,7 @@ class HubClient:
         if ws is None:
             return
         try:
-            with self._send_lock:
-                ws.send_close()
+            ws.send_close()  # takes ws.lock
         except Exception:
             pass
         self._connection_lost(ws, None)

@@ -17,6 +17,10 @@ Each mode is one item of hub protocol v1's "What a client must survive" (plus er
                       streams its payload as fast as the client reads it
   huge_message        the same in fragments of `fragment_bytes`: a text frame without FIN, then
                       continuation frames, each small, the message `frame_bytes` in all
+  malformed_error     answers every request with `{"id": id, "error": error}`, `error` as given: an object
+                      with a code of the wrong type (`{"code": "401"}`), a bare string or number, ...
+  going_away          closes the connection when a request arrives, with close code `close_code`
+                      (1001, going away) and `close_reason`, without answering
 
 In the huge modes `streamed` counts the payload bytes the client's socket took (written minus
 what still waits in the server's buffer), and `close_codes` the close codes clients sent.
@@ -38,19 +42,22 @@ from .protocol import error_frame
 from .server import HubServer, RunningServer, _ConnectionSession, serve_handler_in_thread
 
 MODES = ("slow", "not_json", "close_mid_request", "never_answer", "wrong_ids", "out_of_order",
-         "error", "wrong_types", "ghost_notifications", "bad_values", "huge_frame", "huge_message")
+         "error", "wrong_types", "ghost_notifications", "bad_values", "huge_frame", "huge_message",
+         "malformed_error", "going_away")
 
 
 class FaultyHub:
     def __init__(self, mode: str, *, key: str = "demo-key", name: str = "faulty", delay: float = 2.0,
                  code: int = 503, times: int | None = None, batch: int = 4, methods: set[str] | None = None,
                  frame_bytes: int = 200_000_000, fragment_bytes: int = 256 * 1024,
-                 overrides: dict[tuple[str, str], dict] | None = None):
+                 overrides: dict[tuple[str, str], dict] | None = None, error=None,
+                 close_code: int = 1001, close_reason: str = "hub restarting"):
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(MODES)}")
         self.mode, self.delay, self.code, self.times, self.batch = mode, delay, code, times, batch
         self.frame_bytes, self.fragment_bytes = frame_bytes, fragment_bytes
         self.overrides = overrides or {}
+        self.error, self.close_code, self.close_reason = error, close_code, close_reason
         self.streamed = 0  # huge modes: payload bytes the client's socket took
         self.close_codes: list[int | None] = []
         self.hub = HubServer(key=key, name=name, methods=methods)
@@ -102,6 +109,12 @@ class FaultyHub:
                     await ws.send(b"\x00\xff\xfe junk")
                     await ws.send(answer)
                     session.start_pending()
+                elif mode == "malformed_error":
+                    rid = json.loads(answer).get("id")
+                    await ws.send(json.dumps({"id": rid, "error": self.error}))
+                elif mode == "going_away":
+                    await ws.close(self.close_code, self.close_reason)
+                    return
                 elif mode == "close_mid_request":
                     ws.transport.abort()
                     return
@@ -236,7 +249,8 @@ def serve_in_thread(mode: str, *, port: int = 0, key: str = "demo-key", host: st
                     **options) -> Iterator[RunningServer]:
     """Run a misbehaving hub on a background thread; yields an object with `.url`, `.port`,
     `.faulty` (received / faulted counters, `.state`) and `.drop_connections()`.
-    Options: delay (s), code, times, batch, methods, name, frame_bytes, fragment_bytes, overrides."""
+    Options: delay (s), code, times, batch, methods, name, frame_bytes, fragment_bytes, overrides, error,
+    close_code, close_reason."""
     faulty = FaultyHub(mode, key=key, **options)
     with serve_handler_in_thread(faulty.handler, host=host, port=port) as running:
         running.faulty = faulty

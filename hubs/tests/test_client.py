@@ -327,6 +327,45 @@ def test_it_marks_injected_errors_as_transient_or_permanent(code, permanent):
         assert (err.value.code, err.value.permanent) == (code, permanent)
 
 
+@pytest.mark.parametrize("error, code, permanent", [
+    ({"code": "401", "message": "wrong or missing key"}, 401, True),
+    ({"code": 404.0, "message": "unknown entity"}, 404, True),
+    ({"code": 401, "message": ["not", "a", "string"]}, 401, True),
+    ({"code": " -32601 "}, -32601, True),
+    ({"code": "503"}, 503, False),
+    ("401 wrong or missing key", 401, True),
+    (422, 422, True),
+    ({"code": "unauthorized"}, "protocol", False),
+    ({"code": True}, "protocol", False),
+    ([401], "protocol", False),
+])
+def test_it_reads_the_code_a_malformed_error_states_so_a_malformed_401_stays_permanent(error, code, permanent):
+    with faults.serve_in_thread("malformed_error", key=KEY, error=error) as bad, HubClient(bad.url, KEY) as c:
+        with pytest.raises(HubError) as err:
+            c.ping()
+        assert (err.value.code, err.value.permanent) == (code, permanent)
+
+
+def test_it_masks_the_key_only_where_it_stands_as_a_whole_word():
+    key = "pump1"
+    error = {"code": 404, "message": "unknown entity 'plant/line1/pump12'; key pump1 is not allowed",
+             "data": {"entity": "plant/line1/pump12", "key": "pump1"}}
+    with faults.serve_in_thread("malformed_error", key=key, error=error) as bad, HubClient(bad.url, key) as c:
+        with pytest.raises(HubError) as err:
+            c.ping()
+    assert err.value.message == "ping: unknown entity 'plant/line1/pump12'; key *** is not allowed"
+    assert err.value.data == {"entity": "plant/line1/pump12", "key": "***"}
+
+
+def test_it_names_the_close_code_and_reason_when_the_hub_goes_away():
+    with faults.serve_in_thread("going_away", key=KEY, times=1) as bad, HubClient(bad.url, KEY, timeout=5) as c:
+        with pytest.raises(HubError) as err:
+            c.ping()
+        assert err.value.code == "connection"
+        assert "closed by the hub with 1001 (going away): hub restarting" in err.value.message
+        assert c.ping()["time"].endswith("Z")  # and the next call reconnects
+
+
 def test_it_fails_fast_on_an_unreachable_hub_and_backs_off():
     with HubClient(faults.unreachable_url(), KEY, timeout=0.5) as c:
         first = time.monotonic()
