@@ -11,7 +11,7 @@ from django.db import connection
 
 from hubs.models import Hub, Project
 from hubs.services import secrets_rotate
-from hubsched.secrets import SecretsKeyError, cipher_reset
+from hubsched.secrets import SecretsKeyError
 from scripts_engine.models import DataSource, Sink
 
 pytestmark = pytest.mark.django_db
@@ -23,14 +23,6 @@ SINK_URL = "postgresql+psycopg2://writer:pg-pa55@db/values"
 SOURCE_URL = "mysql+pymysql://reader:my-pa55@erp/orders"
 
 
-@pytest.fixture
-def secrets_key(settings):
-    def use(keys: str) -> None:
-        settings.HUBSCHED_SECRETS_KEY = keys
-        cipher_reset()
-
-    yield use
-    cipher_reset()
 
 
 def stored(model, field: str) -> list[str]:

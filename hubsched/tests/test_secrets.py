@@ -13,7 +13,6 @@ from hubs.models import Hub, Project
 from hubsched.secrets import (
     MASK,
     SecretsKeyError,
-    cipher_reset,
     secret_decrypt,
     secret_encrypt,
     text_mask,
@@ -27,16 +26,6 @@ HUB_KEY = "hub-key-7f3a9c2e"
 PASSWORD = "pg-Pa55word"
 
 
-@pytest.fixture
-def secrets_key(settings):
-    """``secrets_key("KEY1,KEY2")`` makes that the configured key; the process's cipher is made again after."""
-
-    def use(keys: str) -> None:
-        settings.HUBSCHED_SECRETS_KEY = keys
-        cipher_reset()
-
-    yield use
-    cipher_reset()  # before the settings fixture restores the key: the next use reads the restored one
 
 
 def raw_column(model, field: str, pk: int) -> str:
