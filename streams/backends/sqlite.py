@@ -22,6 +22,7 @@ shrink (no VACUUM).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -49,6 +50,20 @@ def _error(action: str, exc: Exception) -> LogError:
     return LogError(f"SQLite log: {action}: {text}", permanent=permanent)
 
 
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection):
+    """``BEGIN IMMEDIATE`` (take the write lock up front, waiting up to the busy timeout), COMMIT at the end,
+    ROLLBACK on any exception (KeyboardInterrupt too): the one way this backend writes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
 class SQLiteLog(Log):
     """The embedded log at ``sqlite:///<path>[?synchronous=full|normal]``; thread-safe (a connection per thread)."""
 
@@ -71,14 +86,12 @@ class SQLiteLog(Log):
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, next_offset INTEGER NOT NULL, "
-                         "next_pos INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL, last_batch INTEGER NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS consumer_offsets (stream TEXT NOT NULL, consumer TEXT NOT NULL, "
-                         "offset INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (stream, consumer)) "
-                         "WITHOUT ROWID")
-            conn.execute("COMMIT")
+            with _write_transaction(self._conn()) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, next_offset INTEGER NOT NULL, "
+                             "next_pos INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL, last_batch INTEGER NOT NULL)")
+                conn.execute("CREATE TABLE IF NOT EXISTS consumer_offsets (stream TEXT NOT NULL, consumer TEXT NOT NULL, "
+                             "offset INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY (stream, consumer)) "
+                             "WITHOUT ROWID")
         except (sqlite3.Error, OSError) as exc:
             raise _error(f"opening {self.path}", exc) from None
 
@@ -102,16 +115,11 @@ class SQLiteLog(Log):
         if stream in self._known:
             return
         stream_name_check(stream)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             conn.execute(f"CREATE TABLE IF NOT EXISTS {_table(stream)} (offset INTEGER PRIMARY KEY, "
                          "ts_ms INTEGER NOT NULL, pos INTEGER NOT NULL, body BLOB NOT NULL)")
             conn.execute(f'CREATE INDEX IF NOT EXISTS "log:{stream}:ts" ON {_table(stream)} (ts_ms)')
             conn.execute("INSERT OR IGNORE INTO streams VALUES (?, 0, 0, 0, 0)", (stream,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._known.add(stream)
 
     # --- writing -------------------------------------------------------------------------------
@@ -121,8 +129,7 @@ class SQLiteLog(Log):
         try:
             conn = self._conn()
             self._ensure(conn, stream)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):  # durable at its COMMIT (module docstring)
                 next_offset, next_pos, last_ts = conn.execute(
                     "SELECT next_offset, next_pos, last_ts_ms FROM streams WHERE name = ?", (stream,)).fetchone()
                 ts = max(int(time.time() * 1000), last_ts)
@@ -135,11 +142,6 @@ class SQLiteLog(Log):
                 conn.executemany(f"INSERT INTO {_table(stream)} VALUES (?, ?, ?, ?)", rows)
                 conn.execute("UPDATE streams SET next_offset = ?, next_pos = ?, last_ts_ms = ?, last_batch = ? "
                              "WHERE name = ?", (offset, pos, ts, next_offset, stream))
-                conn.execute("COMMIT")  # durable here (module docstring)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _error(f"append to {stream}", exc) from None
         if time.monotonic() >= self._retention_due:
@@ -160,8 +162,7 @@ class SQLiteLog(Log):
 
     def _retention_apply(self, conn: sqlite3.Connection, stream: str) -> int:
         table = _table(stream)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             next_offset, next_pos = conn.execute(
                 "SELECT next_offset, next_pos FROM streams WHERE name = ?", (stream,)).fetchone()
             cutoff = 0
@@ -177,11 +178,6 @@ class SQLiteLog(Log):
                                    (next_pos - self.retention.max_bytes,)).fetchone()
                 cutoff = max(cutoff, row[0] if row else next_offset)
             dropped = conn.execute(f"DELETE FROM {table} WHERE offset < ?", (cutoff,)).rowcount if cutoff else 0
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return dropped
 
     # --- reading -------------------------------------------------------------------------------
@@ -253,16 +249,10 @@ class SQLiteLog(Log):
         stream_name_check(stream)
         try:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 conn.execute(f"DROP TABLE IF EXISTS {_table(stream)}")
                 conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
                 conn.execute("DELETE FROM consumer_offsets WHERE stream = ?", (stream,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _error(f"deleting {stream}", exc) from None
         self._known.discard(stream)
