@@ -9,6 +9,7 @@ production mode refuses to start without the environment's key (hubsched/setting
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -246,3 +247,12 @@ def url_has_password(url: str) -> bool:
     non-empty secret-looking query or fragment value (``?token=t``). A user alone (``reader@db``) is not
     one: a SQLAlchemy URL names its database user there. Export writes a reference for such a URL."""
     return _url_mask(url, lone_user=False) != url
+
+
+class MaskingFormatter(logging.Formatter):
+    """The log formatter of every hubsched process (settings.LOGGING): each line it writes, traceback
+    included, has its URLs masked (``text_mask``), so that a password or token inside a URL never reaches a
+    log, whichever code logged it. Costs one regex pass per log line (logs are per event, not per value)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text_mask(super().format(record))

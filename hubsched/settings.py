@@ -234,7 +234,9 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # URLs in every line (tracebacks too) are masked: no password or token reaches a log (hubsched/secrets.py)
+    "formatters": {"plain": {"()": "hubsched.secrets.MaskingFormatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

@@ -229,3 +229,28 @@ def test_the_migration_encrypts_keys_and_urls_stored_in_clear_before_it(tmp_path
             "SELECT api_key FROM hubs_hub", "SELECT url FROM scripts_engine_sink", "SELECT url FROM scripts_engine_datasource")]
     assert all(value.startswith("fernet:") for value in stored)
     assert not any("clear" in value for value in stored)
+
+
+def test_no_url_password_reaches_a_log_line_not_even_in_a_traceback():
+    import io
+    import logging
+    import logging.config
+
+    from django.conf import settings as django_settings
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.config.DictConfigurator(django_settings.LOGGING).configure_formatter(
+        django_settings.LOGGING["formatters"]["plain"]))
+    logger = logging.getLogger("hubsched.tests.masking")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError("cannot reach postgresql://writer:pg-secret-9@db/values?token=tok-77")
+        except RuntimeError:
+            logger.exception("sink ws://ops:hub-secret-3@10.0.0.8/connect failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "failed" in text and "RuntimeError" in text
+    assert not any(secret in text for secret in ("pg-secret-9", "tok-77", "hub-secret-3"))
