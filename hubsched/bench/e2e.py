@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile
+from hubsched.secrets import url_mask
 
 HELP = ("End to end, hubs to SQL: stock django-celery-beat + a task per group against hubsched, "
         "counting committed rows (needs Redis).")
@@ -125,7 +126,7 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
     ports = _free_ports(hubs)
     result: dict = {"params": {
         "groups": groups, "keys": keys, "hubs": hubs, "period": period, "seconds": seconds,
-        "sink": _safe_url(sink), "pool": pool, "concurrency": concurrency, "workers": workers,
+        "sink": url_mask(sink), "pool": pool, "concurrency": concurrency, "workers": workers,
         "hub_processes": hub_processes, "broker": broker.split("@")[-1], "cpus": os.cpu_count(),
         "worker_env": worker_env or [],
     }}
@@ -425,12 +426,6 @@ def _with_driver(url: str) -> str:
         if url.startswith(bare):
             return explicit + url[len(bare):]
     return url
-
-
-def _safe_url(url: str) -> str:
-    from scripts_engine.sinks import safe_url
-
-    return safe_url(url)
 
 
 # --- subprocess entry points (run with the throwaway database's settings) ----------------------------

@@ -13,11 +13,11 @@ from .batcher import batcher
 from .tables import DEFAULT_TABLE, tall_table, wide_table_name
 from .values import ExecutionValues, parse_ts, value_json
 from .writers import (
-    SinkError, SinkExecutionsError, SinkTarget, engines_dispose, safe_url, sink_engine, sink_write, sink_write_isolating,
+    SinkError, SinkExecutionsError, SinkTarget, engines_dispose, sink_engine, sink_write, sink_write_isolating,
 )
 
 __all__ = [
-    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkExecutionsError", "SinkTarget", "sink_write_isolating", "parse_ts", "safe_url", "sink_engine", "sink_targets_for_project",
+    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkExecutionsError", "SinkTarget", "sink_write_isolating", "parse_ts", "sink_engine", "sink_targets_for_project",
     "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_drain", "sinks_submit", "sinks_write", "tall_table", "value_json",
     "wide_table_name",
 ]

@@ -108,7 +108,7 @@ def sink_engine(url: str, *, local_infile: bool = False) -> sa.Engine:
                 extra = {"connect_args": {"local_infile": bool(local_infile)}} if pymysql else {}
                 engine = sa.create_engine(url, pool_pre_ping=True, **extra)
             except Exception as exc:  # a bad URL, a missing driver
-                raise SinkError(f"sink URL {safe_url(url)!r}: {_short(exc)}", permanent=True) from None
+                raise SinkError(f"sink URL {url_mask(url)!r}: {_short(exc)}", permanent=True) from None
             if engine.dialect.name == "sqlite":
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
             if pymysql:
@@ -232,7 +232,7 @@ def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues]) -> 
     except SinkError:
         raise
     except (sa.exc.SQLAlchemyError, OSError, engine.dialect.loaded_dbapi.Error) as exc:
-        raise SinkError(f"sink {target.name!r} ({safe_url(target.url)}): {_short(exc)}",
+        raise SinkError(f"sink {target.name!r} ({url_mask(target.url)}): {_short(exc)}",
                         refused=_refused(engine, exc)) from exc
     return offered
 
@@ -347,7 +347,6 @@ def no_load_data(engine: sa.Engine) -> None:
     _NO_LOAD_DATA.add(engine)
 
 
-safe_url = url_mask  # the name the sinks' callers use; hubsched.secrets.url_mask masks passwords and tokens
 
 
 def _short(exc: Exception) -> str:
