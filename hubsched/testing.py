@@ -70,3 +70,19 @@ TEST_RABBITMQ_STREAM_URL = os.environ.get("TEST_RABBITMQ_STREAM_URL", "rabbitmq-
 def rabbitmq_stream_url() -> str:
     """RabbitMQ Streams (``rabbitmq-plugins enable rabbitmq_stream``; ``TEST_RABBITMQ_STREAM_URL``, with its port)."""
     return require_server(TEST_RABBITMQ_STREAM_URL, "RabbitMQ Streams")
+
+
+def postgres_binary(name: str) -> str:
+    """The path of a PostgreSQL server program (``initdb``, ``pg_ctl``) for a test that runs its own instance:
+    on the PATH, else in Debian's ``/usr/lib/postgresql/<version>/bin``. Skips the test where there is none
+    (fails it under CI=true, like an absent server)."""
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        reason = f"the PostgreSQL program {name} is not installed"
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: real servers are required)")
+        pytest.skip(reason)
+    return found

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from hubs.hubsim.faults import unused_port
+from hubsched.testing import postgres_binary
 from scripts_engine.sinks import (
     ExecutionValues, SinkError, SinkExecutionsError, SinkTarget, sink_engine, sink_write, sink_write_isolating, sinks_dispose,
     tall_table,
@@ -93,15 +94,14 @@ def test_a_retry_after_isolating_stores_nothing_twice(sink_url, table_prefix):
 def own_postgres():
     """A PostgreSQL instance of our own on a free port, in a temporary directory, run as the postgres user;
     yields ``(url, stop)``, where ``stop()`` kills the postmaster by its pid."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.skip("initdb/pg_ctl are not installed")
+    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
     as_postgres = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
     data = tempfile.mkdtemp(prefix="hubsched-pg-")
     if as_postgres:
         shutil.chown(data, "postgres")
     port = unused_port()
-    subprocess.run([*as_postgres, "initdb", "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, "pg_ctl", "start", "-D", data, "-w", "-l", f"{data}/log", "-o",
+    subprocess.run([*as_postgres, initdb, "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, pg_ctl, "start", "-D", data, "-w", "-l", f"{data}/log", "-o",
                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"], check=True, capture_output=True)
     with open(f"{data}/postmaster.pid") as pidfile:
         pid = int(pidfile.readline())
