@@ -158,17 +158,33 @@ class HubForm(forms.ModelForm):
         help_text="Sent with every request. Leave blank to keep the current key; it is never shown.",
     )
     clear_api_key = forms.BooleanField(label="clear the API key", required=False)
+    # The TLS client key, the same way: write-only, kept when left blank.
+    tls_client_key = forms.CharField(
+        label="TLS client key",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "placeholder": "-----BEGIN PRIVATE KEY-----"}),
+        help_text="Unencrypted PEM private key of the client certificate. Leave blank to keep the current key; "
+        "it is never shown.",
+    )
+    clear_tls_client_key = forms.BooleanField(label="clear the TLS client key", required=False)
 
     class Meta:
         model = Hub
         fields = "__all__"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial["tls_client_key"] = ""  # a textarea would render the stored key back into the page
+
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("clear_api_key"):
-            cleaned["api_key"] = ""
-        elif not cleaned.get("api_key") and self.instance.pk:
-            cleaned["api_key"] = Hub.objects.get(pk=self.instance.pk).api_key
+        stored = Hub.objects.get(pk=self.instance.pk) if self.instance.pk else None
+        for name in ("api_key", "tls_client_key"):
+            if cleaned.get(f"clear_{name}"):
+                cleaned[name] = ""
+            elif not cleaned.get(name) and stored is not None:
+                cleaned[name] = getattr(stored, name)
         return cleaned
 
 
@@ -226,15 +242,24 @@ def _tree_html(nodes: list[dict]) -> str:
     return format_html('<ul class="hubsched-tree">{}</ul>', mark_safe("".join(items)))
 
 
+INSECURE_WARNING = ("Hub {name}: TLS certificate verification is OFF. Anyone on the network path can read and change "
+                    "its traffic, the API key included. Use this only on a test bench; give the hub's CA bundle instead.")
+
+
 @admin.register(Hub)
 class HubAdmin(admin.ModelAdmin):
     form = HubForm
-    list_display = ("name", "project", "url", "timeout", "max_in_flight", "enabled", "entity_count", "group_count")
-    list_filter = ("enabled", "project")
+    list_display = ("name", "project", "url", "tls_status", "timeout", "max_in_flight", "enabled", "entity_count",
+                    "group_count")
+    list_filter = ("enabled", "project", "tls_verify")
     search_fields = ("name", "url", "project__name")  # never the API key
     list_select_related = ("project",)
     fieldsets = (
         (None, {"fields": ("project", "name", "url", "api_key", "clear_api_key", "timeout", "max_in_flight", "enabled")}),
+        ("TLS (wss:// only)", {"fields": ("tls_verify", "tls_ca_bundle", "tls_client_cert", "tls_client_key",
+                                          "clear_tls_client_key"),
+                               "description": "How the connection checks the hub's certificate, and the client "
+                                              "certificate shown to a hub that asks for one."}),
         ("Entity tree", {"fields": ("entity_tree",), "description": "What the hub exposes; refresh it with the action "
                                                                    "“Sync entities from the hub”."}),
     )
@@ -245,19 +270,47 @@ class HubAdmin(admin.ModelAdmin):
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
-        # view only: Django would show the key's value as it is; show whether one is set instead
+        # view only: Django would show the keys' values as they are; show whether one is set instead
+        shown = {"api_key": "api_key_set", "tls_client_key": "tls_client_key_set"}
         return [
-            (name, {**opts, "fields": tuple("api_key_set" if f == "api_key" else f for f in opts["fields"] if f != "clear_api_key")})
+            (name, {**opts, "fields": tuple(shown.get(f, f) for f in opts["fields"] if not f.startswith("clear_"))})
             for name, opts in fieldsets
         ]
 
     def get_readonly_fields(self, request, obj=None):
         readonly = tuple(super().get_readonly_fields(request, obj))
-        return readonly if obj is None or self.has_change_permission(request, obj) else (*readonly, "api_key_set")
+        if obj is None or self.has_change_permission(request, obj):
+            return readonly
+        return (*readonly, "api_key_set", "tls_client_key_set")
 
     @admin.display(description="API key")
     def api_key_set(self, obj):
         return "set (never shown)" if obj.api_key else "none"
+
+    @admin.display(description="TLS client key")
+    def tls_client_key_set(self, obj):
+        return "set (never shown)" if obj.tls_client_key else "none"
+
+    @admin.display(description="TLS")
+    def tls_status(self, obj):
+        if not obj.url.strip().lower().startswith("wss://"):
+            return "–"
+        if obj.tls_insecure:
+            return format_html('<strong style="color:#ba2121">{}</strong>', "NOT VERIFIED")
+        return "verified" + (", client certificate" if obj.tls_client_cert else "")
+
+    def _warn_insecure(self, request, obj) -> None:
+        if obj is not None and obj.tls_insecure:
+            self.message_user(request, INSECURE_WARNING.format(name=obj.name), messages.WARNING)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "GET":
+            self._warn_insecure(request, self.get_object(request, object_id))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self._warn_insecure(request, obj)
 
     class Media:
         css = {"all": ["hubs/admin/entity_tree.css"]}
@@ -289,6 +342,7 @@ class HubAdmin(admin.ModelAdmin):
         for hub in queryset:
             report = hub_connection_test(hub=hub)
             self.message_user(request, f"{hub.name}: {report.summary()}", messages.SUCCESS if report.ok else messages.ERROR)
+            self._warn_insecure(request, hub)
 
     @admin.action(description="Sync entities from the hub (getEntities, getParams)", permissions=["change"])
     def sync_entities(self, request, queryset):

@@ -2,22 +2,29 @@
 
 How it works (details in docs/hub-client.md):
 - `HubClient` connects lazily on the first call and keeps the connection open.
-- Requests are sent from the caller's thread; a reader thread matches
+- ws://: requests are sent from the caller's thread; a reader thread matches
   answers to pending calls by id (answers may come in any order) and hands `dataChange`
   notifications to subscription callbacks.
+- wss://: one I/O thread per connection does all reading and writing (`_TlsConnection`: a
+  selector loop over the non-blocking TLS socket, a send queue and a wake-up socket pair), because
+  an `SSLSocket` is not safe for a `recv` in one thread while another thread sends. TLS settings
+  (CA bundle, client certificate and key, verification) are a `TlsOptions`.
 - Every call has a deadline; a module-wide sweeper thread fails calls made with
   `call_async` whose deadline passed, `call` enforces its own. A late answer to a
   forgotten id is dropped.
 - When the connection drops, in-flight calls fail with code "connection"; the next call
   reconnects, no sooner than an exponential backoff with jitter allows.
-- Every write on a connection (our requests, websocket-client's pongs and close frames) holds
-  that connection's one write lock, ``ws.lock``, so no frame is ever written into another.
-- `hub_client(url, key)` returns one shared client per (url, key) per process.
-The API key goes on every request frame and nowhere else: not in logs, not in exceptions.
+- No frame is ever written into another: on ws:// every write (our requests, websocket-client's pongs
+  and close frames) holds that connection's one write lock, ``ws.lock``; on wss:// only the I/O thread
+  writes, whole frames in queue order.
+- `hub_client(url, key, tls=)` returns one shared client per (url, key, tls) per process.
+The API key goes on every request frame and nowhere else: not in logs, not in exceptions; the TLS client
+key goes to the TLS library only, through an in-memory file, never to disk, a log or a repr.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import json
@@ -26,9 +33,14 @@ import math
 import os
 import random
 import re
+import selectors
+import socket
+import ssl
+import tempfile
 import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
@@ -269,6 +281,354 @@ def ws_frame(text: str) -> bytes:
     return frame.format()
 
 
+# -- TLS (wss://)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How a wss:// connection checks the hub and shows itself (per hub: ``Hub.tls_options()``).
+
+    ``ca_pem``: PEM text of the CA certificates to trust; empty: the system store (and, if set, the file in
+    ``$WEBSOCKET_CLIENT_CA_BUNDLE``, which websocket-client read before this existed; OpenSSL reads
+    ``$SSL_CERT_FILE``). ``cert_pem`` and ``key_pem``: the client certificate (chain) and its unencrypted
+    private key, PEM, both or neither; the key never appears in a repr. ``verify``: check the hub's certificate
+    chain and host name (off only for a test bench: every connection then logs a warning).
+    Ignored for ws:// URLs. Hashable: the pool keys clients by it.
+    """
+
+    ca_pem: str = ""
+    cert_pem: str = ""
+    key_pem: str = field(default="", repr=False)
+    verify: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        """A client SSLContext (TLS 1.2 or later) of these options. Raises ValueError naming the part that is
+        wrong (a CA bundle that does not load, a certificate and key that do not load or do not match)."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_pem.strip():
+            try:
+                context.load_verify_locations(cadata=self.ca_pem)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(f"the TLS CA bundle does not load: {exc}") from None
+        else:
+            bundle = os.environ.get("WEBSOCKET_CLIENT_CA_BUNDLE", "")
+            if bundle and os.path.isfile(bundle):
+                context.load_verify_locations(cafile=bundle)
+        if bool(self.cert_pem.strip()) != bool(self.key_pem.strip()):
+            raise ValueError("a TLS client certificate needs its key, and a key its certificate")
+        if self.cert_pem.strip():
+            _load_cert_chain(context, self.cert_pem, self.key_pem)
+        if not self.verify:
+            context.check_hostname = False  # before verify_mode: ssl refuses CERT_NONE with host checks on
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _load_cert_chain(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """``context.load_cert_chain`` from PEM texts. The ssl module reads a certificate and key only from files:
+    they are handed over as memory files (Linux ``memfd``), else as files of a private temporary directory
+    removed at once, so the key is never left on disk. Raises ValueError."""
+    fds: list[int] = []
+    try:
+        if hasattr(os, "memfd_create"):
+            paths = []
+            for name, text in (("cert", cert_pem), ("key", key_pem)):
+                fd = os.memfd_create(f"hubsched-tls-{name}", os.MFD_CLOEXEC)
+                fds.append(fd)
+                data = memoryview(text.encode())
+                while data:
+                    data = data[os.write(fd, data):]
+                paths.append(f"/proc/self/fd/{fd}")
+            context.load_cert_chain(paths[0], paths[1])
+        else:
+            with tempfile.TemporaryDirectory(prefix="hubsched-tls-") as directory:  # mode 0700
+                cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+                for path, text in ((cert_path, cert_pem), (key_path, key_pem)):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as out:
+                        out.write(text)
+                context.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ValueError(f"the TLS client certificate and key do not load together ({reason})") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+_OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked client frame (RFC 6455 5.2) with FIN set."""
+    frame = websocket.ABNF(1, 0, 0, 0, opcode, 1, payload)
+    frame.get_mask_key = _MASK_KEYS
+    return frame.format()
+
+
+class _TlsConnection:
+    """A wss:// connection served by one I/O thread, which alone reads and writes its TLS socket.
+
+    ``SSLSocket`` is not safe for a ``recv`` in one thread while another sends: under load the reader saw
+    ``b""`` and the connection dropped (issue 18: 3 to 7 rounds in 10-20 of 5,000 pipelined calls;
+    websocket-client#1023). So callers never touch the socket: ``send_raw`` puts whole frames on a queue
+    and wakes the thread through a socket pair; the thread runs a selector loop over the non-blocking TLS
+    socket (handling ``SSLWantReadError`` / ``SSLWantWriteError`` on either side), parses the hub's frames
+    itself, answers pings with pongs queued after the frames already queued (frames are never interleaved),
+    and hands each text or binary message to ``on_message(payload bytes)``. When the connection ends it
+    calls ``on_end(exc)`` once: ``exc`` None when the hub closed (``hub_close`` holds its close payload).
+
+    The handshake is websocket-client's (``create_connection``); this takes over its socket afterwards.
+    Messages over ``max_message_bytes`` (fragments summed; control frames over 125 bytes) are refused from
+    the frame header (``FrameTooLarge``) and the connection closes with 1009. Output that makes no progress
+    for ``io_timeout`` seconds counts as a dead connection.
+    """
+
+    chunk = 64 * 1024  # bytes per SSL write and read
+
+    def __init__(self, ws: websocket.WebSocket, *, max_message_bytes: int, io_timeout: float, name: str):
+        self.sock = ws.sock
+        self.sock.setblocking(False)
+        self.max_message_bytes, self.io_timeout, self.name = max_message_bytes, io_timeout, name
+        self.connected = True
+        self.hub_close: bytes | None = None
+        self.lock = threading.Lock()          # guards _queue, _wake_pending, connected
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._wake_pending = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self._out = b""          # the bytes being written, and how far
+        self._out_at = 0
+        self._retry_len = 0      # an SSL write that must be retried with exactly this many bytes
+        self._in = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragment_bytes = 0
+        self._read_wants_write = False
+        self._write_wants_read = False
+
+    # -- any thread
+
+    def send_raw(self, data: bytes) -> None:
+        """Queue whole frames for the I/O thread. Raises WebSocketConnectionClosedException once closed."""
+        with self.lock:
+            if not self.connected or self._stopping:
+                raise websocket.WebSocketConnectionClosedException("the connection is closed")
+            self._queue.append(data)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def send_close(self, status: int = websocket.STATUS_NORMAL, reason: bytes = b"") -> None:
+        self.send_raw(_client_frame(_OP_CLOSE, status.to_bytes(2, "big") + reason))
+
+    def abort(self) -> None:
+        """End the connection: the I/O thread writes what is queued if the socket takes it at once, then closes."""
+        with self.lock:
+            self._stopping = True
+        self._wake()
+
+    def shutdown(self) -> None:
+        pass  # the I/O thread closes the socket when it stops
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full: the thread is woken already; closed: it has stopped
+
+    # -- the I/O thread
+
+    def run(self, on_message: Callable[[bytes], None], on_end: Callable[[BaseException | None], None]) -> None:
+        selector = selectors.DefaultSelector()
+        error: BaseException | None = None
+        try:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            watching = selectors.EVENT_READ
+            last_progress = time.monotonic()
+            while not self._stopping:
+                if self._read(on_message):
+                    break  # the hub closed
+                if self._write() or not self._out:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > self.io_timeout:
+                    raise TimeoutError(f"the hub took no data for {self.io_timeout:.0f}s")
+                # a write that wants a read (renegotiation) waits for readability, not writability: no spin
+                writing = self._out and not self._write_wants_read
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if (writing or self._read_wants_write) else 0)
+                if want != watching:
+                    selector.modify(self.sock, want)
+                    watching = want
+                if self._queue and not self._out:
+                    continue  # queued while we wrote: take it now
+                for key, _ in selector.select(timeout=1.0):
+                    if key.fileobj is self._wake_r:
+                        self._drain_wake()
+        except FrameTooLarge as exc:
+            log.warning("hub %s: %s; closing the connection (1009)", self.name, exc)
+            self._close_with(STATUS_MESSAGE_TOO_BIG, b"message too big")
+            error = exc
+        except BaseException as exc:  # noqa: BLE001 (the connection's end, whatever ended it, goes to on_end)
+            error = exc
+        finally:
+            self._finish(selector)
+        if self.hub_close is not None and not isinstance(error, FrameTooLarge):
+            error = None  # the hub closed: its close code and reason say why (hub_close)
+        on_end(error)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _read(self, on_message) -> bool:
+        """Read what the socket has and handle every whole frame in it; returns whether the hub closed."""
+        self._read_wants_write = False
+        got = False
+        while True:
+            try:
+                data = self.sock.recv(self.chunk)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True  # renegotiation: read again once the socket is writable
+                break
+            except BlockingIOError:
+                break
+            except ssl.SSLZeroReturnError:
+                data = b""
+            if not data:
+                if got and self._frames(on_message):
+                    return True
+                raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+            self._in += data
+            got = True
+            if len(self._in) >= 4 * self.chunk and self._frames(on_message):
+                return True
+        return got and self._frames(on_message)
+
+    def _frames(self, on_message) -> bool:
+        """Handle the whole frames at the start of the input; returns whether one was a close."""
+        buf, at, end = self._in, 0, len(self._in)
+        closed = False
+        try:
+            while end - at >= 2:
+                b0, b1 = buf[at], buf[at + 1]
+                if b0 & 0x70:
+                    raise websocket.WebSocketProtocolException("a frame with RSV bits set (no extension was agreed)")
+                fin, opcode, length, head = b0 & 0x80, b0 & 0x0F, b1 & 0x7F, 2
+                if length == 126:
+                    if end - at < 4:
+                        break
+                    length, head = int.from_bytes(buf[at + 2:at + 4], "big"), 4
+                elif length == 127:
+                    if end - at < 10:
+                        break
+                    length, head = int.from_bytes(buf[at + 2:at + 10], "big"), 10
+                masked = b1 & 0x80
+                if opcode >= _OP_CLOSE:
+                    if length > 125:
+                        raise FrameTooLarge(length, 125)
+                elif (length + (self._fragment_bytes if opcode == _OP_CONT else 0)) > self.max_message_bytes:
+                    raise FrameTooLarge(length + (self._fragment_bytes if opcode == _OP_CONT else 0), self.max_message_bytes)
+                start = at + head + (4 if masked else 0)
+                if end - start < length:
+                    break
+                payload = bytes(buf[start:start + length])
+                if masked:  # hub frames are not masked (RFC 6455 5.1); unmask anyway rather than misread
+                    payload = websocket.ABNF.mask(bytes(buf[at + head:start]), payload)
+                at = start + length
+                if opcode in (_OP_TEXT, _OP_BINARY, _OP_CONT):
+                    if opcode == _OP_CONT and not self._fragments:
+                        raise websocket.WebSocketProtocolException("a continuation frame without a message to continue")
+                    if opcode != _OP_CONT and self._fragments:
+                        raise websocket.WebSocketProtocolException("a new message inside a fragmented one")
+                    if fin and not self._fragments:
+                        on_message(payload)
+                    else:
+                        self._fragments.append(payload)
+                        self._fragment_bytes += len(payload)
+                        if fin:
+                            message = b"".join(self._fragments)
+                            self._fragments, self._fragment_bytes = [], 0
+                            on_message(message)
+                elif opcode == _OP_PING:
+                    self._queue_control(_client_frame(_OP_PONG, payload))
+                elif opcode == _OP_CLOSE:
+                    self.hub_close = payload
+                    self._close_with(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else websocket.STATUS_NORMAL, b"")
+                    closed = True
+                    break
+                elif opcode != _OP_PONG:
+                    raise websocket.WebSocketProtocolException(f"a frame with the unknown opcode {opcode}")
+        finally:
+            del buf[:at]
+        return closed
+
+    def _queue_control(self, frame: bytes) -> None:
+        # after what is queued: the frame being written is never cut into
+        with self.lock:
+            self._queue.append(frame)
+
+    def _write(self) -> bool:
+        """Write what the socket takes without blocking; returns whether any bytes went."""
+        progressed = False
+        while True:
+            if not self._out:
+                with self.lock:
+                    if not self._queue:
+                        self._wake_pending = False
+                        return progressed
+                    self._out = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
+                    self._queue.clear()
+                    self._wake_pending = False
+                self._out_at = 0
+            size = self._retry_len or min(self.chunk, len(self._out) - self._out_at)
+            try:
+                sent = self.sock.send(memoryview(self._out)[self._out_at:self._out_at + size])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError) as exc:
+                self._retry_len = size  # OpenSSL wants the very same write again
+                self._write_wants_read = isinstance(exc, ssl.SSLWantReadError)
+                return progressed
+            self._retry_len = 0
+            self._write_wants_read = False
+            progressed = True
+            self._out_at += sent
+            if self._out_at >= len(self._out):
+                self._out, self._out_at = b"", 0
+
+    def _close_with(self, status: int, reason: bytes) -> None:
+        """Queue a close frame and write what the socket takes now (best effort: the connection is ending)."""
+        self._queue_control(_client_frame(_OP_CLOSE, status.to_bytes(2, "big") + reason))
+        try:
+            self._write()
+        except Exception:
+            pass
+
+    def _finish(self, selector: selectors.BaseSelector) -> None:
+        with self.lock:
+            self.connected = False
+            self._stopping = True
+        if self._queue or self._out:
+            try:
+                self._write()  # a close frame queued by close()
+            except Exception:
+                pass
+        selector.close()
+        for sock in (self.sock, self._wake_r, self._wake_w):
+            try:
+                sock.close()
+            except Exception:
+                pass
+
+
 class _Pending:
     __slots__ = ("future", "deadline", "method", "on_result")
 
@@ -342,6 +702,8 @@ class HubClient:
     read: the connection is closed with 1009 and its pending calls fail with a "connection"
     HubError naming the limit; the next call reconnects. Messages and logs name the hub by
     `hubsched.secrets.url_mask(url)`, never the URL's password or secret query values.
+    `tls` (a `TlsOptions`; default: the system's CA store, verification on) applies to wss:// URLs;
+    TLS settings that do not load fail every call with a permanent "connection" HubError saying why.
     Thread-safe; use as a context manager or `close()` it.
     """
 
@@ -350,7 +712,8 @@ class HubClient:
     io_timeout = 30.0    # seconds a blocked send may take before the connection counts as dead
 
     def __init__(self, url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32,
-                 connect_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+                 connect_timeout: float | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 tls: TlsOptions | None = None):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if max_frame_bytes < 1:
@@ -362,6 +725,9 @@ class HubClient:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        self.tls = tls if tls is not None else TlsOptions()
+        self._secure = url.strip().lower().startswith("wss://")
+        self._ssl_context: ssl.SSLContext | None = None
         self._closed = False
         self._ids = itertools.count(1)
         self._init_runtime()
@@ -438,18 +804,20 @@ class HubClient:
 
         The requests that fit in the free in-flight slots go out in one socket write (one system
         call for a whole batch of reads, instead of one per request); the rest, as slots free up.
-        Returns one Future per call, as ``call_async`` does.
+        Returns one Future per call, as ``call_async`` does. Each call has its own deadline, `timeout`
+        seconds from its turn (when the calls before it were sent), as if it were a ``call_async`` made
+        then: a call that waited for a slot behind a large batch gets its whole `timeout` for its answer.
         """
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
         futures: list[Future] = []
         requests: list[tuple[Future, str, dict | None]] = []
         for method, params in calls:
             future: Future = Future()
-            future.hub_deadline, future.hub_id = deadline, None
+            future.hub_deadline, future.hub_id = time.monotonic() + timeout, None
             futures.append(future)
             requests.append((future, method, params))
         while requests:
+            deadline = time.monotonic() + timeout  # this turn's: the wait for a slot, then the answers
             try:
                 sent = self._send_requests(requests, deadline)
             except HubError as exc:
@@ -501,7 +869,7 @@ class HubClient:
                     raise HubError(f"{method}: connection to {self._shown} lost", "connection")
                 for rid, future, method in batch:
                     self._pending[rid] = _Pending(future, deadline, method, on_result)
-                    future.hub_id = rid
+                    future.hub_id, future.hub_deadline = rid, deadline
                     registered.append(rid)
             if batch:
                 _SWEEPER.watch(self)
@@ -579,8 +947,10 @@ class HubClient:
                                    f"next attempt in {wait:.1f}s", "connection")
                 time.sleep(wait)
             attempt = min(self.connect_timeout, max(0.05, deadline - time.monotonic()))
+            sslopt = {"context": self._tls_context(method)} if self._secure else None
             try:
                 ws = websocket.create_connection(self.url, timeout=attempt, enable_multithread=True, skip_utf8_validation=True,
+                                                 sslopt=sslopt,
                                                  class_=functools.partial(_Connection, max_message_bytes=self.max_frame_bytes))
             except Exception as exc:
                 self._failures += 1
@@ -588,6 +958,20 @@ class HubClient:
                 self._last_error = self._redact(f"{type(exc).__name__}: {exc}")
                 log.warning("cannot connect to hub %s: %s (attempt %d)", self._shown, self._last_error, self._failures)
                 raise HubError(f"{method}: cannot connect to hub {self._shown}: {self._last_error}", "connection") from None
+            if ws.is_ssl():
+                # hub protocol over TLS: one thread does all I/O (an SSLSocket is not safe for recv and send at once)
+                conn = _TlsConnection(ws, max_message_bytes=self.max_frame_bytes, io_timeout=self.io_timeout,
+                                      name=self._shown)
+                with self._lock:
+                    self._ws = conn
+                threading.Thread(target=conn.run, args=(self._on_message, functools.partial(self._on_end, conn)),
+                                 name=f"hub-tls-io {self._shown}", daemon=True).start()
+                if not self.tls.verify:
+                    log.warning("connected to hub %s WITHOUT checking its TLS certificate (verification is off)",
+                                self._shown)
+                else:
+                    log.info("connected to hub %s (TLS)", self._shown)
+                return conn
             ws.settimeout(self.io_timeout)
             with self._lock:
                 self._ws = ws
@@ -596,6 +980,25 @@ class HubClient:
             return ws
         finally:
             self._connect_lock.release()
+
+    def _tls_context(self, method: str) -> ssl.SSLContext:
+        """The SSLContext of ``self.tls``, made once. Raises a permanent "connection" HubError when the
+        settings do not load: no attempt can succeed until they are changed."""
+        if self._ssl_context is None:
+            try:
+                self._ssl_context = self.tls.context()
+            except ValueError as exc:
+                raise HubError(f"{method}: hub {self._shown}: {exc}", "connection", permanent=True) from None
+        return self._ssl_context
+
+    def _on_message(self, frame: bytes) -> None:
+        try:
+            self._dispatch(frame)
+        except Exception:
+            log.exception("hub %s: failed to handle a frame; ignored", self._shown)
+
+    def _on_end(self, conn: "_TlsConnection", exc: BaseException | None) -> None:
+        self._connection_lost(conn, exc)
 
     def _backoff(self) -> float:
         # exponential backoff with "equal jitter": half fixed, half random
@@ -921,26 +1324,29 @@ class HubClient:
 
 # -- process-wide pool
 
-_POOL: dict[tuple[str, str], HubClient] = {}
+_POOL: dict[tuple[str, str, TlsOptions], HubClient] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int = 32,
-               max_frame_bytes: int | None = None) -> HubClient:
-    """The process's shared client for (url, key), created on first use.
+               max_frame_bytes: int | None = None, tls: TlsOptions | None = None) -> HubClient:
+    """The process's shared client for (url, key, tls), created on first use.
 
     Connections live as long as the worker process and are shared by its threads. After
     os.fork() the child starts with an empty pool (it never reuses the parent's sockets).
     `timeout` and `max_in_flight` apply when the client is created; `max_frame_bytes` (bytes;
     None: the setting HUBSCHED_HUB_MAX_FRAME_BYTES, 16 MiB) to every connection made after the call.
+    `tls` (`TlsOptions`, default: system CA store, verification on) is part of the pool's key: changed
+    TLS settings get a new client and connection.
     """
     if max_frame_bytes is None:
         max_frame_bytes = default_max_frame_bytes()
+    tls = tls if tls is not None else TlsOptions()
     with _POOL_LOCK:
-        client = _POOL.get((url, key))
+        client = _POOL.get((url, key, tls))
         if client is None or client._closed:
-            client = _POOL[(url, key)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight,
-                                                   max_frame_bytes=max_frame_bytes)
+            client = _POOL[(url, key, tls)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight,
+                                                        max_frame_bytes=max_frame_bytes, tls=tls)
         elif client.max_frame_bytes != max_frame_bytes:
             client.max_frame_bytes = max_frame_bytes
         return client

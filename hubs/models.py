@@ -75,6 +75,28 @@ class Hub(models.Model):
         validators=[MinValueValidator(16)],
         help_text="A value whose JSON is larger than this fails its execution; empty: HUBSCHED_HUB_MAX_VALUE_BYTES.",
     )
+    tls_ca_bundle = models.TextField(
+        "TLS CA bundle",
+        blank=True,
+        help_text="wss:// only. PEM certificates of the CAs that sign the hub's certificate; empty: the system's CA store.",
+    )
+    tls_client_cert = models.TextField(
+        "TLS client certificate",
+        blank=True,
+        help_text="wss:// only. PEM certificate (then its intermediate CAs) shown to a hub that asks for one; needs the client key.",
+    )
+    tls_client_key = EncryptedTextField(
+        "TLS client key",
+        blank=True,
+        help_text="wss:// only. Unencrypted PEM private key of the client certificate. Encrypted at rest; write-only in "
+        "forms; never shown or logged; exported only with the permission to export secrets.",
+    )
+    tls_verify = models.BooleanField(
+        "verify the hub's TLS certificate",
+        default=True,
+        help_text="wss:// only. Check the hub's certificate chain and host name. Turn off only for a test bench: anyone "
+        "on the network path can then read and change the traffic, the API key included.",
+    )
     enabled = models.BooleanField("enabled", default=True, help_text="A disabled hub's groups are not run.")
 
     objects = HubQuerySet.as_manager()
@@ -92,20 +114,36 @@ class Hub(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def __repr__(self) -> str:  # the API key stays out of reprs, and so out of logs and tracebacks
+    def __repr__(self) -> str:  # the API key and TLS key stay out of reprs, and so out of logs and tracebacks
         return f"<Hub {self.pk} {self.name!r} {self.url!r}>"
 
+    def tls_options(self):
+        """The client's ``hubs.client.TlsOptions`` of this hub's TLS fields (used for wss:// URLs only)."""
+        from .client import TlsOptions
+
+        return TlsOptions(ca_pem=self.tls_ca_bundle, cert_pem=self.tls_client_cert, key_pem=self.tls_client_key,
+                          verify=self.tls_verify)
+
+    @property
+    def tls_insecure(self) -> bool:
+        """Whether the hub is reached over TLS without checking its certificate (shown as a warning)."""
+        return not self.tls_verify and self.url.strip().lower().startswith("wss://")
+
     def clean(self) -> None:
-        """The hub rules import checks too (hubs/validators.py): a WebSocket URL with a host; and a new name
-        must not give one of its groups the wide table of another group of the project (groups/validators.py)."""
+        """The hub rules import checks too (hubs/validators.py): a WebSocket URL with a host; TLS settings that
+        parse (PEM certificates, an unencrypted key matching its certificate); and a new name must not give one
+        of its groups the wide table of another group of the project (groups/validators.py)."""
         super().clean()
         from groups.validators import hub_rename_problems
 
-        from .validators import hub_url_problem
+        from .validators import hub_tls_problems, hub_url_problem
 
         errors: dict[str, list[str]] = {}
         if self.url and hub_url_problem(self.url):
             errors["url"] = [hub_url_problem(self.url)]
+        for field_name, message in hub_tls_problems(ca_pem=self.tls_ca_bundle, cert_pem=self.tls_client_cert,
+                                                    key_pem=self.tls_client_key):
+            errors.setdefault(field_name, []).append(message)
         if self.pk and self.project_id and self.name:
             problems = hub_rename_problems(project_id=self.project_id, hub_id=self.pk, hub_name=self.name)
             if problems:

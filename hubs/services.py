@@ -46,7 +46,8 @@ def project_import(*, raw: bytes | str, replace: bool = False, environ: Mapping[
 
 
 def _client(hub: Hub):
-    return hub_client(hub.url, hub.api_key, timeout=hub.timeout, max_in_flight=hub.max_in_flight, max_frame_bytes=hub.max_frame_bytes)
+    return hub_client(hub.url, hub.api_key, timeout=hub.timeout, max_in_flight=hub.max_in_flight,
+                      max_frame_bytes=hub.max_frame_bytes, tls=hub.tls_options())
 
 
 def _remote_tree(client, entities: list[dict], seen: set[str]) -> list[dict]:
@@ -168,7 +169,7 @@ def secrets_rotate() -> int:
 
     count = 0
     with transaction.atomic():
-        for model, field_name in ((Hub, "api_key"), (Sink, "url"), (DataSource, "url")):
+        for model, field_name in ((Hub, "api_key"), (Hub, "tls_client_key"), (Sink, "url"), (DataSource, "url")):
             rows = (
                 model.objects.select_for_update()
                 .exclude(**{f"{field_name}__isnull": True})

@@ -1,4 +1,4 @@
-"""The rules of a hub, written once: the admin (Hub.clean), the console and API, and project import call these.
+"""The rules of a hub (its URL, its TLS settings), written once: the admin (Hub.clean), the console and API, and project import call these.
 
 Each function returns the message a person reads (never quoting a secret), or None when the value is fine;
 callers put it on their field (a form field, a JSON path such as ``hubs[0].url``).
@@ -23,3 +23,64 @@ def hub_url_problem(url: str) -> str | None:
     if parts.scheme.lower() not in {"ws", "wss"} or not host or url != url.strip():
         return HUB_URL_MESSAGE
     return None
+
+
+# --- TLS settings (wss://) -------------------------------------------------------------------------------------
+
+TLS_CA_MESSAGE = ("must be PEM certificates (blocks from -----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----); "
+                  "this text does not parse as one")
+TLS_CERT_MESSAGE = ("must be a PEM certificate, optionally followed by its intermediate CAs (-----BEGIN CERTIFICATE-----); "
+                    "this text does not parse as one")
+TLS_KEY_MESSAGE = ("must be an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----, or RSA/EC PRIVATE KEY); "
+                   "this text does not parse as one")
+TLS_KEY_ENCRYPTED_MESSAGE = "must be an unencrypted PEM private key; this one is protected by a password"
+TLS_KEY_WITHOUT_CERT_MESSAGE = "a client key needs its client certificate"
+TLS_CERT_WITHOUT_KEY_MESSAGE = "a client certificate needs its client key"
+TLS_KEY_MISMATCH_MESSAGE = "is not the key of the client certificate (their public keys differ)"
+
+
+def _certificates(text: str) -> list | None:
+    from cryptography import x509
+
+    try:
+        certificates = x509.load_pem_x509_certificates(text.encode("utf-8"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return certificates or None
+
+
+def hub_tls_problems(*, ca_pem: str = "", cert_pem: str = "", key_pem: str = "") -> list[tuple[str, str]]:
+    """Why a hub's TLS settings cannot work, as ``[(field, message)]`` with fields ``tls_ca_bundle``,
+    ``tls_client_cert``, ``tls_client_key`` (the Hub model's and the project document's names); empty when
+    they are fine. Empty texts are fine (the system's CA store; no client certificate), but a certificate
+    and a key come together and must match. PEM that does not parse is refused here, at save and at import,
+    rather than at the first connection. No message quotes the key or any part of it.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    problems: list[tuple[str, str]] = []
+    if ca_pem.strip() and _certificates(ca_pem) is None:
+        problems.append(("tls_ca_bundle", TLS_CA_MESSAGE))
+    certificates = None
+    if cert_pem.strip():
+        certificates = _certificates(cert_pem)
+        if certificates is None:
+            problems.append(("tls_client_cert", TLS_CERT_MESSAGE))
+    key = None
+    if key_pem.strip():
+        try:
+            key = serialization.load_pem_private_key(key_pem.encode("utf-8"), password=None)
+        except TypeError:  # cryptography: "Password was not given but private key is encrypted"
+            problems.append(("tls_client_key", TLS_KEY_ENCRYPTED_MESSAGE))
+        except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
+            problems.append(("tls_client_key", TLS_KEY_MESSAGE))
+    if cert_pem.strip() and not key_pem.strip():
+        problems.append(("tls_client_key", TLS_CERT_WITHOUT_KEY_MESSAGE))
+    elif key_pem.strip() and not cert_pem.strip():
+        problems.append(("tls_client_cert", TLS_KEY_WITHOUT_CERT_MESSAGE))
+    elif certificates and key is not None:
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if certificates[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            problems.append(("tls_client_key", TLS_KEY_MISMATCH_MESSAGE))
+    return problems

@@ -37,6 +37,22 @@ def reference_names(kind: str, names: list[str], suffix: str) -> dict[str, str]:
     return out
 
 
+def hub_tls_key_references(names: list[str]) -> dict[str, str]:
+    """The variables hubs' TLS client keys are referenced by: ``{"plant-a": "HUB_PLANT_A_TLS_KEY"}``.
+
+    ``reference_names("HUB", names, "TLS_KEY")``, except where that is another hub's API key variable (hub
+    ``a`` gets ``HUB_A_TLS_KEY``, and so would hub ``a tls``'s key): then the name's short hash goes in too,
+    so that no two secrets ever share one variable.
+    """
+    api_keys = set(reference_names("HUB", names, "KEY").values())
+    out = reference_names("HUB", names, "TLS_KEY")
+    for name, variable in out.items():
+        if variable in api_keys:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8].upper()
+            out[name] = f"{variable[: -len('_TLS_KEY')]}_{digest}_TLS_KEY"
+    return out
+
+
 def _secret(value: str, *, include: bool, reference: str, is_secret: bool) -> str:
     return value if include or not is_secret else "${%s}" % reference
 
@@ -89,6 +105,7 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
     Every configuration field is written, lists in a stable order: hubs, groups, scripts, sinks and
     data sources by name, entities by id, parameters by key, a group's keys in their position order.
     Secrets are references unless ``include_secrets``: a non-empty hub key becomes ``${HUB_<HUB>_KEY}``,
+    a non-empty TLS client key ``${HUB_<HUB>_TLS_KEY}`` (``hub_tls_key_references``),
     a sink or data source URL holding a secret (a password, a user without one, a secret-looking query
     value: ``hubsched.secrets.url_has_password``) ``${SINK_<NAME>_URL}`` / ``${DATA_SOURCE_<NAME>_URL}``;
     ``<NAME>`` as ``reference_names`` makes it, and import takes exactly that reference in that field.
@@ -96,6 +113,7 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
     hubs = []
     hub_rows = sorted(Hub.objects.filter(project=project), key=_by_name)
     hub_refs = reference_names("HUB", [hub.name for hub in hub_rows], "KEY")
+    tls_refs = hub_tls_key_references([hub.name for hub in hub_rows])
     for hub in hub_rows:
         groups = sorted(Group.objects.filter(hub=hub).select_related("script").prefetch_related("keys"), key=_by_name)
         hubs.append(
@@ -109,6 +127,13 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 "max_in_flight": hub.max_in_flight,
                 "max_frame_bytes": hub.max_frame_bytes,
                 "max_value_bytes": hub.max_value_bytes,
+                "tls_ca_bundle": hub.tls_ca_bundle,
+                "tls_client_cert": hub.tls_client_cert,
+                "tls_client_key": _secret(
+                    hub.tls_client_key, include=include_secrets, reference=tls_refs[hub.name],
+                    is_secret=bool(hub.tls_client_key),
+                ),
+                "tls_verify": hub.tls_verify,
                 "enabled": hub.enabled,
                 "entities": _entity_trees(hub),
                 "groups": [_group(group) for group in groups],

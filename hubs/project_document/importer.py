@@ -12,10 +12,10 @@ from hubs.models import Entity, Hub, Parameter, Project
 from scripts_engine.models import DataSource, Script, Sink
 
 from .errors import ProjectDocumentError, ProjectExistsError
-from .validation import document_parse, document_validate, references_resolve, run_at_parse
+from .validation import document_parse, document_validate, hub_tls_errors, references_resolve, run_at_parse
 
 # Database column limits of the fields a reference may fill (checked after the environment is read).
-_SECRET_LIMITS = {"api_key": 500, "url": 1000}
+_SECRET_LIMITS = {"api_key": 500, "url": 1000, "tls_client_key": 100000}
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,9 @@ def _with_secrets(doc: dict, resolved: dict[tuple, str]) -> dict:
         if len(value) > _SECRET_LIMITS[name]:
             errors.append(f"{section}[{index}].{name}: the referenced value is longer than {_SECRET_LIMITS[name]} characters")
         doc[section][index] = {**doc[section][index], name: value}
+    for section, index, name in resolved:
+        if (section, name) == ("hubs", "tls_client_key"):  # checked now that it is the key itself
+            errors.extend(hub_tls_errors(doc["hubs"][index], ["hubs", index]))
     if errors:
         raise ProjectDocumentError(errors)
     return doc
@@ -170,7 +173,8 @@ def document_import(
     name, entity id, parameter key, group name, script/sink/data source name), deletes what the document
     no longer has, and so keeps the run history of every group that stays. A secret field that is a
     reference is read from ``environ`` (default: the process environment), and only the reference export
-    writes for that field (``${HUB_<HUB NAME>_KEY}`` in that hub's ``api_key``, ``${SINK_<NAME>_URL}``,
+    writes for that field (``${HUB_<HUB NAME>_KEY}`` in that hub's ``api_key``, ``${HUB_<HUB NAME>_TLS_KEY}`` in
+    its ``tls_client_key``, ``${SINK_<NAME>_URL}``,
     ``${DATA_SOURCE_<NAME>_URL}``; ``validation.references_resolve``): ``${SECRET_KEY}`` or another
     field's variable is refused, so a document cannot make the server send its own environment to a hub
     the document names. Raises ProjectDocumentError listing every problem; then nothing has been written.
@@ -201,6 +205,10 @@ def document_import(
                 "max_in_flight": data.get("max_in_flight", 32),
                 "max_frame_bytes": data.get("max_frame_bytes"),
                 "max_value_bytes": data.get("max_value_bytes"),
+                "tls_ca_bundle": data.get("tls_ca_bundle", ""),
+                "tls_client_cert": data.get("tls_client_cert", ""),
+                "tls_client_key": data.get("tls_client_key", ""),
+                "tls_verify": data.get("tls_verify", True),
                 "enabled": data.get("enabled", True),
             }
             hub = _upsert(Hub, hubs, "name", data["name"], values, project=project)

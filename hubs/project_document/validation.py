@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import jsonschema
 from django.conf import settings
 
 from groups.validators import cron_problem, group_keys_problems, group_trigger_problems, period_problem, wide_table_problems
-from hubs.validators import HUB_URL_MESSAGE, hub_url_problem
+from hubs.validators import HUB_URL_MESSAGE, TLS_CERT_WITHOUT_KEY_MESSAGE, hub_tls_problems, hub_url_problem
 
 from .errors import ProjectDocumentError
 
@@ -30,7 +31,7 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 100
 
 # Fields holding secrets: their values are never quoted in an error message.
-SECRET_FIELDS = {"api_key", "url"}
+SECRET_FIELDS = {"api_key", "url", "tls_client_key"}
 # A secret field whose whole value has this shape is a reference (docs/projects.md, Secrets): import
 # takes it only when it is the one variable export writes for that field (references_resolve), so a
 # document cannot read any other environment variable (SECRET_KEY, another hub's key) into a field.
@@ -204,6 +205,7 @@ def _semantic_errors(doc: dict) -> list[str]:
         at_hub = ["hubs", h]
         if hub_url_problem(hub["url"]):
             errors.append(f"{json_path(at_hub + ['url'])}: {hub_url_problem(hub['url'])}")
+        errors.extend(hub_tls_errors(hub, at_hub))
         params: dict[str, set[str]] = {}
         ids: Counter = Counter()
         for entity, at, ancestors in _walk_entities(hub.get("entities", []), at_hub + ["entities"]):
@@ -222,6 +224,18 @@ def _semantic_errors(doc: dict) -> list[str]:
     for index, message in wide_table_problems(sinks=wide_sinks, groups=tables):
         errors.append(f"{json_path(at_groups[index])}: {message}")
     return errors
+
+
+def hub_tls_errors(hub: dict, at_hub: list) -> list[str]:
+    """The TLS rules of hubs/validators.py (the admin's too) for one hub of a document, at their JSON paths.
+    A ``tls_client_key`` that is still a reference is checked once it is resolved (the importer calls this
+    again then); until then only the CA bundle and the certificate are."""
+    key = hub.get("tls_client_key", "")
+    reference = REFERENCE.fullmatch(key) is not None
+    problems = hub_tls_problems(ca_pem=hub.get("tls_ca_bundle", ""), cert_pem=hub.get("tls_client_cert", ""),
+                                key_pem="" if reference else key)
+    return [f"{json_path(at_hub + [field])}: {message}" for field, message in problems
+            if not (reference and message == TLS_CERT_WITHOUT_KEY_MESSAGE)]
 
 
 def _group_errors(
@@ -279,28 +293,30 @@ def document_validate(*, data: Any) -> dict:
 def references_resolve(*, doc: dict, environ: Mapping[str, str] | None = None) -> dict[tuple, str]:
     """Resolve the secret references of a validated ``doc`` from ``environ`` (default: the process environment).
 
-    A hub's ``api_key``, a sink's ``url`` or a data source's ``url`` whose whole value is ``${...}``
-    (``REFERENCE``) is a reference, and only one is taken in each field: the variable export writes
-    there (``export.reference_names``), ``${HUB_<HUB NAME>_KEY}``, ``${SINK_<SINK NAME>_URL}`` or
+    A hub's ``api_key`` or ``tls_client_key``, a sink's ``url`` or a data source's ``url`` whose whole value is
+    ``${...}`` (``REFERENCE``) is a reference, and only one is taken in each field: the variable export writes
+    there (``export.reference_names``), ``${HUB_<HUB NAME>_KEY}``, ``${HUB_<HUB NAME>_TLS_KEY}``
+    (``export.hub_tls_key_references``), ``${SINK_<SINK NAME>_URL}`` or
     ``${DATA_SOURCE_<NAME>_URL}`` of that very hub, sink or data source. Any other reference
     (``${SECRET_KEY}``, a sink's variable in a hub key, another hub's key) is refused: no other
     environment variable is ever read. Returns ``{json path tuple: clear value}`` for the fields that
     held a reference; raises ProjectDocumentError naming each refused field, each unset variable and
     each empty URL (never a value).
     """
-    from .export import reference_names  # export imports this module
+    from .export import hub_tls_key_references, reference_names  # export imports this module
 
     environ = os.environ if environ is None else environ
     resolved: dict[tuple, str] = {}
     errors = []
     sections = (
-        ("hubs", "api_key", "HUB", "KEY", "key of hub"),
-        ("sinks", "url", "SINK", "URL", "URL of sink"),
-        ("data_sources", "url", "DATA_SOURCE", "URL", "URL of data source"),
+        ("hubs", "api_key", functools.partial(reference_names, "HUB", suffix="KEY"), "key of hub"),
+        ("hubs", "tls_client_key", hub_tls_key_references, "TLS client key of hub"),
+        ("sinks", "url", functools.partial(reference_names, "SINK", suffix="URL"), "URL of sink"),
+        ("data_sources", "url", functools.partial(reference_names, "DATA_SOURCE", suffix="URL"), "URL of data source"),
     )
-    for section, field_name, kind, suffix, what in sections:
+    for section, field_name, references, what in sections:
         items = doc.get(section, [])
-        expected = reference_names(kind, [item["name"] for item in items], suffix)
+        expected = references([item["name"] for item in items])
         for index, item in enumerate(items):
             match = REFERENCE.fullmatch(item.get(field_name, ""))
             if match is None:

@@ -88,21 +88,21 @@ class AiohttpHub:
 
 
 @contextlib.contextmanager
-def serve_aiohttp_hub(hub: AiohttpHub) -> Iterator[str]:
-    """Run ``hub`` on 127.0.0.1 on a free port in a thread; yields its ws:// URL."""
+def serve_aiohttp_hub(hub: AiohttpHub, *, ssl_context=None, path: str = "/connect") -> Iterator[str]:
+    """Run ``hub`` on 127.0.0.1 on a free port in a thread; yields its ws:// URL (wss:// with ``ssl_context``)."""
     loop = asyncio.new_event_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = web.Application()
-    app.router.add_get("/connect", hub.handle)
+    app.router.add_get(path, hub.handle)
     runner = web.AppRunner(app, handle_signals=False)
     loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.SockSite(runner, sock).start())
+    loop.run_until_complete(web.SockSite(runner, sock, ssl_context=ssl_context).start())
     thread = threading.Thread(target=loop.run_forever, name="aiohttp-hub", daemon=True)
     thread.start()
     try:
-        yield f"ws://127.0.0.1:{port}/connect"
+        yield f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}{path}"
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -26,25 +26,25 @@ def test_a_limited_hub_without_get_info_passes_with_its_missing_methods_skipped(
     with serve_in_thread(key=KEY, methods=limited) as hub:
         results = {r.name: r for r in hub_conformance_check(url=hub.url, key=KEY)}
     assert failures(results.values()) == {}
-    assert results["getEntityParams filters by keys"].status == "skip"
-    assert results["unsupported methods get -32601"].status == "pass"
-    assert results["setEntityParams is all or nothing"].status == "pass"  # read back through subscribe
+    assert results["Methods/getEntityParams: filters by keys; unknown key or entity gets 404"].status == "skip"
+    assert results["Errors: unsupported methods get -32601"].status == "pass"
+    assert results["Methods/setEntityParams: is all or nothing"].status == "pass"  # read back through subscribe
 
 
 def test_it_skips_writes_when_asked():
     with serve_in_thread(key=KEY) as hub:
         results = {r.name: r.status for r in hub_conformance_check(url=hub.url, key=KEY, write=False)}
-    assert results["setEntityParams writes a writable parameter"] == "skip"
+    assert results["Methods/setEntityParams: writes a writable parameter"] == "skip"
 
 
 @pytest.mark.parametrize("mode, expected", [
-    ("error", "getInfo describes the hub"),
-    ("never_answer", "ping answers the hub clock"),
-    ("wrong_types", "getEntities lists a tree with unique ids"),
-    ("wrong_ids", "no answers to ids never asked"),
-    ("not_json", "a wrong key gets 401"),
-    ("close_mid_request", "a request without method gets -32600"),
-    ("slow", "answers carry the request's id"),
+    ("error", "Methods/getInfo: describes the hub"),
+    ("never_answer", "Methods/ping: answers the hub's clock"),
+    ("wrong_types", "Methods/getEntities: lists a tree with unique ids"),
+    ("wrong_ids", "Messages: no answers to ids never asked"),
+    ("not_json", "Messages: a wrong key gets 401"),
+    ("close_mid_request", "Errors: a request without method gets -32600"),
+    ("slow", "Messages: answers carry the request's id"),
 ])
 def test_it_finds_the_failures_of_a_misbehaving_hub(mode, expected):
     with faults.serve_in_thread(mode, key=KEY, delay=0.5) as bad:
@@ -54,7 +54,7 @@ def test_it_finds_the_failures_of_a_misbehaving_hub(mode, expected):
 
 def test_it_reports_an_unreachable_hub_as_one_failure():
     results = hub_conformance_check(url=faults.unreachable_url(), key=KEY, timeout=0.5)
-    assert [(r.name, r.status) for r in results] == [("connects", "fail")]
+    assert [(r.name, r.status) for r in results] == [("Transport: connects", "fail")]
 
 
 def test_its_report_never_shows_the_key():
