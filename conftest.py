@@ -16,3 +16,23 @@ def secrets_key(settings):
 
     yield use
     cipher_reset()  # before the settings fixture restores the key: the next use reads the restored one
+
+
+@pytest.fixture(autouse=True)
+def _own_log(settings, tmp_path):
+    """Each test appends to a log of its own (an embedded SQLite one in its temporary directory): the workers'
+    path writes every outcome there (docs/streams.md)."""
+    settings.HUBSCHED_LOG_URL = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    yield
+    from streams.log import log_reset
+
+    log_reset()
+
+
+@pytest.fixture
+def forward():
+    """``forward()`` commits what the test's log holds for every consumer (each sink's forwarder, the run
+    recorder), as ``manage.py forward`` would; returns ``{consumer: records}``."""
+    from streams.forwarding.process import forwarders_catch_up
+
+    return forwarders_catch_up

@@ -70,6 +70,20 @@ class GroupAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "trigger", "hub__project", "hub", "stats__last_status")
     search_fields = ("name", "hub__name", "hub__project__name", "keys__entity", "keys__key")
     list_select_related = ("hub__project", "stats", "periodic_task")
+
+    def changelist_view(self, request, extra_context=None):
+        """The list says which beat leads (docs/scheduler.md, "High availability"), or that none does."""
+        from .selectors import beat_status
+
+        beat = beat_status()
+        if beat is None:
+            messages.warning(request, "No beat leads: no tick is dispatched.")
+        elif "error" in beat:
+            messages.warning(request, f"Which beat leads is unknown: {beat['error']}.")
+        else:
+            epoch = f", epoch {beat['epoch']}" if beat.get("epoch") is not None else ""
+            messages.info(request, f"Beat {beat['owner']} leads{epoch}, since {beat['since']}.")
+        return super().changelist_view(request, extra_context)
     autocomplete_fields = ("hub",)
     readonly_fields = ("beat_entry", "counters", "recent_runs")
     fieldsets = (

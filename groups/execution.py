@@ -1,17 +1,17 @@
-"""The data path of group executions, batch-first: poll the hubs, run scripts, write back, store in the sinks.
+"""The acquisition side of group executions, batch-first: poll the hubs, run scripts, write back.
 
 A batch is a list of ticks (group, scheduled time), typically one hub's due groups of one tick.
 All of a batch's reads go out pipelined on the hubs' persistent connections before any answer
-is awaited; the values of the whole batch reach each sink in one write. One group's fault (hub,
-script, sink) fails that group's execution only.
+is awaited. One group's fault (hub, script) fails that group's execution only. What a batch
+acquired goes to the durable log in one append (``groups.services.group_runs_execute``); the sinks'
+forwarders store it from there (``streams.forwarding``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,10 +23,9 @@ from django.utils import timezone
 
 from hubs.client import HubClient, HubError, hub_client
 from hubs.models import Hub
-from scripts_engine.sinks import ExecutionValues, SinkError, SinkExecutionsError, SinkTarget, sinks_submit
 from scripts_engine.sinks.values import ESTIMATED_VALUE_BYTES, STORABLE_TS, ts_storable, value_json
 
-from .models import Group
+from .models import Group, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -61,38 +60,45 @@ class Outcome:
     scheduled_for: datetime
     started_at: datetime
     finished_at: datetime | None = None
-    values: int = 0
+    values: int = 0  # acquired: what the log holds for it
     error: str = ""
     bindings: dict[str, Binding] = field(default_factory=dict)
     reads: dict[str, Future] = field(default_factory=dict)  # entity -> pending getEntityParams
     read: list[tuple[str, list[dict]]] = field(default_factory=list)
-    read_bytes: int = 0  # the answers' size (values_check), what the sink batcher counts
+    read_bytes: int = 0  # the answers' size (values_check)
+    deadline: float | None = None  # epoch s: the tick's expiry; reads not answered by then fail (None: hub timeout only)
 
 
 def client_for(hub: Hub) -> HubClient:
     """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub), refusing
-    frames over the hub's ``max_frame_bytes`` (default the setting HUBSCHED_HUB_MAX_FRAME_BYTES)."""
+    frames over the hub's ``max_frame_bytes`` (default the setting HUBSCHED_HUB_MAX_FRAME_BYTES), and reaching
+    a wss:// hub with its TLS settings (``Hub.tls_options()``: CA bundle, client certificate, verification)."""
     return hub_client(
         hub.url,
         hub.api_key,
         timeout=hub.timeout,
         max_in_flight=min(hub.max_in_flight, settings.HUBSCHED_HUB_MAX_IN_FLIGHT),
         max_frame_bytes=hub.max_frame_bytes or settings.HUBSCHED_HUB_MAX_FRAME_BYTES,
+        tls=hub.tls_options(),
     )
 
 
-def execute_batch(*, ticks: list[tuple[Group, datetime]],
-                  on_stored: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
-    """Execute ``ticks`` (groups with prefetched ``keys``, ``hub__project`` and ``script``).
+def execute_batch(*, ticks: list[tuple[Group, datetime]], expire: bool = False) -> list[Outcome]:
+    """Execute ``ticks`` (groups with prefetched ``keys``, ``hub__project`` and ``script``): poll, run
+    scripts, write back.
 
-    Returns one Outcome per tick, in order. Never raises for a hub, script or sink fault.
-    Without ``on_stored`` it returns once the sinks have committed the values (or failed). With it,
-    it returns as soon as the values are handed to the sinks' batchers, and ``on_stored(outcomes)`` is
-    called once every sink has committed or failed, with ``finished_at``, ``values`` and ``error``
-    final (on a sink writer thread, so it must be quick); the caller then records the runs.
+    With ``expire`` (scheduled ticks) a tick's reads must be answered before the tick expires
+    (``tick_deadline``): a hub that cannot be reached by then, its client still waiting out a reconnect
+    backoff, fails the tick at once instead of storing values sampled late (issue 13).
+
+    Returns one Outcome per tick, in order, final: ``finished_at``, ``error`` (empty when it went well)
+    and, for those, ``read`` (what is stored) and ``values`` (how many). Never raises for a hub or
+    script fault. Storing is the caller's: ``groups.services`` appends every outcome to the durable log,
+    which the sinks' forwarders read (docs/streams.md).
     """
     started = timezone.now()
-    outcomes = [Outcome(group=g, scheduled_for=t, started_at=started) for g, t in ticks]
+    outcomes = [Outcome(group=g, scheduled_for=t, started_at=started, deadline=tick_deadline(g, t) if expire else None)
+                for g, t in ticks]
     writable = _writable_params({o.group.hub_id for o in outcomes})
     _send_batch_reads(outcomes)  # every read goes out before any answer is awaited
     for outcome in outcomes:
@@ -100,11 +106,11 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]],
             _fail_on_error(outcome, _collect_reads, outcome)
         if not outcome.error and outcome.group.script_id:
             _fail_on_error(outcome, _run_script, outcome, writable)
-    pending = _store(outcomes)
-    if on_stored is None:
-        pending.wait()
-    else:
-        pending.then(on_stored)
+    finished = timezone.now()
+    for outcome in outcomes:
+        outcome.finished_at = finished
+        if not outcome.error:
+            outcome.values = sum(len(items) for _, items in outcome.read)
     return outcomes
 
 
@@ -154,21 +160,41 @@ def _send_reads(outcome: Outcome) -> None:
         raise GroupRunError(outcome.error)
 
 
+def tick_deadline(group: Group, scheduled_for: datetime) -> float | None:
+    """Epoch seconds at which a tick of ``group`` expires (as the worker counts it, groups.scheduler.dispatch:
+    ``expires``, else one period); None for a cron group without ``expires``, whose period is the gap to its
+    next tick, not known here."""
+    if group.expires is None and group.trigger == Trigger.CRON:
+        return None
+    return scheduled_for.timestamp() + group.expiry_seconds
+
+
 def _send_batch_reads(outcomes: list[Outcome]) -> None:
     """The ``getEntityParams`` of every entity of every outcome's group, each hub's written together
-    (``HubClient.call_many_async``: one socket write for as many as the in-flight limit lets go)."""
-    by_hub: dict[int, tuple[Hub, list[tuple[Outcome, str, list[str]]]]] = {}
+    (``HubClient.call_many_async``: one socket write for as many as the in-flight limit lets go).
+
+    Each call's timeout is the hub's, cut to what is left of the tick (``Outcome.deadline``): connecting,
+    the client's reconnect backoff included, and the answer must fit in it. A tick already expired is
+    failed without a call."""
+    by_hub: dict[tuple[int, float | None], tuple[Hub, list[tuple[Outcome, str, list[str]]]]] = {}
     for outcome in outcomes:
         keys, by_entity = _read_plan(outcome.group)
         if not keys:
             outcome.error = "the group reads no keys"
             continue
         hub = outcome.group.hub
-        reads = by_hub.setdefault(hub.pk, (hub, []))[1]
+        reads = by_hub.setdefault((hub.pk, outcome.deadline), (hub, []))[1]
         reads.extend((outcome, entity, entity_keys) for entity, entity_keys in by_entity.items())
-    for hub, reads in by_hub.values():
+    now = time.time()
+    for (_, deadline), (hub, reads) in by_hub.items():
+        timeout = hub.timeout if deadline is None else min(hub.timeout, deadline - now)
+        if timeout <= 0:
+            for outcome, _, _ in reads:
+                outcome.error = f"hub {hub.name!r}: the tick expired before its reads were sent"
+            continue
         futures = client_for(hub).call_many_async(
-            [("getEntityParams", {"entity": entity, "keys": entity_keys}) for _, entity, entity_keys in reads])
+            [("getEntityParams", {"entity": entity, "keys": entity_keys}) for _, entity, entity_keys in reads],
+            timeout=timeout)
         for (outcome, entity, _), future in zip(reads, futures):
             outcome.reads[entity] = future
 
@@ -207,7 +233,7 @@ _NUMBERS = (float, int, bool, type(None))  # values that need no look inside: JS
 
 
 def values_check(*, hub: str, entity: str, values: list[dict], max_value_bytes: int, frame_bytes: int = 0) -> int:
-    """Check hub value objects against the value contract; returns their size in bytes, for the sink batcher.
+    """Check hub value objects against the value contract; returns their size in bytes.
 
     A value object passes when its ``quality`` is good, uncertain, bad or absent; its ``ts`` is absent or
     a text the sinks can store (``scripts_engine.sinks.values.ts_storable``: RFC 3339, hub protocol v1);
@@ -435,99 +461,6 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
         except HubError as exc:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
     return dict(writes)
-
-
-class _Stored:
-    """The sink writes of one batch: wait for them, or have a callback run when the last one ends."""
-
-    def __init__(self, outcomes: list[Outcome], targets: dict[int, list[SinkTarget]], sizes: dict[int, int],
-                 futures: dict[SinkTarget, Future], positions: dict[SinkTarget, dict[int, int]]):
-        self.outcomes, self.targets, self.sizes, self.futures = outcomes, targets, sizes, futures
-        self.positions = positions  # target -> {id(outcome): its execution's position in that submission}
-        self._left = len(futures)
-        self._lock = threading.Lock()
-        self._then: Callable[[list[Outcome]], None] | None = None
-
-    def wait(self) -> None:
-        for future in self.futures.values():
-            try:
-                future.result()
-            except SinkError:
-                pass
-        self._finish()
-
-    def then(self, callback: Callable[[list[Outcome]], None]) -> None:
-        self._then = callback
-        if not self.futures:
-            self._done()
-            return
-        for future in self.futures.values():
-            future.add_done_callback(self._one_done)
-
-    def _one_done(self, _future: Future) -> None:
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._done()
-
-    def _done(self) -> None:
-        self._finish()
-        try:
-            self._then(self.outcomes)
-        except Exception:  # a callback must not take down the sink's writer thread
-            logger.exception("recording %d outcomes failed", len(self.outcomes))
-
-    def _finish(self) -> None:
-        failures: dict[SinkTarget, str] = {}  # the whole submission failed
-        refused: dict[SinkTarget, dict[int, str]] = {}  # some executions failed: position -> message
-        for target, future in self.futures.items():
-            exc = future.exception()
-            if isinstance(exc, SinkExecutionsError):
-                refused[target] = {i: e.message for i, e in exc.failed.items()}
-            elif isinstance(exc, SinkError):
-                failures[target] = exc.message
-            elif exc is not None:
-                failures[target] = f"sink {target.name!r}: {type(exc).__name__}: {exc}"
-        finished = timezone.now()
-        for o in self.outcomes:
-            o.finished_at = finished
-            if id(o) not in self.sizes:  # failed before storing
-                continue
-            errors = []
-            for t in self.targets[o.group.hub.project_id]:
-                if t in failures:
-                    errors.append(failures[t])
-                elif t in refused:
-                    message = refused[t].get(self.positions[t][id(o)])
-                    if message is not None:
-                        errors.append(message)
-            if errors:
-                o.error = "; ".join(errors)
-            else:
-                o.values = self.sizes[id(o)]
-
-
-def _store(outcomes: list[Outcome]) -> _Stored:
-    """Hand every value of the batch's good executions to their projects' sinks (one submission per sink)."""
-    from .definitions import definitions
-
-    good = [o for o in outcomes if not o.error]
-    targets = definitions().sink_targets({o.group.hub.project_id for o in good})
-    by_target: dict[SinkTarget, list[ExecutionValues]] = defaultdict(list)
-    positions: dict[SinkTarget, dict[int, int]] = defaultdict(dict)
-    sizes: dict[int, int] = {}  # id(outcome) -> values handed to the sinks
-    for o in good:
-        group = o.group
-        hub = group.hub
-        execution = ExecutionValues(o.scheduled_for, hub.project.name, hub.name, group.pk, group.name, o.read, o.read_bytes)
-        sizes[id(o)] = execution.value_count()
-        for target in targets[hub.project_id]:
-            submission = by_target[target]
-            positions[target][id(o)] = len(submission)
-            submission.append(execution)
-    futures = {target: sinks_submit(target=target, executions=executions) for target, executions in by_target.items()}
-    return _Stored(outcomes, targets, sizes, futures, positions)
 
 
 def _now_ts() -> str:

@@ -166,10 +166,12 @@ class GroupKey(models.Model):
 
 
 class RunStatus(models.TextChoices):
-    # An execution is recorded when it ends. Ticks that never ran (skipped: the group was still
-    # running; missed: older than their expiry) are counted in GroupStats, not stored as runs.
-    OK = "ok", "ok"
-    FAILED = "failed", "failed"
+    # Every due tick ends in exactly one of these, stored as one GroupRun (unique per group and tick)
+    # and counted in GroupStats: due = ok + failed + skipped + missed (docs/streams.md, "Every tick").
+    OK = "ok", "ok (stored)"  # its values are durable in the log; the sinks' forwarders store them
+    FAILED = "failed", "failed"  # hub, script or write-back error: nothing stored
+    SKIPPED = "skipped", "skipped"  # the group was still running (the overlap lock)
+    MISSED = "missed", "missed"  # older than its expiry before a worker could start it
 
 
 class GroupRun(models.Model):
@@ -181,15 +183,16 @@ class GroupRun(models.Model):
     finished_at = models.DateTimeField("finished", null=True, blank=True, help_text="When it ended.")
     status = models.CharField("status", max_length=16, choices=RunStatus.choices, help_text="Outcome.")
     error = models.TextField("error", blank=True, help_text="Why it failed, for a person to act on.")
-    values_count = models.PositiveIntegerField("values", default=0, help_text="Values stored by this execution.")
+    values_count = models.PositiveIntegerField("values", default=0, help_text="Values this execution acquired (durable in the log, stored by the sinks' forwarders).")
 
     class Meta:
         ordering = ["-scheduled_for"]
         verbose_name = "group run"
         verbose_name_plural = "group runs"
-        indexes = [
-            # serves "latest runs of a group" (admin inline, status page)
-            models.Index(fields=["group", "-scheduled_for"], name="grouprun_group_latest"),
+        constraints = [
+            # one outcome per tick: the run recorder keeps the first of a tick executed twice (a redelivered
+            # task); also serves "latest runs of a group" (admin inline, status page), read backwards
+            models.UniqueConstraint(fields=["group", "scheduled_for"], name="grouprun_one_per_tick"),
         ]
 
     def __str__(self) -> str:

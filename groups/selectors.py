@@ -9,6 +9,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from hubsched.secrets import text_mask
+from streams.selectors import log_status
 
 from .models import Group, GroupStats
 
@@ -18,10 +19,11 @@ def _iso(value) -> str | None:
 
 
 def status_summary() -> dict[str, Any]:
-    """``{"values_stored": N, "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
+    """``{"values_acquired": N, "beat": beat_status(), "log": streams.selectors.log_status(), "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
     "last_status", "last_error", "runs", "values", "dispatched", "started", "done", "failed", "skipped",
     "missed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions.
-    ``last_error`` is masked (``hubsched.secrets.text_mask``: URLs without passwords or secret query
+    ``values_acquired`` sums the groups' values, durable in the log once counted (the sinks' own progress is
+    under ``log``: each forwarder's position, lag and alarms). ``last_error`` is masked (``hubsched.secrets.text_mask``: URLs without passwords or secret query
     values, the hub's key as ``***``), whoever asks."""
     groups = []
     for group in Group.objects.select_related("hub__project", "stats").order_by("hub__project__name", "hub__name", "name"):
@@ -50,4 +52,24 @@ def status_summary() -> dict[str, Any]:
             }
         )
     total = GroupStats.objects.aggregate(total=Sum("values"))["total"] or 0
-    return {"values_stored": total, "groups": groups}
+    return {"values_acquired": total, "beat": beat_status(), "log": log_status(), "groups": groups}
+
+
+def beat_status() -> dict[str, Any] | None:
+    """The leading beat (``groups.scheduler.leader.beat_leader``: owner, epoch, since, lease_until as RFC 3339),
+    None while no beat leads, ``{"error": ...}`` when the lease store does not answer."""
+    from datetime import datetime
+
+    from groups.scheduler.leader import beat_leader
+
+    try:
+        leader = beat_leader()
+    except Exception:  # noqa: BLE001 - the status page must not fail with the lock store
+        return {"error": "the beat lease store (Redis) did not answer"}
+    if leader is None:
+        return None
+
+    def at(t):
+        return _iso(datetime.fromtimestamp(t, dt_timezone.utc)) if t else None
+
+    return {**leader, "since": at(leader.get("since")), "lease_until": at(leader.get("lease_until"))}

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import threading
-import time
 from datetime import datetime
 from typing import Any
 
-from celery.signals import worker_process_shutdown, worker_shutdown
 from django.db import connections, router, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from hubsched.per_process import PerProcess
 from hubsched.secrets import text_mask
 
 from .models import Group, GroupRun, RunStatus, Trigger
@@ -146,11 +141,13 @@ def groups_run_now(*, group_ids: list[int]) -> int:
 
 
 def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupRun:
-    """Execute one tick of a group: poll its keys, run its script, write back, store; returns the GroupRun.
+    """Execute one tick of a group now (run now, ``script_run``): poll its keys, run its script, write
+    back, append the outcome to the log, store the values in the project's sinks and record the run;
+    returns the GroupRun.
 
-    Waits until the values are committed and the run is recorded. Never raises for a hub, script or
-    sink fault: those end the run as ``failed`` with the error text, so that a worker serving many
-    groups stays up. Raises ``Group.DoesNotExist`` for an unknown id.
+    Never raises for a hub, script or sink fault: those end the run as ``failed`` with the error text
+    (a sink that fails here leaves the values to its forwarder, which reads them from the log). Raises
+    ``Group.DoesNotExist`` for an unknown id.
     """
     runs = group_runs_execute(runs=[(group_id, scheduled_for or timezone.now())], wait=True)
     if not runs:
@@ -159,19 +156,22 @@ def group_run(*, group_id: int, scheduled_for: datetime | None = None) -> GroupR
 
 
 def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) -> list[GroupRun]:
-    """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` as one batch, in the order given.
+    """Execute several admitted ticks ``[(group_id, scheduled_for), ...]`` as one batch, in the order given,
+    and return once every outcome is durable in the log (stream ``executions``, docs/streams.md).
 
-    The caller (the batch task) has already applied expiry, the overlap lock and round-robin order.
-    A group that no longer exists is left out. Each tick ends as a GroupRun (``ok`` or ``failed``)
-    and in its group's counters, recorded once its values are committed (or their write failed).
+    The caller (the batch task) has already applied expiry, the overlap lock and round-robin order, and
+    acknowledges its message only after this returns: a worker killed before then leaves the message
+    to be delivered again, and the run recorder keeps the first outcome of a tick. A group that no
+    longer exists is left out. Each tick's outcome (``ok`` with its values, or ``failed``) becomes one
+    record; the sinks' forwarders store the values and the run recorder the GroupRun and counters
+    (``streams.forwarding``). Should the log refuse the batch for longer than HUBSCHED_LOG_APPEND_DEADLINE_S,
+    the ticks are recorded here as ``failed`` (nothing of them is stored), so none goes uncounted.
 
-    With ``wait`` it returns the recorded GroupRuns once that is done. Without (the batch task's
-    way) it returns ``[]`` as soon as the values are handed to the sinks' batchers: the worker goes
-    on with the next group while the sinks gather values of many executions into one write, and
-    the process's run recorder writes the runs in bulk (``HUBSCHED_RUN_FLUSH_S``).
+    Without ``wait`` it returns ``[]``. With ``wait`` (one tick run now) it also writes the values to the
+    sinks and records the runs here, and returns the GroupRuns: the forwarders find them stored.
     """
     from .definitions import definitions
-    from .execution import execute_batch
+    from .execution import Outcome, execute_batch
 
     groups = definitions().groups({group_id for group_id, _ in runs})
     ticks = []
@@ -183,21 +183,111 @@ def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) 
     if not ticks:
         return []
     try:
-        if wait:
-            records = _runs_of(execute_batch(ticks=ticks))
-            group_runs_record(runs=records)
-            return [record for record, _ in records]
-        execute_batch(ticks=ticks, on_stored=lambda outcomes: run_recorder().add(_runs_of(outcomes)))
-        return []
+        outcomes = execute_batch(ticks=ticks, expire=not wait)  # run now keeps the hub's timeout only
     except Exception as exc:  # a bug must not take the worker down: the batch's ticks are recorded as failed
-        from .execution import Outcome
-
         logger.exception("batch of %d ticks: unexpected error", len(ticks))
         now = timezone.now()
         error = f"internal error: {type(exc).__name__}: {exc}"
-        records = _runs_of([Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks])
+        outcomes = [Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks]
+    records = _runs_of(outcomes)
+    logged = outcomes_log(outcomes=outcomes, runs=records)
+    if wait:
+        if logged:
+            _sinks_write_now(outcomes)
         group_runs_record(runs=records)
-        return [record for record, _ in records] if wait else []
+        return [record for record, _ in records]
+    return []
+
+
+def outcomes_log(*, outcomes, runs: list[tuple[GroupRun, int]]) -> bool:
+    """Append one record per outcome (``streams.codec``, the runs' masked errors) to the log; True once durable.
+
+    When the log refuses past HUBSCHED_LOG_APPEND_DEADLINE_S, the runs are recorded here as ``failed``
+    with the log's error instead (their values are lost, and counted so) and False is returned."""
+    from django.conf import settings
+
+    from scripts_engine.sinks import ExecutionValues
+    from streams.codec import CodecError, TickOutcome, outcome_encode
+    from streams.log import EXECUTIONS, LogError
+    from streams.services import log_append
+
+    bodies = []
+    for outcome, (run, _lag) in zip(outcomes, runs, strict=True):
+        group, hub = outcome.group, outcome.group.hub
+        ok = run.status == RunStatus.OK
+        execution = ExecutionValues(outcome.scheduled_for, hub.project.name, hub.name, group.pk, group.name,
+                                    outcome.read if ok else [], outcome.read_bytes if ok else 0)
+        try:
+            bodies.append(outcome_encode(TickOutcome(execution, hub.project_id, run.status, run.error,
+                                                     run.started_at, run.finished_at)))
+        except CodecError as exc:  # a script's value no JSON encoder takes: that run fails, the others go on
+            run.status, run.error, run.values_count = RunStatus.FAILED, str(exc), 0
+            bodies.append(outcome_encode(TickOutcome(execution._replace(values=[], size=0), hub.project_id,
+                                                     run.status, run.error, run.started_at, run.finished_at)))
+    try:
+        log_append(stream=EXECUTIONS, bodies=bodies, deadline_s=settings.HUBSCHED_LOG_APPEND_DEADLINE_S)
+        return True
+    except LogError as exc:
+        logger.error("log: %d outcomes not appended (%s); recorded as failed", len(bodies), exc.message)
+        for run, _lag in runs:
+            run.status, run.values_count = RunStatus.FAILED, 0
+            run.error = f"not stored: the log refused the append: {exc.message}"
+        group_runs_record(runs=runs)
+        return False
+
+
+def _sinks_write_now(outcomes) -> None:
+    """Write the good outcomes' values to their projects' sinks now (run now); a sink that fails is logged
+    and left to its forwarder, which reads the same values from the log (the writes are idempotent)."""
+    from scripts_engine.sinks import ExecutionValues, SinkError, sink_targets_for_projects, sinks_write
+
+    good = [o for o in outcomes if not o.error]
+    targets = sink_targets_for_projects(project_ids={o.group.hub.project_id for o in good})
+    for project_id, project_targets in targets.items():
+        executions = [ExecutionValues(o.scheduled_for, o.group.hub.project.name, o.group.hub.name, o.group.pk,
+                                      o.group.name, o.read, o.read_bytes)
+                      for o in good if o.group.hub.project_id == project_id]
+        try:
+            sinks_write(targets=project_targets, executions=executions)
+        except SinkError as exc:
+            logger.warning("run now: %s; the sink's forwarder stores these values from the log", exc.message)
+
+
+def ticks_untaken_log(*, untaken: list[tuple[int, float, str]]) -> None:
+    """Append a ``skipped``, ``missed`` (or, after a fault outside the groups' runs, ``failed``) record for each
+    ``(group_id, scheduled_for epoch s, status)`` of a batch that did not run them (``groups.scheduler.dispatch``), so that every due tick has its one
+    outcome (the run recorder counts them). Should the log refuse them, they are counted here instead."""
+    from datetime import timezone as dt_timezone
+
+    from django.conf import settings
+
+    from scripts_engine.sinks import ExecutionValues
+    from streams.codec import TickOutcome, outcome_encode
+    from streams.log import EXECUTIONS, LogError
+    from streams.services import log_append
+
+    from .definitions import definitions
+
+    if not untaken:
+        return
+    groups = definitions().groups({gid for gid, _, _ in untaken})
+    bodies = []
+    for gid, t, status in untaken:
+        group = groups.get(gid)
+        hub = group.hub if group is not None else None
+        tick = datetime.fromtimestamp(t, dt_timezone.utc)
+        execution = ExecutionValues(tick, hub.project.name if hub else "", hub.name if hub else "", gid,
+                                    group.name if group else "", [])
+        error = "internal error in the batch: see the worker's log" if status == RunStatus.FAILED else ""
+        bodies.append(outcome_encode(TickOutcome(execution, hub.project_id if hub else None, status, error)))
+    try:
+        log_append(stream=EXECUTIONS, bodies=bodies, deadline_s=settings.HUBSCHED_LOG_APPEND_DEADLINE_S)
+    except LogError as exc:
+        logger.error("log: %d skipped/missed ticks not appended (%s); recorded here", len(bodies), exc.message)
+        now = timezone.now()
+        group_runs_record(runs=[(GroupRun(group_id=gid, scheduled_for=datetime.fromtimestamp(t, dt_timezone.utc),
+                                          status=status, finished_at=now, error="internal error" if status == RunStatus.FAILED else ""), 0)
+                                for gid, t, status in untaken])
 
 
 def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
@@ -206,8 +296,8 @@ def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
     for outcome in outcomes:
         error = outcome.error
         if error:
-            # Masked here, where a run's error is recorded (GroupRun.error, GroupStats.last_error, the log), as
-            # well as at its source (hubs/client.py, the sinks): a URL's password or token, the hub's key.
+            # Masked here, where a run's error is recorded (the log's record, GroupRun.error, GroupStats.last_error,
+            # the log lines), as well as at its source (hubs/client.py, the sinks): a URL's password or token, the hub's key.
             error = text_mask(error, secrets=(outcome.group.hub.api_key,))
             logger.warning("group %s (%s/%s) failed: %s", outcome.group.pk, outcome.group.hub.name,
                            outcome.group.name, error)
@@ -218,37 +308,79 @@ def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
             finished_at=outcome.finished_at,
             status=RunStatus.FAILED if error else RunStatus.OK,
             error=error,
-            values_count=outcome.values,
+            values_count=0 if error else outcome.values,
         )
         lag_ms = max(0, int((outcome.started_at - outcome.scheduled_for).total_seconds() * 1000))
         records.append((run, lag_ms))
     return records
 
 
-def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> int:
-    """Store finished runs ``[(GroupRun, lag_ms)]`` and add them to their groups' counters; returns statements run.
+DEDUPE_CHUNK = 500  # group ids per SELECT of the runs already recorded (SQLite's bound-parameter limit is 999)
 
-    The GroupRuns are unsaved instances with aware datetimes; runs of groups deleted meanwhile are
-    left out. They are written by multi-row INSERTs of plain tuples (``_group_runs_insert``), and
-    get their ``pk`` where the backend returns it, as ``bulk_create`` would. Each group's runs are
-    summed (``RunTotals``: counts, values, lag, latest tick and status, last error) and added to its
-    GroupStats row by ``group_stats_add_runs``: increments in SQL, so concurrent writers add up,
-    missing rows made. Raises the database's errors (the run recorder logs them).
+
+def group_runs_record(*, runs: list[tuple[GroupRun, int]]) -> list[tuple[GroupRun, int]]:
+    """Store finished tick outcomes ``[(GroupRun, lag_ms)]`` and add them to their groups' counters, in one
+    transaction; returns those stored.
+
+    One outcome per tick (the unique ``(group, scheduled_for)``): a run whose tick already has one
+    (recorded by run now, or before a redelivery) is left out, as is a second of the same tick in
+    ``runs`` and the runs of groups deleted meanwhile. The GroupRuns are unsaved instances with aware
+    datetimes; they are written by multi-row INSERTs of plain tuples (``_group_runs_insert``) and get
+    their ``pk`` where the backend returns it, as ``bulk_create`` would. Each group's runs are summed
+    (``RunTotals``: counts by outcome, values, lag, latest tick and status, last error) and added to its
+    GroupStats row by ``group_stats_add_runs``: increments in SQL, so concurrent writers add up. A
+    concurrent writer of the same tick (run now against the run recorder) makes the transaction fail
+    on the constraint: it is tried again, up to 3 times. Raises the database's errors.
     """
+    from django.db import IntegrityError
+
+    for attempt in range(3):
+        try:
+            with transaction.atomic(using=router.db_for_write(GroupRun)):
+                return _group_runs_record(runs)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    return []
+
+
+def _group_runs_record(runs: list[tuple[GroupRun, int]]) -> list[tuple[GroupRun, int]]:
     if not runs:
-        return 0
-    alive, statements = _groups_alive({run.group_id for run, _ in runs})
-    runs = [(run, lag) for run, lag in runs if run.group_id in alive]
-    statements += _group_runs_insert([run for run, _ in runs])
-    totals: dict[int, RunTotals] = {}
-    ok = RunStatus.OK
+        return []
+    alive, _statements = _groups_alive({run.group_id for run, _ in runs})
+    present = _runs_present([run for run, _ in runs if run.group_id in alive])
+    fresh = []
     for run, lag in runs:
+        key = (run.group_id, run.scheduled_for)
+        if run.group_id in alive and key not in present:
+            present.add(key)
+            fresh.append((run, lag))
+    _group_runs_insert([run for run, _ in fresh])
+    totals: dict[int, RunTotals] = {}
+    for run, lag in fresh:
         group_totals = totals.get(run.group_id)
         if group_totals is None:
             group_totals = totals[run.group_id] = RunTotals()
-        group_totals.add(ok=run.status == ok, scheduled_for=run.scheduled_for, status=run.status, error=run.error,
+        group_totals.add(scheduled_for=run.scheduled_for, status=run.status, error=run.error,
                          values=run.values_count, lag_ms=lag)
-    return statements + group_stats_add_runs(totals=totals)
+    group_stats_add_runs(totals=totals)
+    return fresh
+
+
+def _runs_present(runs: list[GroupRun]) -> set[tuple[int, datetime]]:
+    """The ``(group_id, scheduled_for)`` of ``runs`` that already have a GroupRun: one SELECT per chunk of
+    groups, over the runs' range of ticks (the unique index serves it)."""
+    if not runs:
+        return set()
+    low = min(run.scheduled_for for run in runs)
+    high = max(run.scheduled_for for run in runs)
+    gids = sorted({run.group_id for run in runs})
+    present: set[tuple[int, datetime]] = set()
+    for start in range(0, len(gids), DEDUPE_CHUNK):
+        present.update(GroupRun.objects.filter(group_id__in=gids[start : start + DEDUPE_CHUNK],
+                                               scheduled_for__gte=low, scheduled_for__lte=high)
+                       .values_list("group_id", "scheduled_for"))
+    return present
 
 
 def _groups_alive(group_ids: set[int]) -> tuple[set[int], int]:
@@ -315,76 +447,3 @@ def _group_runs_insert(runs: list[GroupRun]) -> int:
                     run.pk = pk
                     run._state.adding, run._state.db = False, connection.alias
     return statements
-
-
-class RunRecorder:
-    """Finished runs gathered per process and written by ``group_runs_record`` every ``interval`` seconds.
-
-    Runs waiting to be written are lost if the process dies (their values are in the sinks already);
-    a worker shutting down writes them first (``runs_drain``).
-    """
-
-    max_pending = 50_000  # beyond this the adding thread writes them itself (the Django database is slow)
-
-    def __init__(self, *, interval: float):
-        self.interval = interval
-        self._pending: list[tuple[GroupRun, int]] = []
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, runs: list[tuple[GroupRun, int]]) -> None:
-        with self._lock:
-            self._pending.extend(runs)
-            full = len(self._pending) >= self.max_pending
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="run-recorder", daemon=True)
-                self._thread.start()
-        if full:
-            self.flush()
-
-    def flush(self) -> int:
-        """Write what is pending now; returns how many runs."""
-        with self._flush_lock:
-            with self._lock:
-                runs, self._pending = self._pending, []
-            if runs:
-                try:
-                    group_runs_record(runs=runs)
-                except Exception:
-                    logger.exception("recording %d runs failed; they are lost (their values are stored)", len(runs))
-            return len(runs)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            self.flush()
-
-
-def _new_recorder() -> RunRecorder:
-    from django.conf import settings
-
-    return RunRecorder(interval=settings.HUBSCHED_RUN_FLUSH_S)
-
-
-process_recorder: PerProcess[RunRecorder] = PerProcess(_new_recorder)
-
-
-def run_recorder() -> RunRecorder:
-    """The process's run recorder, configured from settings on first use."""
-    return process_recorder.get()
-
-
-def runs_drain(**_kwargs) -> None:
-    """Write what the sinks and the run recorder still hold (at worker shutdown)."""
-    from scripts_engine.sinks import sinks_drain
-
-    sinks_drain(timeout=10.0)
-    recorder = process_recorder.peek()
-    if recorder is not None:
-        recorder.flush()
-
-
-atexit.register(runs_drain)
-worker_process_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain.process")
-worker_shutdown.connect(runs_drain, dispatch_uid="groups.services.runs_drain")

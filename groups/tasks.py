@@ -18,14 +18,17 @@ def group_run(group_id: int, scheduled_for: str | None = None) -> None:
 
 
 @shared_task(name=BATCH_TASK, bind=True, ignore_result=True)
-def group_batch_run(self, hub_id: int, ticks: list, limit: int = 32) -> None:
+def group_batch_run(self, hub_id: int, ticks: list, limit: int = 32, fence: list | None = None) -> None:
     """Execute one hub's due ticks, as sent by the beat scheduler (``groups.scheduler``).
 
     ``ticks = [[scheduled_for (epoch s), expires_s, rr, [group_id, ...]], ...]``: expiry, the hub gate,
-    the overlap lock and round-robin are applied by ``groups.scheduler.dispatch.hub_batch_run``.
+    the overlap lock and round-robin are applied by ``groups.scheduler.dispatch.hub_batch_run``. ``fence`` is
+    the beat round's ``[epoch, seq]`` (``groups.scheduler.leader``); a batch of a beat that lost the lead
+    before committing it is refused. Older beats send no fence: their batches run.
     """
     from .scheduler.dispatch import hub_batch_run
 
-    outcome = hub_batch_run(hub_id=hub_id, ticks=ticks, limit=limit)
+    outcome = hub_batch_run(hub_id=hub_id, ticks=ticks, limit=limit, fence=fence)
     if outcome.requeue:
-        self.apply_async(args=(hub_id, outcome.requeue, limit), countdown=outcome.countdown)
+        args = (hub_id, outcome.requeue, limit) if fence is None else (hub_id, outcome.requeue, limit, fence)
+        self.apply_async(args=args, countdown=outcome.countdown)

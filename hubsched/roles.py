@@ -2,10 +2,10 @@
 
 | role | holds |
 |---|---|
-| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine and groups |
-| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``hubs.enable_hub`` |
+| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups and streams; ``streams.read_stream`` |
+| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``hubs.enable_hub``; retry and delete quarantined executions |
 | ``integrator`` | operator + add/change/delete of projects, hubs, entities, parameters, groups, group keys, scripts, sinks, data sources; ``scripts_engine.debug_script``, ``hubs.write_hub`` |
-| ``admin`` | every permission of those three apps, ``hubs.export_secrets`` among them |
+| ``admin`` | every permission of those four apps, ``hubs.export_secrets`` among them |
 
 Exporting secrets (``hubs.export_secrets``) and writing to a hub (``hubs.write_hub``) are permissions of
 their own, so that editing a project never implies reading its keys. The groups are written by
@@ -18,11 +18,13 @@ from __future__ import annotations
 from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-ROLE_APPS = ("hubs", "scripts_engine", "groups")
+ROLE_APPS = ("hubs", "scripts_engine", "groups", "streams")
 VIEWER, OPERATOR, INTEGRATOR, ADMIN = "viewer", "operator", "integrator", "admin"
 ROLES = (VIEWER, OPERATOR, INTEGRATOR, ADMIN)
 
-OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "hubs.enable_hub")
+VIEWER_EXTRA = ("streams.read_stream",)  # the values a viewer sees in the admin, as an event stream
+OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "hubs.enable_hub",
+                  "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution")
 # the models an integrator builds a project from (runs and counters are written by workers only)
 INTEGRATOR_MODELS = (
     "hubs.project", "hubs.hub", "hubs.entity", "hubs.parameter", "groups.group", "groups.groupkey",
@@ -46,7 +48,7 @@ def role_permissions() -> dict[str, frozenset[str]]:
         for model in global_apps.get_app_config(label).get_models():
             every += _model_permissions(model._meta)
             view.append(f"{label}.view_{model._meta.model_name}")
-    viewer = frozenset(view)
+    viewer = frozenset(view) | frozenset(VIEWER_EXTRA)
     operator = viewer | frozenset(OPERATOR_EXTRA)
     build = {f"{model.split('.')[0]}.{action}_{model.split('.')[1]}" for model in INTEGRATOR_MODELS for action in ("add", "change", "delete")}
     integrator = operator | frozenset(build) | frozenset(INTEGRATOR_EXTRA)

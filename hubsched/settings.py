@@ -72,6 +72,48 @@ if HUBSCHED_ENV not in {"development", "production"}:
     raise ImproperlyConfigured(f"HUBSCHED_ENV={HUBSCHED_ENV!r}: expected production or development")
 PRODUCTION = HUBSCHED_ENV == "production"
 
+# --- several hosts (README, "Deploying on several hosts") ----------------------------------------------------------
+# Each embedded default is right on one machine and a silent fault on several: a worker host's SQLite sink or log that
+# no other host reads, a broker folder no other worker sees, file locks that exclude nothing on another host. With
+# HUBSCHED_DEPLOYMENT=multi-host a process refuses to start until each is set to a server that every host shares.
+HUBSCHED_DEPLOYMENT = env_str("HUBSCHED_DEPLOYMENT", "single-host").strip().lower() or "single-host"
+if HUBSCHED_DEPLOYMENT not in {"single-host", "multi-host"}:
+    raise ImproperlyConfigured(f"HUBSCHED_DEPLOYMENT={HUBSCHED_DEPLOYMENT!r}: expected single-host or multi-host")
+
+
+def shared_servers_problems(environ) -> list[str]:
+    """What keeps a process of a multi-host deployment from starting: one line per variable to set, empty when
+    none. ``environ`` is the process environment (``os.environ``)."""
+    def value(name: str) -> str:
+        return (environ.get(name) or "").strip()
+
+    problems = []
+    if not value("DATABASE_URL") or value("DATABASE_URL").startswith("sqlite"):
+        problems.append("DATABASE_URL: Django's database would be a SQLite file on this host; "
+                        "set it to the PostgreSQL or MariaDB server every host uses")
+    broker = value("CELERY_BROKER_URL")
+    if not broker or broker.startswith(("filesystem:", "memory:")):
+        problems.append("CELERY_BROKER_URL: the broker would be a folder on this host; set it to the Redis or "
+                        "RabbitMQ server every host uses (redis://host:6379/0, amqp://user:password@host:5672//)")
+    if not value("HUBSCHED_SINK_URL") or value("HUBSCHED_SINK_URL").startswith("sqlite"):
+        problems.append("HUBSCHED_SINK_URL: the default sink would be a SQLite file on this host; set it to the "
+                        "sink database server")
+    if not value("HUBSCHED_LOG_URL") or value("HUBSCHED_LOG_URL").startswith("sqlite"):
+        problems.append("HUBSCHED_LOG_URL: the durable log would be a SQLite file on this host, which no forwarder "
+                        "on another host reads; set it to RabbitMQ Streams (rabbitmq-stream://user:password@host:5552/)")
+    if not broker.startswith(("redis://", "rediss://")) and not value("HUBSCHED_LOCK_URL").startswith(("redis://", "rediss://")):
+        problems.append("HUBSCHED_LOCK_URL: overlap locks and hub gates would be file locks on this host, which "
+                        "exclude nothing on another; set it to a Redis server every worker uses (redis://host:6379/1)")
+    return problems
+
+
+if HUBSCHED_DEPLOYMENT == "multi-host":
+    _problems = shared_servers_problems(os.environ)
+    if _problems:
+        raise ImproperlyConfigured("HUBSCHED_DEPLOYMENT=multi-host: set these to servers every host shares:\n  - "
+                                   + "\n  - ".join(_problems))
+
+
 
 def env_required(name: str, dev_default):
     """``name`` from the environment; in production its absence stops the process (no embedded default)."""
@@ -258,6 +300,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # the transport looks for new messages this often (kombu's default, 1 s, delays every tick by up to 1 s)
         "polling_interval": env_float("HUBSCHED_FILESYSTEM_BROKER_POLL_S", 0.1, minimum=0.01),
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A message taken by a worker that dies unacknowledged (acks late: the tick's outcome was not yet in the log)
+    # goes back to the queue this long after it was taken; kombu's default is an hour, during which its ticks have
+    # no outcome. Its ticks have expired by then and are recorded as missed (docs/streams.md, "Every tick").
+    # A task still running this long would be delivered twice: the run recorder keeps a tick's first outcome.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_float("HUBSCHED_BROKER_VISIBILITY_TIMEOUT_S", 30.0, minimum=5.0),
+    }
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
@@ -277,15 +327,11 @@ CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "groups.scheduler:Sched
 HUBSCHED_SINK_URL = env_str("HUBSCHED_SINK_URL", f"sqlite:///{VAR_DIR / 'values.sqlite3'}")
 # Per-hub limit of requests in flight on its one connection (hub protocol v1: 429 beyond the hub's own).
 HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 32, minimum=1)
-# Sink batching window (issue 6): a batch is written when it holds this many values or is this old.
-HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 5000, minimum=1)
+# A sink's forwarder writes a batch when it holds this many values or its oldest record is this old (streams.forwarding).
+HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 20000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
-# Writer threads per sink per worker process: one batch is written while the next is encoded (docs/data-path.md).
-HUBSCHED_SINK_WRITERS = env_int("HUBSCHED_SINK_WRITERS", 2, minimum=1)
-# Values waiting for a sink per worker process (about 450 bytes each) before polls wait for the sink.
-HUBSCHED_SINK_MAX_PENDING = env_int("HUBSCHED_SINK_MAX_PENDING", 100_000, minimum=1)
-# ... and their bytes (the JSON of the values): a hub sending large values fills this bound before the count's.
-HUBSCHED_SINK_MAX_PENDING_BYTES = env_int("HUBSCHED_SINK_MAX_PENDING_BYTES", 64 * 1024 * 1024, minimum=1024)
+# ... or holds this many bytes of log records (a hub sending large values fills this bound before the count's).
+HUBSCHED_SINK_BATCH_BYTES = env_int("HUBSCHED_SINK_BATCH_BYTES", 16 * 1024 * 1024, minimum=1024)
 # A hostile or broken hub is bounded (issue 11): a frame larger than this drops its connection, a value whose JSON is
 # larger than this fails its execution. A hub's own max_frame_bytes / max_value_bytes override these.
 HUBSCHED_HUB_MAX_FRAME_BYTES = env_int("HUBSCHED_HUB_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
@@ -294,16 +340,19 @@ HUBSCHED_HUB_MAX_VALUE_BYTES = env_int("HUBSCHED_HUB_MAX_VALUE_BYTES", 1024 * 10
 # read again within HUBSCHED_EXECUTION_CHECK_S of an edit, everything else within HUBSCHED_EXECUTION_CACHE_S.
 HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)
 HUBSCHED_EXECUTION_CHECK_S = env_float("HUBSCHED_EXECUTION_CHECK_S", 1.0, minimum=0.0)
-# Finished runs (GroupRun rows, GroupStats counters) are written in bulk this often per worker process.
-HUBSCHED_RUN_FLUSH_S = env_float("HUBSCHED_RUN_FLUSH_S", 1.0, minimum=0.05)
 
 # Overlap locks and hub gates (docs/scheduler.md): Redis when this or the broker is redis://, else file locks
-# under var/locks; a run lock left by a dead worker expires after HUBSCHED_RUN_LOCK_TTL_S seconds (Redis).
+# under var/locks. With Redis, a dead worker's run locks and hub gate slots lapse HUBSCHED_RUN_LOCK_TTL_S seconds
+# after its last heartbeat; while it lives, its heartbeat extends them every quarter of that.
 HUBSCHED_LOCK_URL = env_str("HUBSCHED_LOCK_URL", "")
-HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 60.0, minimum=1.0)
+HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 2.0, minimum=1.0)
 # Beat sends a tick this long before it is due, with the tick's time as the Celery eta, so that sending costs no
 # lag (docs/scheduler.md); per cohort at most half its period. 0 sends at the tick itself.
 HUBSCHED_DISPATCH_LEAD_S = env_float("HUBSCHED_DISPATCH_LEAD_S", 0.25, minimum=0.0)
+# Beat high availability (docs/scheduler.md, "High availability"): one beat leads, holding a Redis lease of this many
+# seconds (renewed every quarter of it); a standby takes over once it lapses. The lease's keys start with the prefix.
+HUBSCHED_BEAT_LEASE_S = env_float("HUBSCHED_BEAT_LEASE_S", 0.8, minimum=0.2)
+HUBSCHED_BEAT_KEY_PREFIX = env_str("HUBSCHED_BEAT_KEY_PREFIX", "hubsched")
 
 # Long-lived sandbox processes per worker process that run integrator scripts; 0 means one per CPU (at least 2).
 HUBSCHED_SANDBOX_PROCESSES = env_int("HUBSCHED_SANDBOX_PROCESSES", 0, minimum=0)
@@ -315,6 +364,17 @@ HUBSCHED_LOG_URL = env_str("HUBSCHED_LOG_URL", "")
 # are dropped (RabbitMQ: whole segments; set when a stream is first declared). Days, so that a sink can be down a while.
 HUBSCHED_LOG_RETENTION_S = env_float("HUBSCHED_LOG_RETENTION_S", 7 * 24 * 3600.0, minimum=1.0)
 HUBSCHED_LOG_RETENTION_BYTES = env_int("HUBSCHED_LOG_RETENTION_BYTES", 10 * 1024**3, minimum=1024 * 1024)
+# A worker retries an append this long (the log restarting) before it records the batch's ticks as failed.
+HUBSCHED_LOG_APPEND_DEADLINE_S = env_float("HUBSCHED_LOG_APPEND_DEADLINE_S", 10.0, minimum=0.0)
+# Forwarders (manage.py forward): a lease per consumer, taken over by a standby this long after its holder stops
+# renewing; state reported every REPORT_S; a database that is away is retried with backoff up to BACKOFF_MAX_S;
+# an execution the database refuses QUARANTINE_TRIES times is set aside; a backlog past ALARM_PERCENT of retention
+# is an alarm (status, log line).
+HUBSCHED_FORWARDER_LEASE_S = env_float("HUBSCHED_FORWARDER_LEASE_S", 10.0, minimum=1.0)
+HUBSCHED_FORWARDER_REPORT_S = env_float("HUBSCHED_FORWARDER_REPORT_S", 2.0, minimum=0.1)
+HUBSCHED_FORWARDER_BACKOFF_MAX_S = env_float("HUBSCHED_FORWARDER_BACKOFF_MAX_S", 5.0, minimum=0.1)
+HUBSCHED_FORWARDER_QUARANTINE_TRIES = env_int("HUBSCHED_FORWARDER_QUARANTINE_TRIES", 3, minimum=1)
+HUBSCHED_LOG_BACKLOG_ALARM_PERCENT = env_float("HUBSCHED_LOG_BACKLOG_ALARM_PERCENT", 80.0, minimum=1.0)
 
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 if not PRODUCTION:  # whitenoise looks at STATIC_ROOT at start (and warns when it is missing); finders serve the files

@@ -1,4 +1,4 @@
-"""The whole stack on one machine (`make run`): reference hubs, Celery worker and beat, Flower, web server.
+"""The whole stack on one machine (`make run`): reference hubs, Celery worker and beat, the log's forwarder, Flower, web server.
 
 Each part is a child process in its own process group with its output in ``var/log/<part>.log``;
 the supervisor prints a status line (``groups.selectors.status_summary``, read in this process) every
@@ -42,6 +42,11 @@ def worker_argv() -> list[str]:
 def beat_argv() -> list[str]:
     """The beat command line: also the `beat` service of docker-compose.yml."""
     return [sys.executable, "-m", "celery", "-A", "hubsched", "beat", "-S", settings.CELERY_BEAT_SCHEDULER, "-l", "INFO"]
+
+
+def forwarder_argv() -> list[str]:
+    """The log's consumers (each sink's forwarder, the run recorder): also the `forwarder` service of docker-compose.yml."""
+    return [sys.executable, "manage.py", "forward"]
 
 
 def web_argv(*, host: str, port: int) -> list[str]:
@@ -110,6 +115,7 @@ class Stack:
         self.parts = local_hub_parts() + [
             Part("worker", worker_argv()),
             Part("beat", beat_argv()),
+            Part("forwarder", forwarder_argv()),
             Part("web", web_argv(host="127.0.0.1", port=port)),
         ]
         self.flower_credentials_source = None
@@ -161,6 +167,7 @@ class Stack:
         from django.db import DatabaseError, close_old_connections
 
         from groups.selectors import status_summary
+        from streams.selectors import log_status_line
 
         close_old_connections()  # a connection broken since the last line is not reused
         try:
@@ -171,7 +178,7 @@ class Stack:
             f"{g['hub']}/{g['name']} {g['last_status'] or '-'} {g['runs']} runs {g['values']} values"
             for g in status["groups"]
         )
-        return f"values stored: {status['values_stored']} | {groups}"
+        return f"values acquired: {status['values_acquired']} | {log_status_line(status['log'])} | {groups}"
 
     def supervise(self, every: float = 3.0) -> int:
         """Print status until Ctrl-C (or SIGTERM) or a part dies; returns the exit code."""

@@ -10,4 +10,5 @@ urlpatterns = [
     path("api/status", api_status, name="api-status"),
     path("api/", include("hubs.urls")),
     path("api/", include("scripts_engine.urls")),
+    path("api/streams/", include("streams.urls")),
 ]

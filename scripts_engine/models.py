@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from hubsched.secrets import EncryptedTextField
 
@@ -94,6 +95,10 @@ class Sink(models.Model):
         "values go by multi-row INSERT, which costs about 8 times the worker CPU per value on MariaDB (docs/data-path.md).",
     )
     enabled = models.BooleanField("enabled", default=True, help_text="A disabled sink receives nothing.")
+    created_at = models.DateTimeField(
+        "created", default=timezone.now, editable=False,
+        help_text="A new sink's forwarder starts at the log's first record written from this time (docs/streams.md).",
+    )
 
     objects = SinkQuerySet.as_manager()
 

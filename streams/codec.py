@@ -1,15 +1,26 @@
-"""An execution's values (``scripts_engine.sinks.values.ExecutionValues``) as one log record, and back.
+"""A tick's outcome (its status and, when it went well, its execution's values) as one log record, and back.
 
 Format version 1 (what another service reading the stream natively decodes): one UTF-8 JSON object
 
-    {"v": 1, "tick": "<RFC 3339, the execution's scheduled time>", "project": str, "hub": str,
-     "group_id": int, "group": str, "values": [[entity, [value object, ...]], ...]}
+    {"v": 1, "tick": "<RFC 3339, the tick's scheduled time>", "project": str, "project_id": int,
+     "hub": str, "group_id": int, "group": str,
+     "status": "ok" | "failed" | "skipped" | "missed", "error": str,
+     "started": "<RFC 3339>" | null, "finished": "<RFC 3339>" | null,
+     "values": [[entity, [value object, ...]], ...]}
 
-with the value objects exactly as the hub answered them (hub protocol v1 ``getEntityParams``:
-``{"key", "value", "ts"?, "quality"?}``; entity ``""`` for values a script computed). Standard JSON,
-except where a value holds what only the standard library reads (NaN, Infinity, integers beyond 64
-bits, which some hubs send): then those tokens appear as Python's ``json`` writes them, so nothing is
-lost or changed on the way through. A reader must check ``v`` and refuse a version it does not know.
+- ``status`` is the tick's one outcome (groups.models.RunStatus): ``ok`` (its values are these),
+  ``failed`` (``error`` says why; no values), ``skipped`` (the group was still running) or ``missed``
+  (older than its expiry before a worker could start it); those two never started. A record without
+  ``status`` is ``ok``; without ``project_id``, ``error``, ``started`` or ``finished`` they are
+  null/empty.
+- ``values`` hold the value objects exactly as the hub answered them (hub protocol v1
+  ``getEntityParams``: ``{"key", "value", "ts"?, "quality"?}``; entity ``""`` for values a script
+  computed, after write-back).
+
+Standard JSON, except where a value holds what only the standard library reads (NaN, Infinity,
+integers beyond 64 bits, which some hubs send): then those tokens appear as Python's ``json`` writes
+them, so nothing is lost or changed on the way through. A reader must check ``v`` and refuse a version
+it does not know.
 
 orjson encodes (several times faster than ``json``); it writes NaN as ``null``, so an encoding that
 holds ``null`` is checked for non-finite floats (a C-speed substring test first: most have none).
@@ -20,16 +31,31 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 
 from scripts_engine.sinks.values import ExecutionValues
 
 VERSION = 1
+STATUSES = frozenset({"ok", "failed", "skipped", "missed"})
 
 
 class CodecError(ValueError):
-    """A record that is not an execution of a known format version (says which and why)."""
+    """A record that is not a tick outcome of a known format version (says which and why)."""
+
+
+class TickOutcome(NamedTuple):
+    """One record: ``execution`` (tick, names, group id and, for ``ok``, the values; ``size`` is the
+    record's bytes once decoded), ``project_id`` (None in records written without it), ``status`` (one of
+    STATUSES), ``error`` (``failed`` only), ``started``/``finished`` (aware; None for skipped and missed)."""
+
+    execution: ExecutionValues
+    project_id: int | None
+    status: str = "ok"
+    error: str = ""
+    started: datetime | None = None
+    finished: datetime | None = None
 
 
 def _has_non_finite(obj) -> bool:
@@ -42,16 +68,22 @@ def _has_non_finite(obj) -> bool:
     return False
 
 
-def execution_encode(execution: ExecutionValues) -> bytes:
-    """The record bytes of ``execution`` (format version 1). Raises CodecError for values that are
-    not JSON even to the standard library (e.g. a set)."""
+def outcome_encode(outcome: TickOutcome) -> bytes:
+    """The record bytes of ``outcome`` (format version 1). Raises CodecError for values that are not
+    JSON even to the standard library (e.g. a set)."""
+    execution = outcome.execution
     doc = {
         "v": VERSION,
         "tick": execution.tick.isoformat(),
         "project": execution.project,
+        "project_id": outcome.project_id,
         "hub": execution.hub,
         "group_id": execution.group_id,
         "group": execution.group,
+        "status": outcome.status,
+        "error": outcome.error,
+        "started": outcome.started.isoformat() if outcome.started else None,
+        "finished": outcome.finished.isoformat() if outcome.finished else None,
         "values": execution.values,
     }
     try:
@@ -67,8 +99,22 @@ def execution_encode(execution: ExecutionValues) -> bytes:
                          f"values are not JSON: {exc}") from None
 
 
-def execution_decode(body: bytes) -> ExecutionValues:
-    """The execution in a record's bytes. Raises CodecError for bytes that are not JSON, a version
+def execution_encode(execution: ExecutionValues, *, project_id: int | None = None) -> bytes:
+    """``outcome_encode`` of an ``ok`` outcome holding ``execution``."""
+    return outcome_encode(TickOutcome(execution, project_id))
+
+
+def _time(text, field: str) -> datetime | None:
+    if text is None:
+        return None
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"{field} {text!r} has no UTC offset")
+    return when
+
+
+def outcome_decode(body: bytes) -> TickOutcome:
+    """The tick outcome in a record's bytes. Raises CodecError for bytes that are not JSON, a version
     other than 1, or a field missing or of the wrong type."""
     try:
         doc = orjson.loads(body)
@@ -82,11 +128,23 @@ def execution_decode(body: bytes) -> ExecutionValues:
     if doc.get("v") != VERSION:
         raise CodecError(f"record format version {doc.get('v')!r}: this reader knows {VERSION}")
     try:
-        tick = datetime.fromisoformat(doc["tick"])
+        tick = _time(doc["tick"], "tick")
         values = [(entity, items) for entity, items in doc["values"]]
-        execution = ExecutionValues(tick, doc["project"], doc["hub"], doc["group_id"], doc["group"], values)
+        execution = ExecutionValues(tick, doc["project"], doc["hub"], doc["group_id"], doc["group"], values, len(body))
+        status = doc.get("status", "ok")
+        outcome = TickOutcome(execution, doc.get("project_id"), status, doc.get("error") or "",
+                              _time(doc.get("started"), "started"), _time(doc.get("finished"), "finished"))
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"record format version 1: field missing or malformed: {exc!r}") from None
-    if tick.tzinfo is None or not isinstance(execution.group_id, int):
+    if tick is None or not isinstance(execution.group_id, int) or isinstance(execution.group_id, bool):
         raise CodecError("record format version 1: tick must carry a UTC offset and group_id be an integer")
-    return execution
+    if status not in STATUSES:
+        raise CodecError(f"record format version 1: status {status!r}: expected one of {sorted(STATUSES)}")
+    if outcome.project_id is not None and (not isinstance(outcome.project_id, int) or isinstance(outcome.project_id, bool)):
+        raise CodecError("record format version 1: project_id must be an integer")
+    return outcome
+
+
+def execution_decode(body: bytes) -> ExecutionValues:
+    """The execution (tick, names, values) in a record's bytes: ``outcome_decode(body).execution``."""
+    return outcome_decode(body).execution

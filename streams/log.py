@@ -31,6 +31,9 @@ from typing import Literal, NamedTuple
 
 from hubsched.per_process import PerProcess
 
+# The stream every tick outcome goes to (docs/streams.md): each record one execution's outcome and values.
+EXECUTIONS = "executions"
+
 # RabbitMQ Streams takes names up to 255 bytes; the SQLite backend names a table after the stream.
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-:]{0,199}")
@@ -151,7 +154,7 @@ def start_parse(text: str) -> Start:
     if text in ("first", "last", "next"):
         return Start(text)
     kind, _, rest = text.partition(":")
-    if kind == "offset" and rest.isdigit():
+    if kind == "offset" and rest.isascii() and rest.isdigit():
         return Start.at(int(rest))
     if kind == "time" and rest:
         try:

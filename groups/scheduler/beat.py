@@ -6,6 +6,10 @@ is due through the Engine (one ``groups.tasks.group_batch_run`` message per hub 
 ``HUBSCHED_DISPATCH_LEAD_S`` ahead with the tick's time as its eta, through ``publish.BatchPublisher``),
 and waits until the next send or the next on-change event. A thread adds the counters to GroupStats
 once a second (``flush_s``).
+
+Several beats may run on Redis: one leads (``groups.scheduler.leader``), the others keep their groups loaded
+and take over within about ``HUBSCHED_BEAT_LEASE_S`` + 0.1 s of the leader's death, carrying on from its
+watermarks (``Engine.resume``). On the embedded broker a second beat refuses to start.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import threading
 from celery import beat
 
 from .clock import Clock, SystemClock
-from .engine import Engine, StatsBuffer
+from .engine import Engine, NotLeading, StatsBuffer
+from .leader import FileLeadership, leadership_for_beat
 from .publish import BatchPublisher
 from .source import GroupSource
 from .subscriptions import Subscriptions
@@ -30,8 +35,10 @@ class Scheduler(beat.Scheduler):
     flush_s = 1.0
     batch_max = 1000
 
+    standby_s = 0.05  # how often a standby beat looks whether it has taken the lead
+
     def __init__(self, app, *args, clock: Clock | None = None, subscriptions=None, lead: float | None = None,
-                 **kwargs):
+                 leadership=None, **kwargs):
         from django.conf import settings
 
         self.clock = clock or SystemClock()
@@ -40,8 +47,14 @@ class Scheduler(beat.Scheduler):
         self.stats = StatsBuffer()
         self.subscriptions = subscriptions if subscriptions is not None else Subscriptions(self.post_event)
         self.publisher = BatchPublisher(app, lambda: self.producer)
+        self.leadership = leadership if leadership is not None else leadership_for_beat()
+        self.leadership.on_change = self._leadership_changed
+        self._fence: list[int] | None = None  # the round being sent
+        self._resumed: object = None  # the epoch this beat carried on from the watermarks for (None: standby)
+        self._untaken: list[tuple[int, float, str]] = []  # missed gap ticks for the log, written by the flusher
+        self._untaken_lock = threading.Lock()
         self.engine = Engine(publish=self._publish, clock=self.clock, batch_max=self.batch_max, stats=self.stats,
-                             subscriptions=self.subscriptions, batch=self._batch,
+                             subscriptions=self.subscriptions, batch=self._batch, commit=self._commit,
                              lead=settings.HUBSCHED_DISPATCH_LEAD_S if lead is None else lead)
         self.source = GroupSource(self.engine)
         self._next_poll = 0.0
@@ -53,25 +66,37 @@ class Scheduler(beat.Scheduler):
     # --- celery.beat.Scheduler ---------------------------------------------------------------
 
     def setup_schedule(self) -> None:
+        if isinstance(self.leadership, FileLeadership):
+            self.leadership.acquire()  # raises BeatAlreadyRunning: one beat on the embedded broker
         count = self.source.load()
         self._next_poll = self.clock.now() + self.poll_s
         logger.info("hubsched scheduler: %d groups in %d cohorts", count, len(self.engine.cohorts))
         if isinstance(self.clock, SystemClock) and self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="hubsched-stats", daemon=True)
             self._flusher.start()
+        if not isinstance(self.leadership, FileLeadership):
+            try:
+                self.leadership.try_acquire()  # at once, so that a lone beat leads from its first tick
+            except Exception:
+                logger.exception("hubsched scheduler: Redis unreachable; standing by until it answers")
+        self.leadership.start()
 
     def tick(self, *args, **kwargs) -> float:
-        """Send what is due, then wait for the next tick, poll or event; returns 0 (beat: call again)."""
+        """Send what is due (when leading), then wait for the next tick, poll or event; returns 0 (beat: call again)."""
         now = self.clock.now()
-        self.engine.run_due(now)  # first: reading changes must not delay a due tick
-        due = self.engine.next_due()
+        leading = self._lead(now)
+        if leading:
+            self.engine.run_due(now)  # first: reading changes must not delay a due tick
+        else:
+            self.engine.discard_events()
+        due = self.engine.next_due() if leading else now + self.standby_s
         if now >= self._next_poll and (due is None or due - now > 0.02 or now >= self._next_poll + 2 * self.poll_s):
             try:
                 self.source.poll()
             except Exception:  # a database hiccup: keep ticking on what we know, try again next poll
                 logger.exception("hubsched scheduler: reading changes failed")
             self._next_poll = now + self.poll_s
-            due = self.engine.next_due()
+            due = self.engine.next_due() if leading else now + self.standby_s
         if now - self._last_flush >= self.flush_s:
             self._last_flush = now
             self._flush_now.set()  # the flusher writes counters right after a tick, not in the middle of one
@@ -88,6 +113,7 @@ class Scheduler(beat.Scheduler):
 
     def close(self) -> None:
         self._stop.set()
+        self.leadership.stop()  # releases the lease: a standby takes over at once
         self._flush_now.set()
         if self.subscriptions is not None:
             self.subscriptions.stop()
@@ -113,17 +139,76 @@ class Scheduler(beat.Scheduler):
         self.engine.post_event(group_id, entity, values)
         self._wake.set()
 
+    def _lead(self, now: float) -> bool:
+        """Whether this beat leads; on taking the lead, carry on from the watermarks first."""
+        leadership = self.leadership
+        if not leadership.leading:
+            self._resumed = None
+            return False
+        epoch = leadership.epoch
+        if self._resumed is None or self._resumed != epoch:
+            self._resumed = epoch
+            if epoch is not None:  # on Redis; the file lock has no predecessor to carry on from
+                self._resume(now)
+        return leadership.leading
+
+    def _resume(self, now: float) -> None:
+        try:
+            marks = self.leadership.watermarks()
+        except Exception:
+            logger.exception("hubsched scheduler: could not read the watermarks; standing down")
+            self.leadership.step_down("could not read the watermarks")
+            self._resumed = None
+            return
+        late, missed, older = self.engine.resume(marks, now)
+        if missed:
+            with self._untaken_lock:
+                self._untaken.extend(missed)
+            self._flush_now.set()
+        logger.warning("hubsched scheduler: took the lead (epoch %s): %d group ticks of the gap sent late, "
+                       "%d missed", self.leadership.epoch, late, len(missed) + older)
+
+    def _leadership_changed(self, leading: bool) -> None:
+        self._wake.set()  # from the lease thread: take over (or stand by) now, not at the next tick
+
     def _publish(self, hub_id: int, ticks: list, limit: int, eta: float | None) -> None:
-        self.publisher.send(hub_id, ticks, limit, eta)
+        self.publisher.send(hub_id, ticks, limit, eta, self._fence)
 
     def _batch(self):
+        self._fence = self.leadership.next_round()
+        if not isinstance(self.leadership, FileLeadership) and (self._fence is None or self._fence[0] != self._resumed):
+            # lost the lead, or took it again since this tick began: the engine has not carried on from the
+            # watermarks of that epoch yet, so this round could repeat another beat's ticks
+            self._fence = None
+            raise NotLeading()
         return self.publisher.batch()
+
+    def _commit(self, marks: dict[str, float]) -> bool:
+        fence, self._fence = self._fence, None
+        if fence is None:
+            return True
+        return self.leadership.commit(fence, marks)
 
     def flush(self) -> None:
         from django.db import close_old_connections
 
         from .stats import group_stats_add
 
+        with self._untaken_lock:
+            untaken, self._untaken = self._untaken, []
+        if untaken:
+            from groups.services import ticks_untaken_log
+
+            for start in range(0, len(untaken), 10_000):  # a long outage of many groups: appends of a bounded size
+                part = untaken[start : start + 10_000]
+                try:
+                    ticks_untaken_log(untaken=part)
+                except Exception:
+                    logger.exception("hubsched scheduler: could not record %d missed ticks; kept for the next flush",
+                                     len(untaken) - start)
+                    with self._untaken_lock:
+                        self._untaken[:0] = untaken[start:]
+                    break
         counts = self.stats.take()
         if not counts:
             return

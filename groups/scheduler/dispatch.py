@@ -13,7 +13,8 @@
    short delay (``requeue``), so that a slow hub holds no more than ``limit`` worker processes and
    the others go on serving other hubs; its ticks then expire as missed if the hub stays busy.
 3. The overlap lock: a group still running (or waiting in a running batch) when its next tick comes
-   records that tick as ``skipped``.
+   records that tick as ``skipped``. Skipped and missed ticks are appended to the log as outcomes
+   (``groups.services.ticks_untaken_log``) before the message is acknowledged, like the executions.
 4. The admitted groups run in an order rotated by the tick number, so that every group of a hub takes
    its turn at the front (round-robin) and a slow or huge group cannot always push the same others
    past their expiry. They go in chunks of up to ``CHUNK_MAX`` groups of the same tick, each chunk
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,8 +44,10 @@ class BatchOutcome:
     ran: list[tuple[int, float]] = field(default_factory=list)  # (group, scheduled_for) in run order
     skipped: list[int] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
+    untaken: list[tuple[int, float, str]] = field(default_factory=list)  # (group, scheduled_for, skipped|missed|failed)
     requeue: list | None = None  # ticks to send again after ``countdown`` (the hub gate was full, or far too early)
     countdown: float = 0.0
+    refused: bool = False  # its beat round was fenced off (``groups.scheduler.leader``): the new leader sends its ticks
 
 
 def round_robin(gids: list[int], rr: int) -> list[int]:
@@ -64,14 +66,27 @@ def _execute(runs: list[tuple[int, float]]) -> None:
 
 def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | None = None, locks=None,
                   execute: Callable[[list[tuple[int, float]]], None] | None = None,
-                  record: bool = True) -> BatchOutcome:
+                  record: bool = True, fence: list | None = None, fences=None) -> BatchOutcome:
     """Run one hub's batch ``ticks = [[scheduled_for, expires_s, rr, [group_id, ...]], ...]``.
+
+    First of all, a batch with a ``fence`` (``[epoch, seq]`` of the beat round that sent it) runs only if that
+    round was committed (``groups.scheduler.leader.Fence.admit``, the process's ``fence_checker()`` unless
+    ``fences`` is given); a refused batch runs and records nothing (``refused``): its ticks belong to the
+    beat that leads now. Without a fence (an older beat) it runs.
 
     No tick starts before its ``scheduled_for`` (see the module docstring); expiry counts from it.
     ``execute(runs)`` runs admitted ``[(group_id, scheduled_for)]`` (default: the lead's
     ``groups.services.group_runs_execute``). With ``record`` the skipped and missed counts go into
     GroupStats. Never raises for one group's fault; returns what happened.
     """
+    if fence is not None:
+        if fences is None:
+            from .leader import fence_checker
+
+            fences = fence_checker()
+        if fences is not None and not fences.admit(fence):
+            logger.info("hub %s: batch of beat round %s refused: that beat no longer leads", hub_id, fence)
+            return BatchOutcome(refused=True)
     if locks is None:
         from .locks import locks_backend
 
@@ -92,6 +107,7 @@ def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | N
     for t, expiry, rr, gids in sorted(ticks, key=lambda tick: tick[0]):
         if now - t > expiry:
             out.missed.extend(gids)
+            out.untaken.extend((gid, t, "missed") for gid in gids)
             continue
         waiting.append([t, expiry, rr, gids])
         queue.extend((gid, t, expiry) for gid in round_robin(gids, rr))
@@ -104,10 +120,10 @@ def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | N
             _run_admitted(queue, out, clock=clock, locks=locks, execute=execute)
         finally:
             locks.gate_leave(hub_id, gate)
-    if record and (out.skipped or out.missed):
-        from .stats import group_stats_add
+    if record and out.untaken:
+        from groups.services import ticks_untaken_log
 
-        group_stats_add(counts={"skipped": Counter(out.skipped), "missed": Counter(out.missed)})
+        ticks_untaken_log(untaken=out.untaken)  # before the message is acknowledged, like the executions
     return out
 
 
@@ -117,6 +133,7 @@ def _run_admitted(queue, out: BatchOutcome, *, clock: Clock, locks, execute) -> 
     for gid, t, expiry in queue:
         if gid in seen:  # the same group twice in one batch (two change events): the second waits its turn
             out.skipped.append(gid)
+            out.untaken.append((gid, t, "skipped"))
         else:
             seen.add(gid)
             unique.append((gid, t, expiry))
@@ -124,9 +141,12 @@ def _run_admitted(queue, out: BatchOutcome, *, clock: Clock, locks, execute) -> 
     locked_set = set(locked)
     admitted = []
     for gid, t, expiry in unique:
-        (admitted.append((gid, t, expiry)) if gid in locked_set else out.skipped.append(gid))
+        if gid in locked_set:
+            admitted.append((gid, t, expiry))
+        else:
+            out.skipped.append(gid)
+            out.untaken.append((gid, t, "skipped"))
     held = [gid for gid, _, _ in admitted]
-    last_refresh = clock.now()
     try:
         start = 0
         while start < len(admitted):
@@ -135,23 +155,36 @@ def _run_admitted(queue, out: BatchOutcome, *, clock: Clock, locks, execute) -> 
             if t > now:  # a later tick of the same batch: its time has not come yet
                 clock.wait(threading.Event(), t - now)
                 now = clock.now()
-            if now - last_refresh > 10.0:
-                locks.refresh(token, held[start:])
-                last_refresh = now
             # the next run of this tick's groups, in round-robin order, executed as one batch (their
             # hub reads pipelined together); expiry is checked for each group before the chunk starts
             end = start
             while end < len(admitted) and end - start < CHUNK_MAX and admitted[end][1] == t:
                 end += 1
             chunk = admitted[start:end]
+            # the locks live while this process's heartbeat extends them (groups.scheduler.locks); a worker
+            # paused past their TTL may have lost some to another worker, which then runs those groups:
+            # count them skipped rather than run them twice
+            try:
+                kept = set(locks.held(token, [gid for gid, _, _ in chunk]))
+            except Exception:  # the lock store is out of reach: its locks may have lapsed
+                logger.exception("hub batch: cannot check its overlap locks; their groups are skipped")
+                kept = set()
+            lost = [(gid, t) for gid, t, _ in chunk if gid not in kept]
+            out.skipped.extend(gid for gid, _ in lost)
+            out.untaken.extend((gid, t, "skipped") for gid, t in lost)
+            chunk = [entry for entry in chunk if entry[0] in kept]
             live = [(gid, t) for gid, t, expiry in chunk if now - t <= expiry]
-            out.missed.extend(gid for gid, t, expiry in chunk if now - t > expiry)
+            late = [(gid, t) for gid, t, expiry in chunk if now - t > expiry]
+            out.missed.extend(gid for gid, _ in late)
+            out.untaken.extend((gid, t, "missed") for gid, t in late)
             if live:
                 try:
                     execute(live)
                     out.ran.extend(live)
                 except Exception:  # a fault outside one group's run (those are recorded as failed runs)
                     logger.exception("groups %s: execution of tick %s failed", [gid for gid, _ in live], t)
+                    # their outcome, should none have reached the log (the run recorder keeps a tick's first)
+                    out.untaken.extend((gid, t, "failed") for gid, _ in live)
             locks.release(token, [gid for gid, _, _ in chunk])
             start = end
     finally:

@@ -16,11 +16,17 @@ Lookahead: with ``lead > 0`` a tick is sent ``lead`` seconds before it is due (p
 its period; for cron half a second), with ``eta = scheduled_for``, so that the time spent sending is
 not lag: the worker starts the tick at its time, not when the message happened to arrive. The
 messages of one hub are grouped by that eta: one message per hub per tick instant.
+
+High availability (``groups.scheduler.leader``): each round of sends ends with ``commit(marks)``, the last tick
+time sent per cohort (``Cohort.mark`` names it), and a beat that takes the lead over calls ``resume(marks)`` to
+carry on from where the previous leader stopped: ticks that fell due in the gap go out late while within their
+expiry; older ones are returned as missed.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import queue
 import threading
@@ -37,6 +43,14 @@ logger = logging.getLogger(__name__)
 INTERVAL, CRON, ONCE, ON_CHANGE = "interval", "cron", "once", "on_change"
 
 Publish = Callable[[int, list, int, "float | None"], None]  # (hub_id, ticks, hub_limit, eta epoch s or None)
+
+ROUND_MARK = "round"  # the watermark of the last committed round's time (``now``), for cohorts without their own
+RESUME_LOG_MAX = 5  # gap ticks per cohort returned one by one as missed by ``resume``; older ones are only counted
+RESUME_WALK_MAX = 100_000  # cron ticks walked through a gap at most (a longer gap's count is a lower bound)
+
+
+class NotLeading(Exception):
+    """Raised by ``batch()`` when this beat no longer leads: the round is dropped, nothing counted."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class GroupSpec:
     hub_url: str = ""
     hub_key: str = ""
     hub_timeout: float = 5.0
+    hub_tls: object = None  # hubs.client.TlsOptions of an on-change group's hub (wss://), else None
 
 
 class StatsBuffer:
@@ -107,10 +122,11 @@ class StatsBuffer:
 class Cohort:
     """Groups that tick at the same instants; their ids by hub and expiry, ready to send."""
 
-    __slots__ = ("key", "trigger", "due", "lead", "version", "fired", "members", "_ready", "_ready_max")
+    __slots__ = ("key", "mark", "trigger", "due", "lead", "version", "fired", "members", "_ready", "_ready_max")
 
     def __init__(self, key, trigger, due: float, lead: float = 0.0):
         self.key, self.trigger, self.due, self.lead = key, trigger, due, lead
+        self.mark = json.dumps(list(key), separators=(",", ":"))  # its watermark's name in Redis
         self.version = 0
         self.fired = 0
         self.members: dict[int, dict[int, float | None]] = defaultdict(dict)  # hub -> group -> expiry
@@ -188,13 +204,19 @@ class Engine:
     uses kombu's pipelined publish batch); if leaving it raises, that round's ticks count as missed.
     ``stats`` collects ``dispatched`` (ticks sent) and ``missed`` (ticks beat itself passed over
     after falling behind: only the latest overdue tick is sent). ``subscriptions`` (optional) is told
-    which on-change groups exist; it calls ``post_event`` from its own threads.
+    which on-change groups exist; it calls ``post_event`` from its own threads. ``commit(marks)``
+    (optional) is called after each round with ``{cohort mark: last tick time sent}``; when it returns False
+    (this beat was fenced off) the round's ticks are not counted ``dispatched``: workers refuse them and the
+    new leader sends them.
     """
 
     def __init__(self, *, publish: Publish, clock: Clock | None = None, batch_max: int = 1000,
                  stats: StatsBuffer | None = None, subscriptions=None, lead: float = 0.0,
-                 batch: Callable[[], AbstractContextManager] | None = None):
+                 batch: Callable[[], AbstractContextManager] | None = None,
+                 commit: Callable[[dict[str, float]], bool] | None = None):
         self.publish = publish
+        self.commit = commit
+        self._marks: dict[str, float] = {}  # this round's watermarks
         self.lead = max(0.0, lead)
         self.batch = batch
         self.clock = clock or SystemClock()
@@ -318,6 +340,7 @@ class Engine:
                     due, nxt = nxt, trig.next_after(nxt)
         gap = (nxt - due) if nxt is not None else 60.0
         cohort.fired += 1
+        self._marks[cohort.mark] = due
         eta = due if due > now else None
         for hub_id, parts in cohort.ready(self.batch_max).items():
             for expiry, gids in parts:
@@ -347,10 +370,12 @@ class Engine:
                 expiry = spec.expires if spec.expires is not None else spec.period
                 outgoing[spec.hub_id, None].append([at, expiry, 0, [group_id]])
 
-    def _send(self, outgoing: dict[tuple[int, float | None], list]) -> int:
-        if not outgoing:
+    def _send(self, outgoing: dict[tuple[int, float | None], list], *, force_commit: bool = False) -> int:
+        if not outgoing and not (force_commit and self.commit is not None):
+            self._marks = {}
             return 0
         sent: list[list] = []  # ticks handed to publish; counted dispatched once the round is out
+        marks, self._marks = self._marks, {}
         try:
             with self.batch() if self.batch is not None else nullcontext():
                 for (hub_id, eta), ticks in outgoing.items():
@@ -367,11 +392,16 @@ class Engine:
                             size += len(part)
                     if batch:
                         self._publish(hub_id, batch, limit, eta, sent)
+        except NotLeading:  # another beat leads now: it sends these ticks (from the watermarks)
+            return 0
         except Exception:  # the round's pipeline failed as a whole: count its ticks missed
             logger.exception("could not send %d ticks", sum(len(t[3]) for t in sent))
             for tick in sent:
                 self.stats.add("missed", tick[3])
+            self._commit(marks)  # they are accounted for: a new leader must not count them again
             return 0
+        if not self._commit(marks):
+            return 0  # fenced off: workers refuse this round, the new leader sends its ticks
         count = 0
         for tick in sent:
             self.stats.add("dispatched", tick[3])
@@ -387,3 +417,104 @@ class Engine:
                 self.stats.add("missed", tick[3])
             return
         sent.extend(ticks)
+
+    def _commit(self, marks: dict[str, float]) -> bool:
+        if self.commit is None:
+            return True
+        marks[ROUND_MARK] = self.clock.now()
+        try:
+            return bool(self.commit(marks))
+        except Exception:  # not known whether it landed: stop leading; whoever leads next reads what did
+            logger.exception("could not commit a round of sends")
+            return False
+
+    # --- high availability ------------------------------------------------------------------------
+
+    def discard_events(self) -> int:
+        """Drop pending change events (a standby beat does not send them); returns how many."""
+        n = 0
+        while True:
+            try:
+                self._events.get_nowait()
+            except queue.Empty:
+                return n
+            n += 1
+
+    def resume(self, marks: dict[str, float], now: float | None = None) -> tuple[int, list[tuple[int, float, str]], int]:
+        """Carry on from the watermarks ``marks`` (``{cohort mark: last tick sent}``, ``ROUND_MARK``: the last
+        round's time) after this beat took the lead; returns ``(group executions sent late, missed, older)``.
+
+        For each cohort, the ticks after its watermark up to ``now`` fell due while no beat sent them. Each is
+        sent at once (no eta) to the groups it is still within the expiry of; for the others it is missed:
+        the latest ``RESUME_LOG_MAX`` ticks of a cohort are returned as ``[(group_id, scheduled_for, "missed")]``
+        (for the log, ``groups.services.ticks_untaken_log``), older ones added to the ``missed`` counter (``older``
+        counts those group ticks). A
+        cohort without a watermark (new since) starts after the last round's time plus its lead; with no
+        watermarks at all, nothing is known to be owed and every cohort starts at its next tick. The round is
+        committed even when nothing is sent, so that a later leader does not count the same ticks again.
+        """
+        now = self.clock.now() if now is None else now
+        round_at = marks.get(ROUND_MARK)
+        outgoing: dict[tuple[int, float | None], list] = defaultdict(list)
+        missed: list[tuple[int, float, str]] = []
+        older_total = 0
+        for cohort in list(self.cohorts.values()):
+            trig = cohort.trigger
+            mark = marks.get(cohort.mark)
+            if mark is None:
+                mark = round_at + cohort.lead if round_at is not None else now
+            gap_ticks, older, nxt = self._gap(trig, mark, now)
+            parts = cohort.ready(self.batch_max)
+            for i, t in enumerate(gap_ticks):
+                after = nxt if i + 1 == len(gap_ticks) else gap_ticks[i + 1]
+                gap = (after - t) if after is not None else 60.0
+                cohort.fired += 1
+                for hub_id, hub_parts in parts.items():
+                    for expiry, gids in hub_parts:
+                        if now - t <= (expiry if expiry is not None else gap):
+                            outgoing[hub_id, None].append([t, expiry if expiry is not None else gap, cohort.fired, gids])
+                        else:
+                            missed.extend((gid, t, "missed") for gid in gids)
+            if older:
+                for hub_parts in parts.values():
+                    for _, gids in hub_parts:
+                        self.stats.add("missed", gids, older)
+                        older_total += older * len(gids)
+            if gap_ticks:
+                self._marks[cohort.mark] = gap_ticks[-1]
+            if nxt is None:
+                for groups in cohort.members.values():
+                    for gid in groups:
+                        self._where.pop(gid, None)
+                del self.cohorts[cohort.key]
+            else:
+                cohort.due = nxt
+                self._push(cohort)
+        return self._send(outgoing, force_commit=True), missed, older_total
+
+    @staticmethod
+    def _gap(trig, mark: float, now: float) -> tuple[list[float], int, float | None]:
+        """Ticks in ``(mark, now]``: ``(the latest RESUME_LOG_MAX of them, how many older, the first after now)``."""
+        if isinstance(trig, IntervalTrigger):
+            total = trig.count_between(mark, now)
+            nxt = trig.next_after(now)
+            keep = min(total, RESUME_LOG_MAX)
+            period_us = trig.period_us
+            nxt_us = round(nxt * 1_000_000)
+            ticks = [(nxt_us - k * period_us) / 1_000_000 for k in range(keep, 0, -1)]
+            return ticks, total - keep, nxt
+        ticks: list[float] = []
+        older = 0
+        t = trig.next_after(mark)
+        walked = 0
+        while t is not None and t <= now:
+            ticks.append(t)
+            if len(ticks) > RESUME_LOG_MAX:
+                ticks.pop(0)
+                older += 1
+            walked += 1
+            if walked >= RESUME_WALK_MAX:
+                logger.warning("a gap of more than %d cron ticks: the missed count is a lower bound", walked)
+                return ticks, older, trig.next_after(now)
+            t = trig.next_after(t)
+        return ticks, older, t

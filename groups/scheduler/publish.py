@@ -40,13 +40,14 @@ class BatchPublisher:
             self._route = self.app.amqp.router.route({}, BATCH_TASK, None, None, task)
         return self._route
 
-    def send(self, hub_id: int, ticks: list, limit: int, eta: float | None = None) -> str:
-        """Send one message; ``eta`` is epoch seconds (the worker starts it then) or None. Returns the task id."""
+    def send(self, hub_id: int, ticks: list, limit: int, eta: float | None = None, fence: list[int] | None = None) -> str:
+        """Send one message; ``eta`` is epoch seconds (the worker starts it then) or None; ``fence`` is the round's
+        ``[epoch, seq]`` (``groups.scheduler.leader``; None: no fence, the argument is left out). Returns the task id."""
         amqp, task_id = self.app.amqp, uuid()
         size = sum(len(t[3]) for t in ticks)
         plural = "s" if size != 1 else "", "s" if len(ticks) != 1 else ""
         message = amqp.create_task_message(
-            task_id, BATCH_TASK, (hub_id, ticks, limit), {},
+            task_id, BATCH_TASK, (hub_id, ticks, limit) if fence is None else (hub_id, ticks, limit, fence), {},
             eta=datetime.fromtimestamp(eta, timezone.utc) if eta is not None else None,
             create_sent_event=self.app.conf.task_send_sent_event,
             ignore_result=True,

@@ -50,6 +50,7 @@ def group_specs(*, ids=None, changed_since: datetime | None = None, chunk: int =
             "group_id", "entity", "key"
         ):
             keys.setdefault(gid, []).append((entity, key))
+    tls = _hubs_tls({r["hub_id"] for r in rows if r["trigger"] == Trigger.ON_CHANGE})
     cap = settings.HUBSCHED_HUB_MAX_IN_FLIGHT
     specs = []
     for r in rows:
@@ -66,10 +67,21 @@ def group_specs(*, ids=None, changed_since: datetime | None = None, chunk: int =
                 tz=r["hub__project__time_zone"] or "UTC", active=active,
                 hub_limit=max(1, min(r["hub__max_in_flight"] or 1, cap)),
                 keys=tuple(keys.get(r["id"], ())), hub_url=r["hub__url"], hub_key=r["hub__api_key"],
-                hub_timeout=r["hub__timeout"],
+                hub_timeout=r["hub__timeout"], hub_tls=tls.get(r["hub_id"]),
             )
         )
     return specs
+
+
+def _hubs_tls(hub_ids: set[int]) -> dict:
+    """``{hub_id: TlsOptions}`` of the hubs that on-change groups subscribe to (only they connect from beat; the
+    PEM texts are not read for every group)."""
+    from hubs.client import TlsOptions
+    from hubs.models import Hub
+
+    fields = ("pk", "tls_ca_bundle", "tls_client_cert", "tls_client_key", "tls_verify")
+    return {pk: TlsOptions(ca_pem=ca, cert_pem=cert, key_pem=key, verify=verify)
+            for pk, ca, cert, key, verify in Hub.objects.filter(pk__in=hub_ids).values_list(*fields)}
 
 
 class GroupSource:

@@ -115,42 +115,57 @@ def _update_making_rows(*, update: Callable[[], int], present: Callable[[], set[
 
 @dataclass(slots=True)
 class RunTotals:
-    """What one group's runs in one flush add to its GroupStats row.
+    """What one group's tick outcomes in one flush add to its GroupStats row.
 
-    ``lag_ms`` is the sum of the runs' start lags in milliseconds. ``last_run_at`` and
-    ``last_status`` are those of the run with the latest tick (``None``/``""`` while no run is
-    added); ``last_error`` is the error of the last failed run, ``None`` when none failed (the row's
-    ``last_error`` then stays as it is).
+    ``started`` counts executions (ok and failed), ``skipped``/``missed`` the ticks that never ran.
+    ``lag_ms`` is the sum of the executions' start lags in milliseconds. ``last_run_at`` and
+    ``last_status`` are those of the outcome with the latest tick, whatever it was (``None``/``""``
+    while none is added): a group whose ticks all go missed says so. ``last_error`` is the error of the
+    last failed run, ``None`` when none failed (the row's ``last_error`` then stays as it is).
     """
 
     started: int = 0
     done: int = 0
     failed: int = 0
+    skipped: int = 0
+    missed: int = 0
     values: int = 0
     lag_ms: int = 0
     last_run_at: datetime | None = None
     last_status: str = ""
     last_error: str | None = None
 
-    def add(self, *, ok: bool, scheduled_for: datetime, status: str, error: str, values: int, lag_ms: int) -> None:
-        """Count one finished run; a later tick (or the same tick seen later) becomes the last run."""
-        self.started += 1
-        if ok:
+    def add(self, *, scheduled_for: datetime, status: str, error: str = "", values: int = 0, lag_ms: int = 0) -> None:
+        """Count one tick's outcome (groups.models.RunStatus); a later tick (or the same tick seen later)
+        becomes the last run. Raises ValueError for another status."""
+        if status == "ok":
+            self.started += 1
             self.done += 1
-        else:
+        elif status == "failed":
+            self.started += 1
             self.failed += 1
             # Defence in depth (groups.services masks a run's error already): this text is shown by /api/status.
             self.last_error = text_mask(error)
+        elif status == "skipped":
+            self.skipped += 1
+        elif status == "missed":
+            self.missed += 1
+        else:
+            raise ValueError(f"unknown run status {status!r}")
         self.values += values
         self.lag_ms += lag_ms
         if self.last_run_at is None or scheduled_for >= self.last_run_at:
             self.last_run_at, self.last_status = scheduled_for, status
 
+    @property
+    def outcomes(self) -> int:
+        return self.started + self.skipped + self.missed
+
 
 RUNS_CHUNK = 200  # groups per UPDATE: a CASE costs the database a comparison per branch and row, n²/2 a column
 # GroupStats column and the RunTotals attribute added to it
-RUN_COUNTERS = (("started", "started"), ("done", "done"), ("failed", "failed"), ("values", "values"),
-                ("lag_ms_total", "lag_ms"))
+RUN_COUNTERS = (("started", "started"), ("done", "done"), ("failed", "failed"), ("skipped", "skipped"),
+                ("missed", "missed"), ("values", "values"), ("lag_ms_total", "lag_ms"))
 
 
 def group_stats_add_runs(*, totals: Mapping[int, RunTotals]) -> int:
@@ -166,7 +181,7 @@ def group_stats_add_runs(*, totals: Mapping[int, RunTotals]) -> int:
     """
     from groups.models import GroupStats
 
-    totals = {gid: t for gid, t in totals.items() if t.started}
+    totals = {gid: t for gid, t in totals.items() if t.outcomes}
     connection = connections[router.db_for_write(GroupStats)]
     qn = connection.ops.quote_name
     table, group_id = qn(GroupStats._meta.db_table), qn(GroupStats._meta.get_field("group").column)

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from groups.models import Group, GroupStats
+from groups.models import Group, GroupRun, GroupStats
 from groups.scheduler.clock import FakeClock
 from groups.scheduler.dispatch import hub_batch_run, round_robin
 from groups.scheduler.locks import FileLocks, RedisLocks
@@ -119,6 +119,7 @@ def test_the_redis_overlap_lock_expires_after_its_ttl(tmp_path):
     locks = RedisLocks(redis_url(), ttl=0.05, prefix=f"hubsched-test-{tmp_path.name}")
     assert locks.acquire([1])[1] == [1]  # a worker takes the lock, then dies without releasing it
     assert locks.acquire([1])[1] == []
+    locks.stop_heartbeat()  # the worker dies: nothing extends its lock any more
     time.sleep(0.1)  # the TTL is real time in Redis
     assert locks.acquire([1])[1] == [1]
 
@@ -162,7 +163,7 @@ def test_a_slow_hub_cannot_starve_a_fast_one(locks):
     assert later.missed == [11]  # but that tick is 2 s old by now: dropped, not run late
 
 
-def test_skipped_and_missed_ticks_are_counted_in_group_stats(project, tmp_path):
+def test_skipped_and_missed_ticks_are_recorded_once_each_through_the_log(project, tmp_path, forward):
     hub = Hub.objects.create(project=project, name="hub-a", url="ws://127.0.0.1:9/connect")
     a, b = (Group.objects.create(hub=hub, name=name, period=1) for name in "ab")
     locks = FileLocks(tmp_path / "locks")
@@ -171,6 +172,16 @@ def test_skipped_and_missed_ticks_are_counted_in_group_stats(project, tmp_path):
     out = hub_batch_run(hub_id=hub.pk, ticks=[[T0 - 2, 1.0, 0, [a.pk]], [T0, 1.0, 0, [b.pk]]], limit=4,
                         clock=clock, locks=locks, execute=Runner(clock))
     assert out.missed == [a.pk] and out.skipped == [b.pk]
+    assert not GroupStats.objects.exists()  # in the log, not yet recorded
+    forward()
+    assert (GroupStats.objects.get(group=a).missed, GroupStats.objects.get(group=b).skipped) == (1, 1)
+    runs = sorted(GroupRun.objects.values_list("group_id", "status"))
+    assert runs == [(a.pk, "missed"), (b.pk, "skipped")]
+    # the same batch delivered again (a worker died before acknowledging it): each tick keeps its one outcome
+    hub_batch_run(hub_id=hub.pk, ticks=[[T0 - 2, 1.0, 0, [a.pk]], [T0, 1.0, 0, [b.pk]]], limit=4,
+                  clock=clock, locks=locks, execute=Runner(clock))
+    forward()
+    assert GroupRun.objects.count() == 2
     assert (GroupStats.objects.get(group=a).missed, GroupStats.objects.get(group=b).skipped) == (1, 1)
 
 
@@ -246,11 +257,11 @@ def test_recorded_runs_add_to_counters_and_make_the_rows_that_are_missing(projec
     GroupStats.objects.filter(group=b).delete()  # b's row not made yet
     t = timezone.now()
 
-    def run(group, lag):
-        return GroupRun(group_id=group.pk, scheduled_for=t, started_at=t, finished_at=t + timedelta(seconds=1),
+    def run(group, lag, tick=t):
+        return GroupRun(group_id=group.pk, scheduled_for=tick, started_at=tick, finished_at=tick + timedelta(seconds=1),
                         status=RunStatus.OK, values_count=3), lag
 
     group_runs_record(runs=[run(a, 5), run(b, 7)])
-    group_runs_record(runs=[run(b, 7)])
+    group_runs_record(runs=[run(b, 7, t + timedelta(seconds=1))])
     stats = {s.group_id: (s.started, s.done, s.values, s.lag_ms_total) for s in GroupStats.objects.filter(group__hub=hub)}
     assert stats == {a.pk: (1, 1, 3, 5), b.pk: (2, 2, 6, 14)}

@@ -91,7 +91,7 @@ def test_recorded_counters_keep_the_last_error_masked(project, make_hub):
 
 def test_run_totals_mask_the_error_they_keep():
     totals = RunTotals()
-    totals.add(ok=False, scheduled_for=TICK, status=RunStatus.FAILED, error=f"ws://u:{PASSWORD}@h/x", values=0, lag_ms=0)
+    totals.add(scheduled_for=TICK, status=RunStatus.FAILED, error=f"ws://u:{PASSWORD}@h/x", values=0, lag_ms=0)
     assert totals.last_error == "ws://u:***@h/x"
 
 

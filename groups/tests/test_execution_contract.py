@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from groups.execution import GroupRunError, client_for, execute_batch, values_check
-from groups.models import Group, GroupKey
+from groups.models import Group, GroupKey, GroupRun
+from groups.services import group_runs_execute
 from scripts_engine.models import Sink
 from scripts_engine.sinks import sink_engine, tall_table
 
@@ -77,7 +78,7 @@ def _stored(project) -> set[tuple[int, str, str]]:
     {"ts": "2026-13-45T99:99:99Z"},
     {"value": "v" * 5000},
 ])
-def test_one_bad_value_fails_its_execution_and_its_batch_mates_are_stored(project, make_hub, faulty_hub, bad):
+def test_one_bad_value_fails_its_execution_and_its_batch_mates_are_stored(project, make_hub, faulty_hub, bad, forward):
     hub_server = faulty_hub("bad_values", overrides={("plant/line1/pump2", "flow"): bad})
     hub = make_hub(hub_server.url)
     hub.max_value_bytes = 4096
@@ -92,7 +93,12 @@ def test_one_bad_value_fails_its_execution_and_its_batch_mates_are_stored(projec
     errors = {o.group.name: o.error for o in outcomes}
     assert "hub 'hub-a', entity 'plant/line1/pump2', key 'flow': " in errors.pop("poisoned")
     assert errors == {f"g{i}": "" for i in range(5)}
+    now = datetime.now(timezone.utc)  # a tick of now: the worker's way fails a tick past its expiry unread
+    group_runs_execute(runs=[(g.pk, now) for g in groups])  # the worker's way: into the log, then forwarded
+    forward()
     assert _stored(project) == {(g.pk, "plant/line1/pump1", k) for g in groups if g is not poisoned for k in ("flow", "pressure")}
+    assert dict(GroupRun.objects.values_list("group__name", "status")) == {
+        **{f"g{i}": "ok" for i in range(5)}, "poisoned": "failed"}
 
 
 def test_the_client_gets_the_hubs_frame_limit(project, make_hub, reference_hub, settings):

@@ -65,6 +65,7 @@ def run(*, groups: int, hubs: int, period: float, seconds: float, broker: str, p
         **os.environ,
         "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
         "HUBSCHED_VAR_DIR": str(work / "var"),
+        "HUBSCHED_BEAT_KEY_PREFIX": f"hubsched-bench-{os.getpid()}",  # never a real installation's beat lease
         "CELERY_BROKER_URL": broker,
         "HUBSCHED_LOCK_URL": broker,
         "LOG_LEVEL": "WARNING",

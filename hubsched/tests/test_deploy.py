@@ -120,6 +120,7 @@ def compose_test_values() -> dict[str, str]:
         "HUBSCHED_SECRETS_KEY": Fernet.generate_key().decode(),
         "POSTGRES_PASSWORD": secrets.token_hex(24),
         "HUBSCHED_SINK_PASSWORD": secrets.token_hex(24),
+        "RABBITMQ_PASSWORD": secrets.token_hex(24),
         "FLOWER_BASIC_AUTH": f"ops:{secrets.token_hex(12)}",
         "HUB_A_KEY": secrets.token_hex(12),
         "HUB_B_KEY": secrets.token_hex(12),

@@ -29,8 +29,10 @@ VIEWER_EXPECTED = {
     "hubs.view_project", "hubs.view_hub", "hubs.view_entity", "hubs.view_parameter",
     "groups.view_group", "groups.view_groupkey", "groups.view_grouprun", "groups.view_groupstats",
     "scripts_engine.view_script", "scripts_engine.view_sink", "scripts_engine.view_datasource",
+    "streams.view_consumeroffset", "streams.view_forwarder", "streams.view_quarantinedexecution", "streams.read_stream",
 }
-OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "hubs.enable_hub"}
+OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "hubs.enable_hub",
+                                       "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution"}
 INTEGRATOR_EXPECTED = OPERATOR_EXPECTED | {
     f"{app}.{action}_{model}"
     for app, model in [("hubs", "project"), ("hubs", "hub"), ("hubs", "entity"), ("hubs", "parameter"), ("groups", "group"),
@@ -98,7 +100,7 @@ def test_each_role_holds_exactly_what_it_should():
     assert held("integrator") == INTEGRATOR_EXPECTED
     every = {
         f"{app}.{codename}"
-        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups"])
+        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups", "streams"])
         .values_list("content_type__app_label", "codename")
     }
     assert held("admin") == every

@@ -2,24 +2,21 @@
 
 What is stored (an execution's values) and how a value becomes columns: ``values.py``; layouts
 and their tables: ``tables.py``; one batch to one sink: ``writers.py`` (wide, and the dispatch),
-``tall.py`` (COPY, LOAD DATA, executemany); gathering many executions into one write: ``batcher.py``.
+``tall.py`` (COPY, LOAD DATA, executemany); a log consumer's offset committed with the values:
+``offsets.py``. The sinks are fed by their forwarders, which read the durable log (``streams.forwarding``).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
-from .batcher import batcher
 from .tables import DEFAULT_TABLE, tall_table, wide_table_name
 from .values import ExecutionValues, parse_ts, value_json
-from .writers import (
-    SinkError, SinkExecutionsError, SinkTarget, engines_dispose, sink_engine, sink_write, sink_write_isolating,
-)
+from .errors import SinkError
+from .writers import SinkTarget, engines_dispose, sink_engine, sink_write, sink_write_isolating
 
 __all__ = [
-    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkExecutionsError", "SinkTarget", "sink_write_isolating", "parse_ts", "sink_engine", "sink_targets_for_project",
-    "sink_targets_for_projects", "sink_write", "sinks_dispose", "sinks_drain", "sinks_submit", "sinks_write", "tall_table", "value_json",
-    "wide_table_name",
+    "DEFAULT_TABLE", "ExecutionValues", "SinkError", "SinkTarget", "parse_ts", "sink_engine", "sink_targets_for_project",
+    "sink_targets_for_projects", "sink_write", "sink_write_isolating", "sinks_dispose", "sinks_write", "tall_table",
+    "value_json", "wide_table_name",
 ]
 
 
@@ -42,20 +39,6 @@ def sink_targets_for_projects(*, project_ids: set[int]) -> dict[int, list[SinkTa
 
 def sink_targets_for_project(*, project_id: int) -> list[SinkTarget]:
     return sink_targets_for_projects(project_ids={project_id})[project_id]
-
-
-def sinks_submit(*, target: SinkTarget, executions: list[ExecutionValues]) -> Future:
-    """Queue ``executions`` for ``target`` in this process's batcher; the Future is done once they are committed
-    (``SinkBatcher.submit``: SinkExecutionsError names the executions the database refused)."""
-    return batcher().submit(target=target, executions=executions)
-
-
-def sinks_drain(*, timeout: float) -> bool:
-    """Write what this process's batcher holds, waiting at most ``timeout`` seconds (at shutdown)."""
-    from .batcher import process_batcher
-
-    current = process_batcher.peek()  # none made yet: nothing to write
-    return current.drain(timeout=timeout) if current is not None else True
 
 
 def sinks_write(*, targets: list[SinkTarget], executions: list[ExecutionValues]) -> None:

@@ -24,7 +24,7 @@ itself (docs/data-path.md). Writes are made idempotent per execution instead, by
 ledger ``<table>_executions`` (``executions_table``): one row per stored execution, primary key
 (group_id, tick). A batch inserts its executions there first, skipping those already present, and
 stores the values of the new ones only, in the same transaction; an execution's values always go
-in one write (the batcher keeps submissions whole), so a delivery twice stores them once.
+in one write (a forwarder's batch holds whole executions), so a delivery twice stores them once.
 
 Wide (SCADA transaction groups), one table per group named ``<table>_<hub>_<group>``, one row per
 execution: ``id``, ``tick`` (unique), ``ts`` (the newest value timestamp), ``quality`` (the worst of

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from .offsets import Checkpoint, checkpoint_connection, checkpoint_raw, offsets_ensure
 from .values import ExecutionValues, parse_ts, value_json, value_num
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def _raw_transaction(engine: sa.Engine):
         connection.close()
 
 
-def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
+def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues],
+                     checkpoint: Checkpoint | None = None) -> int:
     """Ledger rows with ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, then one ``COPY`` of the new
     executions' values (text format); one transaction. Returns the values written."""
     from psycopg2.extras import execute_values
@@ -236,10 +238,13 @@ def write_postgresql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execu
         if lines:
             columns = ", ".join(quote(c) for c in WRITE_COLUMNS)
             cursor.copy_expert(f"COPY {quote(table.name)} ({columns}) FROM STDIN", io.StringIO("".join(lines)))
+        if checkpoint is not None:
+            checkpoint_raw(cursor, engine.dialect, checkpoint)
     return len(lines)
 
 
-def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
+def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues],
+                checkpoint: Checkpoint | None = None) -> int:
     """The ledger claim, then one ``LOAD DATA LOCAL INFILE`` of the new executions' values from a
     temporary file; one transaction. Returns the values written.
 
@@ -254,7 +259,7 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
       or where either refuses, the values go in one ``executemany`` INSERT (PyMySQL sends it as
       multi-row INSERTs), and a refusing engine is remembered so later batches go there straight away.
       LOAD DATA LOCAL treats data errors as warnings (MySQL: as if IGNORE, a value too long is cut);
-      INSERT in strict mode refuses them, and the batcher isolates the execution they came in.
+      INSERT in strict mode refuses them, and the forwarder isolates the execution they came in.
     """
     quote = engine.dialect.identifier_preparer.quote
     by_id = _unique_executions(executions)
@@ -282,6 +287,8 @@ def write_mysql(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions
                 f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join(['%s'] * len(WRITE_COLUMNS))})", rows,
             )
             written = len(rows)
+        if checkpoint is not None:
+            checkpoint_raw(cursor, engine.dialect, checkpoint)
     return written
 
 
@@ -319,7 +326,8 @@ def _load_data(cursor, table: str, lines: list[str]) -> bool:
     return True
 
 
-def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
+def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues],
+                 checkpoint: Checkpoint | None = None) -> int:
     """Ledger rows with ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (SQLite 3.35+), then the new
     executions' values in multi-row INSERTs of up to 500 rows; one transaction.
 
@@ -352,6 +360,8 @@ def write_sqlite(engine: sa.Engine, table: sa.Table, ledger: sa.Table, execution
             for start in range(0, len(rows), per):
                 chunk = rows[start : start + per]
                 cursor.execute(insert + ", ".join([row_marks] * len(chunk)), list(itertools.chain.from_iterable(chunk)))
+            if checkpoint is not None:
+                checkpoint_raw(cursor, engine.dialect, checkpoint)
         finally:
             cursor.close()
     return len(rows)
@@ -377,7 +387,8 @@ def _sqlite_writer_lock(database: str | None):
 _SQLITE_LOCAL: dict[str, threading.Lock] = {}  # per database file
 
 
-def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
+def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues],
+                  checkpoint: Checkpoint | None = None) -> int:
     """Any other database SQLAlchemy speaks: the executions already in the ledger are read, the others
     inserted (a concurrent writer of the same execution makes the transaction fail, and the batch
     with it), then the values with SQLAlchemy's ``insertmanyvalues``; one transaction."""
@@ -391,6 +402,8 @@ def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executio
             present.update(conn.execute(sa.select(ledger.c.group_id, ledger.c.tick).where(where)).all())
         present = _normalized(present)
         new_ids = {key: ex for key, ex in by_id.items() if key not in present}
+        if checkpoint is not None:
+            checkpoint_connection(conn, offsets_ensure(engine, str(engine.url)), checkpoint)
         if not new_ids:
             return 0
         conn.execute(ledger.insert(), [{"group_id": gid, "tick": tick, "values_count": n}
@@ -421,7 +434,10 @@ WRITERS: dict[str, Callable[[sa.Engine, sa.Table, sa.Table, list[ExecutionValues
 }
 
 
-def write_tall(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues]) -> int:
+def write_tall(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executions: list[ExecutionValues],
+               checkpoint: Checkpoint | None = None) -> int:
     """Store ``executions`` in ``table`` through its ``ledger``; returns the values written (those of
-    executions already stored are not written again)."""
-    return WRITERS.get(engine.dialect.name, write_generic)(engine, table, ledger, executions)
+    executions already stored are not written again). With ``checkpoint`` the consumer's offset moves in
+    the same transaction (``offsets``; the caller has made the offsets table); CheckpointConflict rolls
+    everything back."""
+    return WRITERS.get(engine.dialect.name, write_generic)(engine, table, ledger, executions, checkpoint)

@@ -29,7 +29,7 @@ class ExecutionValues(NamedTuple):
         return sum(len(items) for _, items in self.values)
 
     def byte_size(self) -> int:
-        """What the batcher counts against HUBSCHED_SINK_MAX_PENDING_BYTES: ``size`` (the answers' frame
+        """What an execution weighs: ``size`` (the answers' frame
         bytes, which is what large values weigh), or ``ESTIMATED_VALUE_BYTES`` per value when unknown."""
         return self.size or ESTIMATED_VALUE_BYTES * self.value_count()
 

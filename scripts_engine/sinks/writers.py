@@ -4,7 +4,7 @@ Tall (one row per value, tall.py): COPY on PostgreSQL, LOAD DATA on MySQL/MariaD
 SQLite, SQLAlchemy's insertmanyvalues elsewhere; idempotent per execution through the table's
 ledger. Wide (one row per execution): one multi-row INSERT per table, idempotent through its unique
 tick (``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite, ``INSERT IGNORE`` on MySQL/MariaDB).
-Every write is one transaction per table.
+Every write is one transaction, with the forwarder's offset where it gives one (offsets.py).
 """
 
 from __future__ import annotations
@@ -19,49 +19,13 @@ import sqlalchemy as sa
 
 from hubsched.secrets import text_mask, url_mask
 
+from .errors import SinkError
+from .offsets import Checkpoint, checkpoint_connection, offsets_ensure, offsets_forget
 from .tables import JSON_TEXT, NUMBER, TableCache, column_kind, wide_column_name, wide_table_name
 from .tall import write_tall
 from .values import ExecutionValues, parse_ts, value_json, value_num
 
 QUALITY_RANK = {"good": 0, "uncertain": 1, "bad": 2}
-
-
-class SinkError(Exception):
-    """A sink could not be reached or written; the message names the sink (never its password).
-
-    ``refused``: the database refused the batch's data (a value too long for its column, a constraint,
-    a value of the wrong type), so the same write without the offending execution may succeed
-    (``sink_write_isolating`` splits on it). False for what would fail any batch: the database is
-    down or unreachable, the connection broke, a lock or a timeout, a bad URL.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False, refused: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.permanent = permanent
-        self.refused = refused
-
-    def __reduce__(self):
-        return (_sink_error, (type(self), self.message, self.permanent, self.refused))
-
-
-def _sink_error(cls, message, permanent, refused):
-    return cls(message, permanent=permanent, refused=refused)
-
-
-class SinkExecutionsError(SinkError):
-    """Some executions of one submission were refused by the database; the others were stored.
-
-    ``failed`` maps each refused execution's position in the submission (0-based) to its SinkError.
-    """
-
-    def __init__(self, message: str, *, failed: dict[int, SinkError] | None = None, permanent: bool = False,
-                 refused: bool = True):
-        super().__init__(message, permanent=permanent, refused=refused)
-        self.failed = failed or {}
-
-    def __reduce__(self):
-        return (SinkExecutionsError, (self.message,), {"failed": self.failed})
 
 
 @dataclass(frozen=True)
@@ -135,6 +99,7 @@ def engines_dispose() -> None:
             engine.dispose()
         _engines.clear()
     tables.clear()
+    offsets_forget()
 
 
 def _insert_ignoring_duplicates(engine: sa.Engine, table: sa.Table):
@@ -155,12 +120,14 @@ def _insert_ignoring_duplicates(engine: sa.Engine, table: sa.Table):
 # --- layouts --------------------------------------------------------------------------------------
 
 
-def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[ExecutionValues]) -> int:
+def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[ExecutionValues],
+                checkpoint: Checkpoint | None = None) -> int:
     by_table: dict[str, dict[datetime, ExecutionValues]] = defaultdict(dict)
     for execution in executions:  # an execution delivered twice into one batch counts once
         by_table[wide_table_name(target.table, execution.hub, execution.group)].setdefault(parse_ts(execution.tick), execution)
     column_of: dict[str, str] = {}  # key -> column name: wide_column_name() is a regex, and keys repeat in every execution
     written = 0
+    inserts: list[tuple[sa.Table, list[dict]]] = []  # made (DDL) first, then written in one transaction
     for name, by_tick in by_table.items():
         columns: dict[str, str] = {}
         for execution in by_tick.values():
@@ -206,29 +173,43 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
                         record[col] = value_json(value)
             records.append(record)
             written += execution.value_count()
-        with engine.begin() as conn:
+        inserts.append((table, records))
+    offsets = offsets_ensure(engine, target.url) if checkpoint is not None else None
+    with engine.begin() as conn:
+        for table, records in inserts:
             conn.execute(_insert_ignoring_duplicates(engine, table), records)
+        if checkpoint is not None:
+            checkpoint_connection(conn, offsets, checkpoint)
     return written
 
 
-def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues]) -> int:
-    """Store ``executions`` on ``target`` in one transaction per table; returns how many values were offered.
+def sink_write(*, target: SinkTarget, executions: Iterable[ExecutionValues], checkpoint: Checkpoint | None = None) -> int:
+    """Store ``executions`` on ``target`` in one transaction; returns how many values were offered.
 
+    With ``checkpoint`` a log consumer's offset moves in that same transaction (``offsets``: a forwarder
+    commits the records it covers with their values), also when no execution holds a value.
     Raises ``SinkError`` when the database cannot be reached or refuses the write (``refused`` says
-    which, see SinkError); nothing of the batch is stored in that table then. An execution
-    (group_id, tick) stored before is not stored again (tall: its ledger; wide: the unique tick).
+    which, see SinkError), ``CheckpointConflict`` (a SinkError) when the offset moved meanwhile; nothing
+    of the batch is stored then. An execution (group_id, tick) stored before is not stored again (tall:
+    its ledger; wide: the unique tick).
     """
-    executions = list(executions)
+    executions = [execution for execution in executions if execution.values]
     offered = sum(execution.value_count() for execution in executions)
-    if not offered:
+    if not offered and checkpoint is None:
         return 0
     engine = sink_engine(target.url, local_infile=target.local_infile)
     try:
-        if target.layout == "wide":
-            _write_wide(engine, target, executions)
+        if not offered:
+            offsets = offsets_ensure(engine, target.url)
+            with engine.begin() as conn:
+                checkpoint_connection(conn, offsets, checkpoint)
+        elif target.layout == "wide":
+            _write_wide(engine, target, executions, checkpoint)
         else:
             table, ledger = tables.tall(engine, target.url, target.table)
-            write_tall(engine, table, ledger, executions)
+            if checkpoint is not None:
+                offsets_ensure(engine, target.url)
+            write_tall(engine, table, ledger, executions, checkpoint)
     except SinkError:
         raise
     except (sa.exc.SQLAlchemyError, OSError, engine.dialect.loaded_dbapi.Error) as exc:

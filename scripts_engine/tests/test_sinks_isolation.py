@@ -1,5 +1,4 @@
-"""A batch the database refuses stores everything but the refused execution; a dead database fails it at once.
-Plus the batcher's bound in bytes."""
+"""A batch the database refuses stores everything but the refused execution; a dead database fails it at once."""
 
 from __future__ import annotations
 
@@ -18,11 +17,10 @@ import sqlalchemy as sa
 from hubs.hubsim.faults import unused_port
 from hubsched.testing import postgres_binary
 from scripts_engine.sinks import (
-    ExecutionValues, SinkError, SinkExecutionsError, SinkTarget, sink_engine, sink_write, sink_write_isolating, sinks_dispose,
+    ExecutionValues, SinkError, SinkTarget, sink_engine, sink_write, sink_write_isolating, sinks_dispose,
     tall_table,
 )
 from scripts_engine.sinks import writers
-from scripts_engine.sinks.batcher import SinkBatcher
 
 TICK = datetime(2026, 11, 20, 10, 0, 0, tzinfo=timezone.utc)
 BAD_KEY = "k" * 300  # over the tall table's varchar(200): PostgreSQL and MariaDB (strict) refuse it
@@ -64,18 +62,6 @@ def test_a_refused_execution_fails_alone_and_the_other_nineteen_are_stored(sink_
     written, failed = sink_write_isolating(target=target, executions=twenty_with_one_refused())
     assert list(failed) == [13] and failed[13].refused and written == 38
     assert stored(sink_url, table_prefix) == sorted((100 + n, k) for n in range(20) if n != 13 for k in ("flow", "pressure"))
-
-
-def test_through_the_batcher_only_the_refused_executions_submission_says_so(sink_url, table_prefix):
-    refuse_the_bad_key_on_sqlite(sink_url, table_prefix)
-    target = SinkTarget(name="main", url=sink_url, table=table_prefix)
-    batch = twenty_with_one_refused()
-    batcher = SinkBatcher(max_rows=1000, max_age=0.2, writers=1)
-    futures = [batcher.submit(target=target, executions=batch[:10]), batcher.submit(target=target, executions=batch[10:])]
-    assert futures[0].result(30) == 38
-    refused = futures[1].exception(30)
-    assert isinstance(refused, SinkExecutionsError) and list(refused.failed) == [3]
-    assert len(stored(sink_url, table_prefix)) == 38
 
 
 def test_a_retry_after_isolating_stores_nothing_twice(sink_url, table_prefix):
@@ -131,50 +117,6 @@ def test_a_database_that_is_down_fails_the_whole_batch_at_once(own_postgres, mon
     with pytest.raises(SinkError) as down:
         sink_write_isolating(target=target, executions=twenty_with_one_refused())
     assert not down.value.refused and attempts == [1]
-    batcher = SinkBatcher(max_rows=1000, max_age=0.05, writers=1)
-    future = batcher.submit(target=target, executions=twenty_with_one_refused())
-    error = future.exception(60)
-    assert isinstance(error, SinkError) and not isinstance(error, SinkExecutionsError)
-    assert len(attempts) == 2
-
-
-# --- the bound in bytes ------------------------------------------------------------------------------
-
-
-def test_submitters_wait_while_the_pending_bytes_are_at_the_bound(tmp_path):
-    url = f"sqlite:///{tmp_path / 'values.sqlite3'}"
-    target = SinkTarget(name="main", url=url, table="bytes")
-    sink_write(target=target, executions=[execution(0)])  # the table exists
-    batcher = SinkBatcher(max_rows=1_000_000, max_age=0.0, writers=1, max_pending=1_000_000, max_pending_bytes=3_000_000)
-    lock = writers_lock(url)
-    lock.acquire()  # hold the sink's writer: what is submitted stays pending
-    try:
-        first = batcher.submit(target=target, executions=[execution(1, size=1_000_000)])  # taken by the writer, blocked
-        wait_until(lambda: batcher._lanes[target].writing == 1)
-        pending = [batcher.submit(target=target, executions=[execution(n, size=1_000_000)]) for n in (2, 3, 4)]
-        lane = batcher._lanes[target]
-        assert lane.bytes == 3_000_000 and lane.values == 6
-        late: list = []
-        submitter = threading.Thread(target=lambda: late.append(batcher.submit(target=target, executions=[execution(5, size=10)])))
-        submitter.start()
-        submitter.join(0.5)
-        assert submitter.is_alive() and not late  # the bytes bound holds it back, though values are far from theirs
-    finally:
-        lock.release()
-    submitter.join(30)
-    assert [f.result(30) for f in [first, *pending, late[0]]]
-    assert len(stored(url, "bytes")) == 12
-    sinks_dispose()
-
-
-def test_a_submission_larger_than_the_bound_goes_alone(tmp_path):
-    url = f"sqlite:///{tmp_path / 'values.sqlite3'}"
-    target = SinkTarget(name="main", url=url, table="bytes")
-    batcher = SinkBatcher(max_rows=1_000_000, max_age=0.0, writers=1, max_pending_bytes=1024)
-    huge = batcher.submit(target=target, executions=[execution(1, size=10_000_000)])  # no deadlock on an empty lane
-    assert huge.result(30) == 2
-    assert execution(1).byte_size() == 200  # no frame size: an estimate per value
-    sinks_dispose()
 
 
 def writers_lock(url: str) -> threading.Lock:

@@ -25,7 +25,7 @@ def test_an_execution_with_nested_values_round_trips_unchanged():
     ]
     body = execution_encode(execution(values))
     back = execution_decode(body)
-    assert back == execution(values)
+    assert back._replace(size=0) == execution(values) and back.size == len(body)
     assert back.values == values and back.tick.tzinfo is not None
     assert orjson.loads(body)["v"] == 1  # standard JSON another service can read
 

@@ -1,0 +1,70 @@
+"""The run recorder: every tick outcome in the log as one GroupRun and its group's counters, in the Django database.
+
+Its consumer offset (``streams.models.ConsumerOffset``, consumer ``runs``) moves in the same transaction
+as the runs it covers, compared and set, so a recorder that dies and restarts records each outcome
+once; a tick with two outcomes in the log (its task delivered again after a worker died) keeps the
+first (``groups.services.group_runs_record``). It starts at the first record kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, router, transaction
+
+from streams.codec import CodecError, outcome_decode
+from streams.log import EXECUTIONS, Record, Start
+
+from .consumer import Batch, CommitConflict, Consumer
+
+logger = logging.getLogger(__name__)
+
+RUNS = "runs"
+
+
+class RunRecorder(Consumer):
+    kind = "runs"
+    name = RUNS
+
+    def __init__(self, *, stream: str = EXECUTIONS) -> None:
+        self.stream = stream
+
+    def position(self) -> int | None:
+        from streams.models import ConsumerOffset
+
+        return ConsumerOffset.objects.filter(stream=self.stream, consumer=self.name).values_list("offset", flat=True).first()
+
+    def start(self) -> Start:
+        return Start.first()
+
+    def decode(self, record: Record):
+        from groups.models import GroupRun
+
+        try:
+            outcome = outcome_decode(record.body)
+        except CodecError as exc:
+            logger.error("runs: record %d is unreadable and passed by: %s", record.offset, exc)
+            return None
+        execution = outcome.execution
+        values = execution.value_count() if outcome.status == "ok" else 0
+        run = GroupRun(group_id=execution.group_id, scheduled_for=execution.tick, started_at=outcome.started,
+                       finished_at=outcome.finished, status=outcome.status, error=outcome.error, values_count=values)
+        lag_ms = max(0, int((outcome.started - execution.tick).total_seconds() * 1000)) if outcome.started else 0
+        return (run, lag_ms), 1
+
+    def commit(self, batch: Batch, previous: int | None) -> None:
+        from groups.models import GroupRun
+        from groups.services import group_runs_record
+        from streams.models import ConsumerOffset
+
+        with transaction.atomic(using=router.db_for_write(GroupRun)):
+            group_runs_record(runs=batch.items)  # a savepoint of its own: a tick run now meanwhile is tried again
+            if previous is None:
+                try:
+                    with transaction.atomic():
+                        ConsumerOffset.objects.create(stream=self.stream, consumer=self.name, offset=batch.last_offset)
+                except IntegrityError as exc:
+                    raise CommitConflict("runs: another recorder committed first") from exc
+            elif not ConsumerOffset.objects.filter(stream=self.stream, consumer=self.name, offset=previous).update(
+                    offset=batch.last_offset):
+                raise CommitConflict(f"runs: the offset moved past {previous} meanwhile")
