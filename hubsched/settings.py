@@ -332,6 +332,9 @@ HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 20000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)
 # ... or holds this many bytes of log records (a hub sending large values fills this bound before the count's).
 HUBSCHED_SINK_BATCH_BYTES = env_int("HUBSCHED_SINK_BATCH_BYTES", 16 * 1024 * 1024, minimum=1024)
+# Forwarders writing one sink at once (lanes, a process each, each the groups whose id modulo this is its own): the
+# database works on one batch while Python prepares the next (docs/streams.md; measured in docs/benchmarks.md).
+HUBSCHED_SINK_WRITERS = env_int("HUBSCHED_SINK_WRITERS", 2, minimum=1)
 # A hostile or broken hub is bounded (issue 11): a frame larger than this drops its connection, a value whose JSON is
 # larger than this fails its execution. A hub's own max_frame_bytes / max_value_bytes override these.
 HUBSCHED_HUB_MAX_FRAME_BYTES = env_int("HUBSCHED_HUB_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)

@@ -28,7 +28,7 @@ RETRY_CHUNK = 200  # rows (and their records) in memory at once, written to a si
 
 def forwarder_target(forwarder: Forwarder) -> SinkTarget | None:
     """Where ``forwarder`` writes, as ``streams.forwarding.process`` builds it: its Sink's target, the
-    settings' default sink (HUBSCHED_SINK_URL) for ``sink:default``; None for one that feeds no sink
+    settings' default sink (HUBSCHED_SINK_URL) for ``sink:default`` and its lanes; None for one that feeds no sink
     (the run recorder). A disabled sink still has its target: a retry is asked for by a person."""
     if forwarder.kind != ForwarderKind.SINK:
         return None
@@ -36,7 +36,7 @@ def forwarder_target(forwarder: Forwarder) -> SinkTarget | None:
         sink = forwarder.sink
         return SinkTarget(name=sink.name, url=sink.url, table=sink.table or DEFAULT_TABLE, layout=sink.layout,
                           local_infile=sink.local_infile)
-    if forwarder.name == DEFAULT:
+    if forwarder.name == DEFAULT or forwarder.name.startswith(DEFAULT + ":"):  # its lanes too
         return SinkTarget(name="default", url=settings.HUBSCHED_SINK_URL)
     return None
 

@@ -244,7 +244,7 @@ def test_fragmented_answers_with_a_ping_between_fragments_are_read_whole_over_ws
             assert {f.result(20)["values"][0]["value"] for f in futures} == {"Pumpe für Kühlwasser ✓"}
         assert raw.ended.wait(10)
     finally:
-        server.close()
+        loop.call_soon_threadsafe(server.close)  # asyncio is not thread-safe: close it on its own loop's thread
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
     assert raw.pongs == 50 and raw.bad_frames == 0

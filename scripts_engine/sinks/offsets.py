@@ -124,3 +124,13 @@ def offset_read(engine: sa.Engine, url: str, consumer: str) -> int | None:
     table = offsets_ensure(engine, url)
     with engine.connect() as conn:
         return conn.execute(sa.select(table.c.last_offset).where(table.c.consumer == consumer)).scalar()
+
+
+def offsets_with_prefix(engine: sa.Engine, url: str, prefix: str) -> dict[str, int]:
+    """``{consumer: last_offset}`` of the consumers named ``prefix`` or ``prefix:...`` in this database (a sink's
+    forwarder lanes). Raises SQLAlchemy's errors."""
+    table = offsets_ensure(engine, url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.consumer, table.c.last_offset).where(
+            sa.or_(table.c.consumer == prefix, table.c.consumer.startswith(prefix + ":", autoescape=True)))).all()
+    return {consumer: offset for consumer, offset in rows}

@@ -10,7 +10,9 @@ batch with its offset in one transaction (``commit``). The loop (``ConsumerLoop`
   the offset (``CommitConflict``), so a leader that lost its lease unknowingly commits nothing twice.
 - **Prefetch.** A reader thread reads from ``position + 1``, decodes, and hands on batches of at most
   HUBSCHED_SINK_BATCH_SIZE values, HUBSCHED_SINK_BATCH_BYTES record bytes, or HUBSCHED_SINK_BATCH_AGE_S
-  of age, two at most waiting: memory is bounded whatever the backlog, which stays in the log.
+  of age, two at most waiting: memory is bounded whatever the backlog, which stays in the log. A
+  batch also goes when a read finds nothing more (latency); a consumer behind fills its batches
+  (throughput).
 - **Commit.** A failed commit is tried again, the same batch, with backoff doubling from 0.1 s up to
   HUBSCHED_FORWARDER_BACKOFF_MAX_S, for as long as it takes (the database away); a conflict restarts
   from the committed offset.
@@ -40,6 +42,9 @@ from hubsched.secrets import text_mask
 from streams.log import Log, LogError, Record, Start, log
 
 logger = logging.getLogger(__name__)
+
+
+READ_RECORDS = 1000  # records a reader takes at a time
 
 
 class CommitConflict(Exception):
@@ -125,7 +130,7 @@ class _Prefetch(threading.Thread):
                 batch = Batch()
                 while not self.stopping.is_set():
                     wait = 0.2 if not batch.records else max(0.0, batch.since + limits.age - time.monotonic())
-                    records = reader.read(max_records=1000, timeout=wait)
+                    records = reader.read(max_records=READ_RECORDS, timeout=wait)
                     for record in records:
                         if self.expected is not None and record.offset > self.expected and self.loop.log_gapless:
                             self.loop.dropped += record.offset - self.expected  # retention went past us
@@ -146,6 +151,9 @@ class _Prefetch(threading.Thread):
                             if not self._put(batch):
                                 return
                             batch = Batch()
+                    # a read that found nothing: commit what there is now (latency); behind, batches grow to their
+                    # limits (throughput). Committing after every short read instead (each append alone) made more,
+                    # smaller commits and fell behind at 100,000 values/s on PostgreSQL (docs/benchmarks.md).
                     if batch.records and (time.monotonic() - batch.since >= limits.age or not records):
                         if not self._put(batch):
                             return
@@ -260,7 +268,8 @@ class ConsumerLoop:
         self.committed_at = timezone.now()
         return True
 
-    def _reader_start(self) -> None:
+    def _reader_start(self) -> Start:
+        """Start the prefetch thread from the committed offset (or the consumer's start); returns where."""
         self.position = self.consumer.position()
         self.pending = None
         if self.position is None:
@@ -278,6 +287,7 @@ class ConsumerLoop:
                 expected = first
         self._prefetch = _Prefetch(self, start, expected)
         self._prefetch.start()
+        return start
 
     def _reader_stop(self) -> None:
         prefetch, self._prefetch = self._prefetch, None
@@ -293,7 +303,9 @@ class ConsumerLoop:
         self.consumer.refresh()
         done = 0
         deadline = time.monotonic() + timeout
-        self._reader_start()
+        start = self._reader_start()
+        if start.kind == "offset" and end is not None and start.offset > end:
+            end = None  # it starts past what the stream holds: nothing to do
         try:
             while end is not None and (self.position is None or self.position < end):
                 if time.monotonic() > deadline:

@@ -12,7 +12,7 @@ import logging
 
 from django.db import IntegrityError, router, transaction
 
-from streams.codec import CodecError, outcome_decode
+from streams.codec import CodecError, outcome_header
 from streams.log import EXECUTIONS, Record, Start
 
 from .consumer import Batch, CommitConflict, Consumer
@@ -38,18 +38,25 @@ class RunRecorder(Consumer):
         return Start.first()
 
     def decode(self, record: Record):
+        from datetime import datetime
+
         from groups.models import GroupRun
 
         try:
-            outcome = outcome_decode(record.body)
-        except CodecError as exc:
+            head = outcome_header(record.body)  # the outcome without its values
+            tick = datetime.fromisoformat(head["tick"])
+            started = datetime.fromisoformat(head["started"]) if head.get("started") else None
+            finished = datetime.fromisoformat(head["finished"]) if head.get("finished") else None
+            status, group_id = head.get("status", "ok"), head["group_id"]
+            if tick.tzinfo is None or not isinstance(group_id, int):
+                raise CodecError("tick must carry a UTC offset and group_id be an integer")
+        except (CodecError, KeyError, TypeError, ValueError) as exc:
             logger.error("runs: record %d is unreadable and passed by: %s", record.offset, exc)
             return None
-        execution = outcome.execution
-        values = execution.value_count() if outcome.status == "ok" else 0
-        run = GroupRun(group_id=execution.group_id, scheduled_for=execution.tick, started_at=outcome.started,
-                       finished_at=outcome.finished, status=outcome.status, error=outcome.error, values_count=values)
-        lag_ms = max(0, int((outcome.started - execution.tick).total_seconds() * 1000)) if outcome.started else 0
+        values = int(head.get("values_count") or 0) if status == "ok" else 0
+        run = GroupRun(group_id=group_id, scheduled_for=tick, started_at=started, finished_at=finished,
+                       status=status, error=head.get("error") or "", values_count=values)
+        lag_ms = max(0, int((started - tick).total_seconds() * 1000)) if started else 0
         return (run, lag_ms), 1
 
     def commit(self, batch: Batch, previous: int | None) -> None:

@@ -9,6 +9,10 @@
   tick executed twice once.
 - **Where a new one starts.** A sink's forwarder without an offset starts at the first record written
   since the sink was created (``Sink.created_at``); the default sink's at the first record kept.
+- **Writers.** HUBSCHED_SINK_WRITERS forwarders (lanes) write one sink at once, each the groups whose id
+  modulo the lanes is its own, each with its own offset and process: the database works on two batches
+  while Python prepares more. A lane that is new (the number changed) starts after the least offset its
+  siblings committed.
 - **Poison executions.** When the database refuses a batch's data (``SinkError.refused``) the batch is
   split down to the executions it refuses (``sink_write_isolating``); each of those is tried again
   alone, up to HUBSCHED_FORWARDER_QUARANTINE_TRIES writes in all, then set aside in
@@ -26,9 +30,9 @@ from django.db import transaction
 
 from hubsched.secrets import text_mask
 from scripts_engine.sinks import SinkError, SinkTarget, sink_write, sink_write_isolating
-from scripts_engine.sinks.offsets import Checkpoint, CheckpointConflict, offset_read
+from scripts_engine.sinks.offsets import Checkpoint, CheckpointConflict, offset_read, offsets_with_prefix
 from scripts_engine.sinks.writers import sink_engine
-from streams.codec import CodecError, outcome_decode
+from streams.codec import CodecError, outcome_decode, outcome_header
 from streams.log import EXECUTIONS, Record, Start
 
 from .consumer import Batch, CommitConflict, Consumer
@@ -39,9 +43,11 @@ DEFAULT = "sink:default"
 RETRY_PAUSE_S = 0.5  # between the tries of a refused execution
 
 
-def sink_consumer_name(sink_id: int | None) -> str:
-    """``sink:<id>``, or ``sink:default`` for the settings' default sink."""
-    return DEFAULT if sink_id is None else f"sink:{sink_id}"
+def sink_consumer_name(sink_id: int | None, lane: int = 0, lanes: int = 1) -> str:
+    """``sink:<id>``, or ``sink:default`` for the settings' default sink; with several writers per sink
+    (HUBSCHED_SINK_WRITERS) each lane's, ``sink:<id>:<lane>-of-<lanes>``."""
+    base = DEFAULT if sink_id is None else f"sink:{sink_id}"
+    return base if lanes == 1 else f"{base}:{lane}-of-{lanes}"
 
 
 class SinkForwarder(Consumer):
@@ -51,10 +57,12 @@ class SinkForwarder(Consumer):
     kind = "sink"
 
     def __init__(self, *, target: SinkTarget, sink_id: int | None, project_id: int | None = None,
-                 created_at=None, stream: str = EXECUTIONS) -> None:
+                 created_at=None, stream: str = EXECUTIONS, lane: int = 0, lanes: int = 1) -> None:
+        if not 0 <= lane < lanes:
+            raise ValueError(f"lane {lane} of {lanes}: expected 0 <= lane < lanes")
         self.target, self.sink_id, self.project_id, self.created_at = target, sink_id, project_id, created_at
-        self.stream = stream
-        self.name = sink_consumer_name(sink_id)
+        self.stream, self.lane, self.lanes = stream, lane, lanes
+        self.name = sink_consumer_name(sink_id, lane, lanes)
         self.projects: frozenset[int] = frozenset({project_id}) if project_id is not None else frozenset()
         self._forwarder_id: int | None = None
 
@@ -68,6 +76,18 @@ class SinkForwarder(Consumer):
             raise SinkError(f"sink {self.target.name!r}: reading its offset: {text_mask(str(exc))[:300]}") from exc
 
     def start(self) -> Start:
+        """Where a lane without an offset starts: after the least offset the lanes of another count committed
+        (HUBSCHED_SINK_WRITERS changed: what it repeats, the ledger stores once), else at the sink's creation,
+        else (the default sink) at the first record kept."""
+        engine = sink_engine(self.target.url, local_infile=self.target.local_infile)
+        siblings = offsets_with_prefix(engine, self.target.url, sink_consumer_name(self.sink_id))
+        # only lanes of another count: this count's lanes start together, and one that committed first must not
+        # make the others skip their groups' records
+        ours = f"-of-{self.lanes}"
+        earlier = {name: offset for name, offset in siblings.items()
+                   if not (name.endswith(ours) or (self.lanes == 1 and name == sink_consumer_name(self.sink_id)))}
+        if earlier:
+            return Start.at(min(earlier.values()) + 1)
         return Start.since(self.created_at) if self.created_at is not None else Start.first()
 
     def refresh(self) -> None:
@@ -81,7 +101,14 @@ class SinkForwarder(Consumer):
 
     def decode(self, record: Record):
         body = record.body
-        if b'"status":"ok"' not in body and b'"status"' in body:  # not ok: nothing to store (orjson writes no spaces)
+        try:
+            head = outcome_header(body)  # another project's, or not ok: passed by without decoding its values
+        except CodecError as exc:
+            logger.error("%s: record %d is unreadable and passed by: %s", self.name, record.offset, exc)
+            return None
+        if head.get("status", "ok") != "ok" or head.get("project_id") not in self.projects or not head.get("values_count"):
+            return None
+        if self.lanes > 1 and head.get("group_id", 0) % self.lanes != self.lane:  # another lane's group
             return None
         try:
             outcome = outcome_decode(body)

@@ -246,3 +246,25 @@ def wait_until(condition, timeout: float = 30.0) -> None:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
 
+
+
+def test_two_writer_lanes_share_a_sink_each_with_its_groups_and_its_offset(sink, settings):
+    from streams.forwarding.process import consumers_wanted, forwarders_catch_up
+
+    settings.HUBSCHED_SINK_WRITERS = 2
+    names = sorted(name for name in consumers_wanted() if name.startswith(f"sink:{sink.pk}"))
+    assert names == [f"sink:{sink.pk}:0-of-2", f"sink:{sink.pk}:1-of-2"]
+    append(sink.project_id, range(6))
+    forwarders_catch_up()
+    rows = stored(sink.url, sink.table)
+    assert len(rows) == 12 and len(set(rows)) == 12  # every group by one lane or the other, none twice
+    from scripts_engine.sinks.offsets import offsets_with_prefix
+
+    last = log().stats(EXECUTIONS).last_offset
+    assert offsets_with_prefix(sink_engine(sink.url), sink.url, f"sink:{sink.pk}") == dict.fromkeys(names, last)
+    # three lanes now: a new lane starts after the least offset its siblings committed, not at the sink's birth
+    settings.HUBSCHED_SINK_WRITERS = 3
+    append(sink.project_id, range(6, 9))
+    forwarders_catch_up()
+    rows = stored(sink.url, sink.table)
+    assert len(rows) == 18 and len(set(rows)) == 18
