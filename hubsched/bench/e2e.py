@@ -10,8 +10,9 @@ One invocation runs both paths on the same workload (``--groups`` groups of ``--
 - a Redis broker (``--broker``, default ``HUBSCHED_BENCH_BROKER`` or ``redis://127.0.0.1:6379/13``)
   with a queue per path, deleted afterwards;
 - a fresh sink table per path (``e2e_<pid>_<path>`` in ``--sink``, default a SQLite file in the
-  temporary directory), dropped afterwards with its executions ledger. It is the tall layout plus
-  ``committed_at``, a column the database fills with its own clock at insert (the writers name their
+  temporary directory), dropped afterwards with its executions ledger and its forwarders' offset rows
+  (``sink:<pid>[:<lane>-of-<lanes>]`` in ``hubsched_offsets``: the benchmark's Sink has this process's id as its key). It is
+  the tall layout plus ``committed_at``, a column the database fills with its own clock at insert (the writers name their
   columns, so the default applies). The layout has no unique key per value (idempotency is per
   execution, through the ledger), so a value stored twice is counted, not absorbed.
 
@@ -21,8 +22,12 @@ The paths:
   due time in a header), one ``hubsched.bench.stock.group_run`` task per group, a WebSocket
   connection per call, one INSERT and COMMIT per value, Celery's default prefork pool with one
   process per CPU.
-- **hubsched**: ``groups.scheduler:Scheduler`` (one message per hub per tick) and the project's worker
-  (``--pool``/``--concurrency``, default the command line of ``hubsched.stack.worker_argv``).
+- **hubsched**: ``groups.scheduler:Scheduler`` (one message per hub per tick), the project's worker
+  (``--pool``/``--concurrency``, default the command line of ``hubsched.stack.worker_argv``), which
+  appends each tick's outcome to the durable log, and the log's forwarder process
+  (``hubsched.stack.forwarder_argv``: the sink's forwarder and the run recorder), which stores the values.
+  The log (``--log``) is by default the embedded SQLite log in the temporary directory; with
+  ``rabbitmq-stream://`` it is RabbitMQ Streams, in a stream of the benchmark's own (``log_prepare``).
 
 For each path: workers and beat start, the first committed row ends the start-up, then after
 ``--warmup`` seconds a window of ``--seconds`` starts half a period off the tick grid. Rows whose tick
@@ -30,7 +35,8 @@ lies in the window and that are committed before ``--drain`` seconds after it ar
 groups x keys x ticks in the window - distinct (group, tick, entity, key) stored; ``duplicated`` = rows
 beyond those; latency = ``committed_at`` minus the tick, per execution (its last row), weighted by
 rows. ``cpu_percent`` is user + system time from ``/proc/<pid>/stat`` over the window, of every process
-of a kind and its descendants, in percent of one core (``database`` sums every PostgreSQL or MariaDB
+of a kind and its descendants, in percent of one core (``forwarder`` is the hubsched path's forwarder
+process; ``database`` sums every PostgreSQL or MariaDB
 process on the machine; a SQLite sink works inside the worker); ``machine`` is every CPU's busy time
 from ``/proc/stat`` (all but idle and iowait), out of 100 x the number of cores.
 """
@@ -48,6 +54,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile
@@ -64,6 +71,7 @@ COMMITTED_AT = {
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
 DATABASE_PROCESSES = {"postgres", "mariadbd", "mysqld"}
+ROW_POLL_S = 0.2
 KEYS = ("offered_values_per_s", "stored_values_per_s", "lost", "duplicated", "latency_p50_ms", "latency_p99_ms")
 
 
@@ -85,6 +93,11 @@ def add_arguments(parser) -> None:
                         help="SQLAlchemy URL of the sink database (default: a SQLite file in a temporary directory). "
                              "Only a fresh table e2e_<pid>_<path> is created there, and dropped afterwards.")
     parser.add_argument("--paths", default="stock,hubsched", help="Which paths to run (default stock,hubsched).")
+    parser.add_argument("--log", dest="log_url", default=None, metavar="URL",
+                        help="The durable log of the hubsched path (default: the embedded SQLite log in the temporary "
+                             "directory). rabbitmq-stream://user:password@host:5552/ for RabbitMQ Streams: in a virtual "
+                             "host of the benchmark's own, made with rabbitmqctl and deleted afterwards; with a virtual "
+                             "host in the URL, its stream 'executions' is deleted before and after the run.")
     parser.add_argument("--pool", default=pool, choices=["threads", "prefork", "solo", "gevent"],
                         help=f"hubsched's worker pool (default {pool}, as shipped).")
     parser.add_argument("--concurrency", type=int, default=concurrency,
@@ -107,44 +120,31 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
         paths: str = "stock,hubsched", pool: str | None = None, concurrency: int | None = None, workers: int = 1,
         hub_processes: int = 1, broker: str = "redis://127.0.0.1:6379/13", warmup: float = 5.0, drain: float = 5.0,
         warmup_timeout: float = 120.0, worker_env: list[str] | None = None, py_spy: str = "",
-        log=lambda _: None) -> dict:
-    """Returns ``{"params": {...}, "stock": {...}, "hubsched": {...}, "ratio": float | None}``."""
+        log_url: str | None = None, log=lambda _: None) -> dict:
+    """Returns ``{"params": {...}, "stock": {...}, "hubsched": {...}, "ratio": float | None}``.
+
+    Raises RuntimeError when a part does not start or no row reaches the sink, ValueError for an unknown path
+    or sink dialect."""
     default_pool, default_concurrency = _default_worker()
     pool, concurrency = pool or default_pool, concurrency or default_concurrency
     work = Path(tempfile.mkdtemp(prefix="hubsched-e2e-"))
     sink = _with_driver(sink) if sink else f"sqlite:///{work / 'sink.sqlite3'}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{work / 'django.sqlite3'}",
-        "HUBSCHED_VAR_DIR": str(work / "var"),
-        "CELERY_BROKER_URL": broker,
-        "HUBSCHED_LOCK_URL": broker,
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    per_hub = math.ceil(groups / hubs)
-    ports = _free_ports(hubs)
-    result: dict = {"params": {
-        "groups": groups, "keys": keys, "hubs": hubs, "period": period, "seconds": seconds,
-        "sink": url_mask(sink), "pool": pool, "concurrency": concurrency, "workers": workers,
-        "hub_processes": hub_processes, "broker": broker.split("@")[-1], "cpus": os.cpu_count(),
-        "worker_env": worker_env or [],
-    }}
+    cleanups: list[Callable[[], None]] = []
     hub_procs: list[subprocess.Popen] = []
     try:
+        log_url_used, cleanup = log_prepare(log_url, work)
+        cleanups.append(cleanup)
+        env = environment(work=work, broker=broker, log_url=log_url_used)
+        result: dict = {"params": {
+            "groups": groups, "keys": keys, "hubs": hubs, "period": period, "seconds": seconds,
+            "sink": url_mask(sink), "log": url_mask(log_url_used), "pool": pool, "concurrency": concurrency,
+            "workers": workers, "hub_processes": hub_processes, "broker": broker.split("@")[-1],
+            "cpus": os.cpu_count(), "worker_env": worker_env or [],
+        }}
         log(f"e2e: migrating a throwaway database in {work}")
-        check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
         log(f"e2e: {groups} groups of {keys} keys on {hubs} hubs at {period} s")
-        spec = {"groups": groups, "keys": keys, "hubs": hubs, "period": period, "ports": ports, "sink": sink}
-        check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
-        for i, port in enumerate(ports):
-            hub_log = open(work / f"hub{i}.log", "w")
-            hub_procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "hubsim", "--port", str(port), "--name", f"hub{i}",
-                 "--tree", f"bench:{per_hub}:{keys}", "--processes", str(hub_processes)],
-                env={**env, "HUBSIM_KEY": API_KEY}, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
-            hub_log.close()
-        _wait_for_ports(ports, hub_procs)
+        hub_procs = workload_setup(work=work, env=env, groups=groups, keys=keys, hubs=hubs, period=period, sink=sink,
+                                   hub_processes=hub_processes)
         paths_measure(result, paths=paths, log=log, name="e2e", measure=lambda path: _measure(
             path, env=env, work=work, sink=sink, groups=groups, keys=keys, period=period, seconds=seconds,
             broker=broker, pool=pool, concurrency=concurrency, workers=workers, warmup=warmup, drain=drain,
@@ -152,10 +152,130 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
         ))
     finally:
         for proc in hub_procs:
-            _stop(proc, group=True)
+            stop(proc, group=True)
+        for cleanup in reversed(cleanups):
+            cleanup()
         shutil.rmtree(work, ignore_errors=True)
     result["ratio"] = paths_ratio(result, "stored_values_per_s")
     return result
+
+
+# --- the environment, shared with ``bench faults`` ---------------------------------------------------
+
+
+def sink_id() -> int:
+    """The primary key of the benchmark's Sink: this process's id, so that the forwarder's offset row
+    (``sink:<id>`` in the sink database's ``hubsched_offsets``) is not another benchmark's on a shared database."""
+    return os.getpid()
+
+
+def environment(*, work: Path, broker: str, log_url: str) -> dict[str, str]:
+    """The environment of every subprocess: the throwaway Django database and var dir in ``work``, the broker
+    (also the locks) and the log."""
+    return {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{work / 'django.sqlite3'}",
+        "HUBSCHED_VAR_DIR": str(work / "var"),
+        "CELERY_BROKER_URL": broker,
+        "HUBSCHED_LOCK_URL": broker,
+        "HUBSCHED_LOG_URL": log_url,
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def log_prepare(url: str | None, work: Path) -> tuple[str, Callable[[], None]]:
+    """The log URL the benchmark's processes use, and the call that cleans it up afterwards.
+
+    - None or empty: the embedded SQLite log at ``<work>/log.sqlite3`` (removed with ``work``).
+    - ``rabbitmq-stream://...`` with no virtual host (or ``/``): a virtual host of our own,
+      ``hubsched-bench-<pid>`` (``servers.RabbitMQVhost``: rabbitmqctl on this machine), deleted afterwards
+      with its streams, so nothing else on the server is read or touched.
+    - any other URL (a RabbitMQ virtual host named in it, ``sqlite:///<path>``): used as given; its stream
+      ``streams.log.EXECUTIONS`` is deleted before the run and after it. Give the benchmark a log of its own.
+
+    Raises RuntimeError when rabbitmqctl is missing or fails, LogError when the log cannot be reached."""
+    from urllib.parse import urlsplit
+
+    from streams.log import EXECUTIONS, Retention, log_open
+
+    if not url:
+        return f"sqlite:///{work / 'log.sqlite3'}", lambda: None
+    if url.startswith("rabbitmq-stream://") and urlsplit(url).path in ("", "/"):
+        from .servers import RabbitMQVhost
+
+        vhost = RabbitMQVhost(url, name=f"hubsched-bench-{os.getpid()}")
+        return vhost.url, vhost.close
+
+    def stream_delete() -> None:
+        from django.conf import settings
+
+        the_log = log_open(url, retention=Retention(float(settings.HUBSCHED_LOG_RETENTION_S),
+                                                    int(settings.HUBSCHED_LOG_RETENTION_BYTES)))
+        try:
+            the_log.stream_delete(EXECUTIONS)
+        finally:
+            the_log.close()
+
+    stream_delete()
+    return url, stream_delete
+
+
+def workload_setup(*, work: Path, env: dict, groups: int, keys: int, hubs: int, period: float, sink: str,
+                   hub_processes: int = 1) -> list[subprocess.Popen]:
+    """Migrate the throwaway database, fill it (``populate``: its Sink's pk is ``sink_id()``) and start the
+    reference hubs; returns their processes (stop them with ``stop``). Raises RuntimeError."""
+    per_hub = math.ceil(groups / hubs)
+    ports = _free_ports(hubs)
+    check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+    spec = {"groups": groups, "keys": keys, "hubs": hubs, "period": period, "ports": ports, "sink": sink,
+            "sink_id": sink_id()}
+    check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
+    hub_procs = []
+    try:
+        for i, port in enumerate(ports):
+            with open(work / f"hub{i}.log", "w") as hub_log:
+                hub_procs.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "manage.py"), "hubsim", "--port", str(port), "--name", f"hub{i}",
+                     "--tree", f"bench:{per_hub}:{keys}", "--processes", str(hub_processes)],
+                    env={**env, "HUBSIM_KEY": API_KEY}, cwd=ROOT, stdout=hub_log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+        _wait_for_ports(ports, hub_procs)
+    except BaseException:
+        for proc in hub_procs:
+            stop(proc, group=True)
+        raise
+    return hub_procs
+
+
+def spawn(argv: list[str], *, env: dict, log_path: Path) -> subprocess.Popen:
+    """Start ``argv`` in the repository, leading its own process group, its output appended to ``log_path``."""
+    with open(log_path, "a") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def forwarder_argv() -> list[str]:
+    """The forwarder's command line as shipped (``hubsched.stack.forwarder_argv``)."""
+    from hubsched.stack import forwarder_argv as shipped
+
+    return shipped()
+
+
+def first_row_wait(engine, table, procs: dict[str, list[subprocess.Popen]], *, work: Path, timeout: float,
+                   what: str) -> None:
+    """Wait until ``table`` holds a row; raises RuntimeError with the log's tail when a process of ``procs``
+    (``{kind: [Popen]}``, logs at ``<work>/<what>-<kind><i>.log``) exits, or after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while not _any_row(engine, table):
+        for kind, ps in procs.items():
+            for i, p in enumerate(ps):
+                if p.poll() is not None:
+                    name = work / f"{what}-{kind}{i}.log"
+                    tail = name.read_text()[-3000:] if name.exists() else ""
+                    raise RuntimeError(f"{kind} ({what}) exited with {p.returncode}:\n{tail}")
+        if time.time() > deadline:
+            raise RuntimeError(f"{what}: no row reached the sink within {timeout} s; see {work}")
+        time.sleep(ROW_POLL_S)
 
 
 def report(result: dict) -> str:
@@ -184,80 +304,52 @@ def _measure(path: str, *, env: dict, work: Path, sink: str, groups: int, keys: 
     table = f"e2e_{os.getpid()}_{path}"
     queue = f"hubsched-e2e-{os.getpid()}-{path}"
     env = {**env, "HUBSCHED_BENCH_QUEUE": queue}
-    engine, sink_table = _sink_table_create(sink, table)
+    engine, sink_table = sink_table_create(sink, table)
     check([sys.executable, "-m", "hubsched.bench.e2e", "sink", table], env)
-    procs: dict[str, list[subprocess.Popen]] = {"worker": [], "beat": []}
-    logs = []
+    procs: dict[str, list[subprocess.Popen]] = {"worker": [], "beat": [], "forwarder": []}
     spy = None
     try:
-        celery = [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp"]
         if path == "stock":  # Celery's defaults: prefork, a process per CPU
-            worker_argvs = [celery + ["worker", "--pool", "prefork", "--concurrency", str(os.cpu_count() or 1),
+            worker_argvs = [CELERY + ["worker", "--pool", "prefork", "--concurrency", str(os.cpu_count() or 1),
                                       "-I", "hubsched.bench.stock", "-l", "WARNING", "-n", f"e2e-stock@{socket.gethostname()}"]]
             wenv = env
         else:
-            worker_argvs = [celery + ["worker", "--pool", pool, "--concurrency", str(concurrency), "-l", "WARNING",
-                                      "-n", f"e2e-{i}@{socket.gethostname()}"] for i in range(workers)]
+            worker_argvs = [hubsched_worker_argv(i, pool=pool, concurrency=concurrency) for i in range(workers)]
             wenv = {**env, **dict(item.split("=", 1) for item in worker_env)}
         for i, argv in enumerate(worker_argvs):
-            out = open(work / f"{path}-worker{i}.log", "w")
-            logs.append(out)
-            procs["worker"].append(subprocess.Popen(argv, env=wenv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                                    start_new_session=True))
-        out = open(work / f"{path}-beat.log", "w")
-        logs.append(out)
-        procs["beat"].append(subprocess.Popen(
-            celery + ["beat", "-S", BEATS[path], "-l", "WARNING", "-s", str(work / f"{path}-celerybeat-schedule"),
-                      "--pidfile", ""],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.time() + warmup_timeout
-        while not _any_row(engine, sink_table):
-            for kind, ps in procs.items():
-                for p in ps:
-                    if p.poll() is not None:
-                        name = f"{path}-{kind}{ps.index(p)}.log" if kind == "worker" else f"{path}-beat.log"
-                        raise RuntimeError(f"{kind} ({path}) exited with {p.returncode}:\n"
-                                           f"{(work / name).read_text()[-3000:]}")
-            if time.time() > deadline:
-                raise RuntimeError(f"{path}: no row reached the sink within {warmup_timeout} s; see {work}")
-            time.sleep(0.2)
+            procs["worker"].append(spawn(argv, env=wenv, log_path=work / f"{path}-worker{i}.log"))
+        if path == "hubsched":  # the values reach the sink through the log's forwarder
+            procs["forwarder"].append(spawn(forwarder_argv(), env=wenv, log_path=work / f"{path}-forwarder0.log"))
+        procs["beat"].append(spawn(beat_argv(path, work), env=env, log_path=work / f"{path}-beat0.log"))
+        first_row_wait(engine, sink_table, procs, work=work, timeout=warmup_timeout, what=path)
         # the window starts half a period off the tick grid, after the warm-up
-        grid = max(period, 1.0)
-        t0 = (int((time.time() + warmup) / grid) + 0.5) * grid
-        t1 = t0 + seconds
+        t0, t1 = window(warmup=warmup, seconds=seconds, period=period)
         time.sleep(max(0.0, t0 - time.time()))
         kinds = {"hubs": [p.pid for p in hub_procs], "beat": [p.pid for p in procs["beat"]],
                  "worker": [p.pid for p in procs["worker"]]}
-        cpu0 = _cpu_by_kind(kinds)
+        if path == "hubsched":
+            kinds["forwarder"] = [p.pid for p in procs["forwarder"]]
+        cpu0 = cpu_by_kind(kinds)
         if py_spy and path == "hubsched":
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs["worker"][0].pid), "-d",
                  str(int(seconds)), "-f", "speedscope", "-o", py_spy, "--nonblocking", "--gil", "-s"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(max(0.0, t1 - time.time()))
-        cpu1 = _cpu_by_kind(kinds)
+        cpu1 = cpu_by_kind(kinds)
         time.sleep(drain)
         cutoff = time.time()
     finally:
-        for p in procs["beat"] + procs["worker"]:
-            _stop(p, group=True)
-        for out in logs:
-            out.close()
+        for p in procs["beat"] + procs["worker"] + procs["forwarder"]:
+            stop(p, group=True)
         if spy is not None:
             try:
                 spy.wait(30)
             except subprocess.TimeoutExpired:
                 spy.kill()
         delete_queue(broker, queue)
-    import sqlalchemy as sa
-
-    from scripts_engine.sinks.tables import executions_table, ledger_name
-
     stats = _count(engine, sink_table, t0, t1, cutoff)
-    with engine.begin() as conn:
-        sink_table.drop(conn)
-        executions_table(sa.MetaData(), ledger_name(table)).drop(conn, checkfirst=True)
-    engine.dispose()
+    sink_table_drop(engine, sink_table)
     offered = groups * keys / period
     expected = round(groups * keys * seconds / period)
     result = {
@@ -310,8 +402,10 @@ def _count(engine, table, t0: float, t1: float, cutoff: float) -> dict:
 
 
 
-def _sink_table_create(url: str, name: str):
-    """A fresh tall table (the layout as hubsched makes it) with ``committed_at``, and no ledger yet."""
+def sink_table_create(url: str, name: str):
+    """A fresh tall table (the layout as hubsched makes it) with ``committed_at``, no ledger yet, and no offset
+    of the benchmark's forwarder (``sink:<sink_id()>``) in ``hubsched_offsets``; returns ``(engine, table)``.
+    Raises ValueError for a dialect the benchmark does not know."""
     import sqlalchemy as sa
 
     from scripts_engine.sinks.tables import executions_table, ledger_name, tall_table
@@ -328,7 +422,57 @@ def _sink_table_create(url: str, name: str):
         table.drop(conn, checkfirst=True)
         executions_table(sa.MetaData(), ledger_name(name)).drop(conn, checkfirst=True)
         metadata.create_all(conn)
+    _offset_forget(engine)
     return engine, table
+
+
+def sink_table_drop(engine, table) -> None:
+    """Drop the benchmark's table, its ledger and its forwarder's offset row; dispose of ``engine``."""
+    import sqlalchemy as sa
+
+    from scripts_engine.sinks.tables import executions_table, ledger_name
+
+    with engine.begin() as conn:
+        table.drop(conn, checkfirst=True)
+        executions_table(sa.MetaData(), ledger_name(table.name)).drop(conn, checkfirst=True)
+    _offset_forget(engine)
+    engine.dispose()
+
+
+def _offset_forget(engine) -> None:
+    import sqlalchemy as sa
+
+    from scripts_engine.sinks.offsets import OFFSETS_TABLE, offsets_table
+
+    if sa.inspect(engine).has_table(OFFSETS_TABLE):
+        offsets = offsets_table(sa.MetaData())
+        with engine.begin() as conn:
+            # sink:<id>, and sink:<id>:<lane>-of-<lanes> with several writers (HUBSCHED_SINK_WRITERS)
+            conn.execute(offsets.delete().where((offsets.c.consumer == f"sink:{sink_id()}")
+                                                | offsets.c.consumer.startswith(f"sink:{sink_id()}:")))
+
+
+def window(*, warmup: float, seconds: float, period: float) -> tuple[float, float]:
+    """``(t0, t1)`` epoch seconds: a window of ``seconds`` starting ``warmup`` seconds from now, half a period
+    off the tick grid (so that no tick lies on an edge)."""
+    grid = max(period, 1.0)
+    t0 = (int((time.time() + warmup) / grid) + 0.5) * grid
+    return t0, t0 + seconds
+
+
+CELERY = [sys.executable, "-m", "celery", "-A", "hubsched.bench.celeryapp"]
+
+
+def hubsched_worker_argv(i: int, *, pool: str, concurrency: int) -> list[str]:
+    """The ``i``-th hubsched worker on the benchmark's queue (``hubsched.bench.celeryapp``)."""
+    return CELERY + ["worker", "--pool", pool, "--concurrency", str(concurrency), "-l", "WARNING",
+                     "-n", f"e2e-{os.getpid()}-{i}@{socket.gethostname()}"]
+
+
+def beat_argv(path: str, work: Path) -> list[str]:
+    """The beat of ``path`` (``BEATS``) on the benchmark's queue, its schedule file in ``work``."""
+    return CELERY + ["beat", "-S", BEATS[path], "-l", "WARNING", "-s", str(work / f"{path}-celerybeat-schedule"),
+                     "--pidfile", ""]
 
 
 def _any_row(engine, table) -> bool:
@@ -338,7 +482,7 @@ def _any_row(engine, table) -> bool:
         return conn.execute(sa.select(table.c.group_id).limit(1)).first() is not None
 
 
-def _cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:
+def cpu_by_kind(kinds: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds (user + system) of each kind's processes and their live descendants, plus database and broker."""
     tick = os.sysconf("SC_CLK_TCK")
     procs: dict[int, tuple[int, str, float]] = {}  # pid -> (ppid, comm, cpu s)
@@ -398,7 +542,7 @@ def _wait_for_ports(ports: list[int], procs: list[subprocess.Popen], timeout: fl
                 time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20.0) -> None:
+def stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20.0) -> None:
     """SIGTERM (to its process group, which it leads), then SIGKILL after ``timeout``."""
     def send(sig):
         try:
@@ -447,7 +591,7 @@ def populate(spec: dict) -> None:
     groups, keys, hubs, period = spec["groups"], spec["keys"], spec["hubs"], spec["period"]
     with transaction.atomic():
         project = Project.objects.create(name="e2e", time_zone=settings.TIME_ZONE)
-        Sink.objects.create(project=project, name="bench", url=spec["sink"], table="e2e_pending")
+        Sink.objects.create(id=spec.get("sink_id"), project=project, name="bench", url=spec["sink"], table="e2e_pending")
         hub_rows = Hub.objects.bulk_create([
             Hub(project=project, name=f"hub{i}", url=f"ws://127.0.0.1:{port}/connect", api_key=API_KEY)
             for i, port in enumerate(spec["ports"])

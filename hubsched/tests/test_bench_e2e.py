@@ -1,4 +1,5 @@
-"""The end-to-end benchmark's smoke run (CI): tiny numbers, the JSON shape, hubsched storing values once. No timings asserted."""
+"""The end-to-end benchmark's smoke run (CI): tiny numbers, the JSON shape, hubsched storing values once through
+its log and forwarder. No timings asserted."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def test_the_e2e_benchmark_runs_both_paths_and_counts_what_reached_the_sink():
         assert KEYS <= result[path].keys()
         assert KINDS <= result[path]["cpu_percent"].keys()
         assert result[path]["offered_values_per_s"] == 20.0
+    assert "forwarder" in result["hubsched"]["cpu_percent"]  # the forwarder process ran: it stores hubsched's values
     assert result["hubsched"]["stored_values_per_s"] > 0
     assert result["hubsched"]["duplicated"] == 0
+    assert result["params"]["log"].startswith("sqlite:///")  # the embedded log, in the benchmark's temporary directory
     assert "ratio" in result
