@@ -305,8 +305,11 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # goes back to the queue this long after it was taken; kombu's default is an hour, during which its ticks have
     # no outcome. Its ticks have expired by then and are recorded as missed (docs/streams.md, "Every tick").
     # A task still running this long would be delivered twice: the run recorder keeps a tick's first outcome.
+    # kombu looks for such messages every 10 s but, by default, acts on one look in ten: every look counts here, so
+    # they come back within about 40 s of the death (measured: docs/benchmarks.md, "Faults").
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_float("HUBSCHED_BROKER_VISIBILITY_TIMEOUT_S", 30.0, minimum=5.0),
+        "unacked_restore_throttle": 1,
     }
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_IGNORE_RESULT = True

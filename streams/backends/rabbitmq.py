@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -45,6 +46,7 @@ from hubsched.secrets import url_mask
 from streams.log import (Log, LogError, Reader, Record, Retention, Start, Stats, consumer_name_check,
                          fill_percent, ms_time, stream_name_check)
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TIMEOUT_S = 30.0  # a call that takes longer fails (LogError, not permanent): the caller retries or stops
@@ -136,7 +138,13 @@ class RabbitMQLog(Log):
         if self._segment_bytes:
             arguments["stream-max-segment-size-bytes"] = self._segment_bytes
         producer = await self._producer_get()
-        await producer.create_stream(stream, arguments=arguments, exists_ok=True)
+        try:
+            await producer.create_stream(stream, arguments=arguments, exists_ok=True)
+        except rstream_errors.PreconditionFailed:
+            # the stream exists with other arguments (HUBSCHED_LOG_RETENTION_* changed since it was made): it is
+            # used as it is; its retention changes only by a policy (docs/streams.md)
+            logger.warning("log: stream %s exists with another retention than %s; it keeps its own (change it with "
+                           "a RabbitMQ policy)", stream, arguments)
         self._declared.add(stream)
 
     # --- writing --------------------------------------------------------------------------------

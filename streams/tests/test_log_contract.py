@@ -213,3 +213,32 @@ def test_it_refuses_a_bad_stream_name_and_a_record_too_large_with_a_permanent_er
         with pytest.raises(LogError) as large:
             log.append(stream, [b"x" * (2 * 1024 * 1024)])
         assert large.value.permanent and "frame" in large.value.message
+
+
+@pytest.mark.rabbitmq
+def test_a_stream_made_with_another_retention_is_used_as_it_is():
+    """Changing HUBSCHED_LOG_RETENTION_* on a running site must not stop the appends (RabbitMQ refuses to declare
+    an existing stream with other arguments)."""
+    import uuid
+
+    from hubsched.testing import rabbitmq_stream_url
+    from streams.log import Retention, log_open
+
+    url = rabbitmq_stream_url()
+    name = f"test-retention-{uuid.uuid4().hex[:10]}"
+    first = log_open(url, retention=Retention(7 * 86400, 10 * 1024**3))
+    second = log_open(url, retention=Retention(6 * 86400, 10 * 1024**3))
+    try:
+        first.append(name, [b"x"])
+        second.append(name, [b"y"])  # refused with PreconditionFailed before
+        bodies: list[bytes] = []
+        with second.reader(name, Start.first()) as reader:
+            for _ in range(20):  # a read returns one chunk or more: each append is its own chunk here
+                bodies += [r.body for r in reader.read(max_records=10, timeout=1)]
+                if len(bodies) >= 2:
+                    break
+        assert bodies == [b"x", b"y"]
+    finally:
+        first.stream_delete(name)
+        first.close()
+        second.close()
