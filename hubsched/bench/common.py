@@ -61,3 +61,25 @@ def delete_queue(broker: str, queue: str) -> None:
             conn.default_channel.queue_delete(queue)
     except Exception:
         pass
+
+
+def queue_consume(broker: str, queue: str, on_message: Callable, ready: str) -> None:
+    """Call ``on_message(body, message)`` for every message on ``queue`` (a direct exchange of that name, no
+    acknowledgement) until SIGTERM; touches the file ``ready`` once consuming. For the benchmarks' stand-in
+    workers, which count what reaches a worker."""
+    import signal
+    import socket
+
+    from kombu import Connection, Exchange, Queue
+
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    with Connection(broker) as conn:
+        q = Queue(queue, Exchange(queue, "direct"), routing_key=queue)
+        with conn.Consumer(q, callbacks=[on_message], accept=["json"], no_ack=True):
+            Path(ready).touch()
+            while not stopping:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except socket.timeout:
+                    pass

@@ -36,7 +36,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from hubsched.bench.common import ROOT, check, delete_queue, percentile
+from hubsched.bench.common import ROOT, check, delete_queue, percentile, queue_consume
 
 HELP = "Two beats on Redis; the leader killed with kill -9 three times: failover time, ticks missed, twice, lost."
 
@@ -261,10 +261,6 @@ def _drop_keys(broker: str, prefix: str) -> None:
 
 def consume(broker: str, prefix: str, out: str) -> None:
     """Apply the fence to every batch on queue ``prefix`` until SIGTERM, as a worker would; write what ran."""
-    import socket
-
-    from kombu import Connection, Exchange, Queue
-
     from groups.scheduler.leader import Fence
 
     fence = Fence(broker, prefix=prefix)
@@ -272,8 +268,6 @@ def consume(broker: str, prefix: str, out: str) -> None:
     seen: set[tuple[int, float]] = set()
     per_tick: Counter = Counter()
     twice = 0
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
     def on_message(body, message):
         nonlocal twice
@@ -297,15 +291,7 @@ def consume(broker: str, prefix: str, out: str) -> None:
                     else:
                         seen.add((gid, t))
 
-    with Connection(broker) as conn:
-        q = Queue(prefix, Exchange(prefix, "direct"), routing_key=prefix)
-        with conn.Consumer(q, callbacks=[on_message], accept=["json"], no_ack=True):
-            Path(out + ".ready").touch()
-            while not stopping:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except socket.timeout:
-                    pass
+    queue_consume(broker, prefix, on_message, out + ".ready")
     Path(out).write_text(json.dumps({"batches": batches, "twice": twice, "reads": fence.reads,
                                      "per_tick": {repr(t): n for t, n in per_tick.items()}}))
 

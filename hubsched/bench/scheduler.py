@@ -36,7 +36,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile
+from hubsched.bench.common import BEATS, ROOT, check, delete_queue, paths_measure, paths_ratio, percentile, queue_consume
 
 HELP = "Stock django-celery-beat against hubsched's scheduler on the same groups (needs Redis)."
 
@@ -223,13 +223,7 @@ def populate(groups: int, hubs: int, period: float) -> None:
 
 def consume(broker: str, queue: str, out: str, first: str) -> None:
     """Count what reaches a worker: every message on ``queue`` until SIGTERM; writes [[recv, due, n, eta], ...]."""
-    import socket
-
-    from kombu import Connection, Exchange, Queue
-
     records: list[tuple[float, float, int, float | None]] = []
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
     def on_message(body, message):
         now = time.time()
@@ -244,15 +238,7 @@ def consume(broker: str, queue: str, out: str, first: str) -> None:
         else:
             records.append((now, float(message.headers.get("bench_due") or now), 1, eta))
 
-    with Connection(broker) as conn:
-        q = Queue(queue, Exchange(queue, "direct"), routing_key=queue)
-        with conn.Consumer(q, callbacks=[on_message], accept=["json"], no_ack=True):
-            Path(out + ".ready").touch()
-            while not stopping:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except socket.timeout:
-                    pass
+    queue_consume(broker, queue, on_message, out + ".ready")
     Path(out).write_text(json.dumps(records))
 
 
