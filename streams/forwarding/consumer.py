@@ -97,9 +97,6 @@ class Consumer(ABC):
     def refresh(self) -> None:
         """Called between batches every few seconds (a sink forwarder reads which projects it serves)."""
 
-    def quarantined(self) -> int:
-        return 0
-
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -177,8 +177,3 @@ class SinkForwarder(Consumer):
             )], ignore_conflicts=True)  # a replayed batch quarantines an execution once
         logger.error("%s: execution of group %s at %s quarantined after %d tries: %s", self.name,
                      execution.group_id, execution.tick.isoformat(), tries, message)
-
-    def quarantined(self) -> int:
-        from streams.models import QuarantinedExecution
-
-        return QuarantinedExecution.objects.filter(forwarder__name=self.name).count()
