@@ -36,3 +36,25 @@ def forward():
     from streams.forwarding.process import forwarders_catch_up
 
     return forwarders_catch_up
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL cluster of the test's own (``hubsched.bench.servers.OwnPostgres``, started, on a free port;
+    never the shared server), for a test that kills its database; closed and the sink engines disposed after.
+    Skips where the PostgreSQL programs are missing (fails under CI=true, like an absent server)."""
+    from hubs.hubsim.faults import unused_port
+    from hubsched.bench.servers import OwnPostgres
+    from hubsched.testing import in_ci
+    from scripts_engine.sinks import sinks_dispose
+
+    try:
+        server = OwnPostgres(port=unused_port())
+    except RuntimeError as exc:
+        if in_ci():
+            pytest.fail(f"{exc} (CI=true: real servers are required)")
+        pytest.skip(str(exc))
+    server.start()
+    yield server
+    sinks_dispose()
+    server.close()

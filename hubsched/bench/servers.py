@@ -44,30 +44,52 @@ class OwnPostgres:
             self.pid = int(pidfile.readline())
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and wait until its port is free (its children exit with it)."""
+        """SIGKILL the postmaster and every backend of it (as a host that loses power: no connection of the pool
+        outlives it), by pid, and wait until they are gone and the port is free."""
         if self.pid is None:
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        pids = [self.pid, *_children(self.pid)]
+        for pid in pids:
             try:
-                os.kill(self.pid, 0)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
-                break
-            time.sleep(0.05)
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.02)
         self.pid = None
-        time.sleep(0.3)  # the backends notice the postmaster's death and exit
-        try:
-            os.unlink(f"{self.data}/postmaster.pid")
-        except FileNotFoundError:
-            pass
+        # Its lock files name a pid that may linger as a zombie (a container's init need not reap it), which the
+        # next postmaster would take for a live one: they are ours to remove.
+        for lock in (f"{self.data}/postmaster.pid", f"{self.data}/.s.PGSQL.{self.port}.lock"):
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
 
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (Linux's ``/proc/<pid>/task/*/children``); [] where it is gone."""
+    found: list[int] = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as children:
+                found += [int(child) for child in children.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped by its parent, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def rabbitmqctl_program() -> str | None:

@@ -76,41 +76,10 @@ def test_a_retry_after_isolating_stores_nothing_twice(sink_url, table_prefix):
 # --- a database that is really down ----------------------------------------------------------------
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL instance of our own on a free port, in a temporary directory, run as the postgres user;
-    yields ``(url, stop)``, where ``stop()`` kills the postmaster by its pid."""
-    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
-    as_postgres = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    data = tempfile.mkdtemp(prefix="hubsched-pg-")
-    if as_postgres:
-        shutil.chown(data, "postgres")
-    port = unused_port()
-    subprocess.run([*as_postgres, initdb, "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, pg_ctl, "start", "-D", data, "-w", "-l", f"{data}/log", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"], check=True, capture_output=True)
-    with open(f"{data}/postmaster.pid") as pidfile:
-        pid = int(pidfile.readline())
-
-    def stop() -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", stop
-    finally:
-        stop()
-        sinks_dispose()
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def test_a_database_that_is_down_fails_the_whole_batch_at_once(own_postgres, monkeypatch):
-    url, stop = own_postgres
-    target = SinkTarget(name="main", url=url, table="values_down")
+    target = SinkTarget(name="main", url=own_postgres.url, table="values_down")
     assert sink_write(target=target, executions=[execution(1)]) == 2  # up: the pool holds a connection
-    stop()
+    own_postgres.kill()
     attempts = []
     real = writers.sink_write
     monkeypatch.setattr(writers, "sink_write", lambda **kw: attempts.append(1) or real(**kw))

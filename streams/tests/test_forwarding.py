@@ -133,22 +133,6 @@ def test_a_standby_takes_over_once_the_leader_stops(sink, settings):
 # --- a database that goes away ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_postgres():
-    from hubsched.bench.servers import OwnPostgres
-
-    try:
-        server = OwnPostgres(port=unused_port())
-    except RuntimeError as exc:
-        if in_ci():
-            pytest.fail(f"{exc} (CI=true: real servers are required)")
-        pytest.skip(str(exc))
-    server.start()
-    yield server
-    sinks_dispose()
-    server.close()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_forwarder_survives_its_database_being_killed_and_catches_up_in_order(own_postgres, settings):
     settings.HUBSCHED_FORWARDER_REPORT_S = 0.2
