@@ -226,9 +226,10 @@ class Log(ABC):
     retention: Retention
 
     @abstractmethod
-    def append(self, stream: str, bodies: Sequence[bytes]) -> list[int] | None:
+    def append(self, stream: str, bodies: Sequence[bytes], *, timeout: float | None = None) -> list[int] | None:
         """Append ``bodies`` (in order) to ``stream`` (created on first use, with this log's retention);
-        returns once every one is durable.
+        returns once every one is durable, or raises LogError (not permanent) after ``timeout`` seconds
+        (None: the backend's own limit, 30 s), however long the server or the file stays busy.
 
         Returns their offsets, increasing, where the backend learns them (SQLite); None where it
         does not (RabbitMQ Streams: a publish confirm names the publisher's sequence numbers, not the

@@ -28,7 +28,7 @@ def log_append(*, stream: str, bodies: Sequence[bytes], deadline_s: float) -> li
     tries = 0
     while True:
         try:
-            return log().append(stream, bodies)
+            return log().append(stream, bodies, timeout=max(0.05, give_up - time.monotonic()))
         except LogError as exc:
             pause = APPEND_BACKOFF_S[min(tries, len(APPEND_BACKOFF_S) - 1)]
             tries += 1

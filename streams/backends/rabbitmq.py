@@ -148,14 +148,24 @@ class RabbitMQLog(Log):
         self._declared.add(stream)
 
     # --- writing --------------------------------------------------------------------------------
-    def append(self, stream: str, bodies: Sequence[bytes]) -> None:
+    def append(self, stream: str, bodies: Sequence[bytes], *, timeout: float | None = None) -> None:
         stream_name_check(stream)
         if not bodies:
             return None
-        self._run(self._append(stream, bodies), f"append to {stream}")
+        self._run(self._append(stream, bodies), f"append to {stream}", TIMEOUT_S if timeout is None else timeout)
         return None
 
     async def _append(self, stream: str, bodies: Sequence[bytes]) -> None:
+        try:
+            await self._append_declared(stream, bodies)
+        except StreamDoesNotExist:
+            # deleted since we declared it (its virtual host made again, a policy, an operator): the next try
+            # declares it again instead of failing until the process restarts
+            self._declared.discard(stream)
+            raise LogError(f"RabbitMQ log {self._address}: append to {stream}: the stream is gone; it is declared "
+                           "again on the next try") from None
+
+    async def _append_declared(self, stream: str, bodies: Sequence[bytes]) -> None:
         await self._declare(stream)
         producer = await self._producer_get()
         loop = asyncio.get_running_loop()

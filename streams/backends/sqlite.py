@@ -123,15 +123,20 @@ class SQLiteLog(Log):
         self._known.add(stream)
 
     # --- writing -------------------------------------------------------------------------------
-    def append(self, stream: str, bodies: Sequence[bytes]) -> list[int]:
+    def append(self, stream: str, bodies: Sequence[bytes], *, timeout: float | None = None) -> list[int]:
         if not bodies:
             return []
         try:
             conn = self._conn()
+            # a writer holding the file waits this append at most ``timeout`` (SQLite's busy handler)
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int((BUSY_TIMEOUT_S if timeout is None else timeout) * 1000))}")
             self._ensure(conn, stream)
             with _write_transaction(conn):  # durable at its COMMIT (module docstring)
-                next_offset, next_pos, last_ts = conn.execute(
+                row = conn.execute(
                     "SELECT next_offset, next_pos, last_ts_ms FROM streams WHERE name = ?", (stream,)).fetchone()
+                if row is None:  # deleted by another process since we made it: made again on the next try
+                    raise sqlite3.OperationalError(f"the stream {stream} was deleted")
+                next_offset, next_pos, last_ts = row
                 ts = max(int(time.time() * 1000), last_ts)
                 rows = []
                 offset, pos = next_offset, next_pos
@@ -143,6 +148,7 @@ class SQLiteLog(Log):
                 conn.execute("UPDATE streams SET next_offset = ?, next_pos = ?, last_ts_ms = ?, last_batch = ? "
                              "WHERE name = ?", (offset, pos, ts, next_offset, stream))
         except sqlite3.Error as exc:
+            self._known.discard(stream)  # deleted by another process meanwhile: the next try creates it again
             raise _error(f"append to {stream}", exc) from None
         if time.monotonic() >= self._retention_due:
             self._retention_due = time.monotonic() + RETENTION_CHECK_S

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -64,12 +65,15 @@ def consumers_wanted() -> dict[str, tuple[tuple, Consumer]]:
     return wanted
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the supervisor dies (Linux), as if the whole forwarder had died."""
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGKILL when the supervisor ``parent`` (its pid) dies (Linux), as if the whole
+    forwarder had died."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: the child outlives a killed supervisor until its lease check stops it
-        pass
+        return
+    if os.getppid() != parent:  # the supervisor died between fork and prctl: no signal will come (prctl(2))
+        os._exit(1)
 
 
 class ForwarderProcess:
@@ -80,8 +84,9 @@ class ForwarderProcess:
 
     def _start(self, name: str) -> subprocess.Popen:
         manage = Path(settings.BASE_DIR) / "manage.py"
+        parent = os.getpid()
         return subprocess.Popen([sys.executable, str(manage), "forward", "--consumer", name],
-                                preexec_fn=_die_with_parent, close_fds=True)
+                                preexec_fn=lambda: _die_with_parent(parent), close_fds=True)
 
     def _stop(self, name: str, child: subprocess.Popen) -> None:
         if child.poll() is None:

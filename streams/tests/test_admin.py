@@ -17,7 +17,7 @@ from streams.codec import execution_encode
 from streams.log import EXECUTIONS, log
 from streams.models import ConsumerOffset, Forwarder, QuarantinedExecution
 from streams.selectors import log_status, log_status_line
-from streams.tests.test_quarantine import LONG_KEY, pg_sink, quarantine_by_refusal, widen_key_column  # noqa: F401
+from streams.tests.helpers import LONG_KEY, TICK, pump_execution, quarantine_by_refusal, stored, widen_key_column
 
 SECRET = "pw-in-an-error"
 
@@ -66,11 +66,9 @@ def forwarder(*, wanted: bool = True, **fields) -> Forwarder:
 
 
 def quarantined(fwd: Forwarder, n: int = 1) -> QuarantinedExecution:
-    from streams.tests.test_quarantine import TICK, execution
-
     return QuarantinedExecution.objects.create(
         forwarder=fwd, stream=EXECUTIONS, offset=n, group_id=500 + n, tick=TICK + timedelta(seconds=n), project="plant",
-        hub="hub-a", group=f"pumps{n}", values_count=2, body=execution_encode(execution(n, key=LONG_KEY)),
+        hub="hub-a", group=f"pumps{n}", values_count=2, body=execution_encode(pump_execution(n, key=LONG_KEY)),
         error="value too long for type character varying(200)", tries=3)
 
 
@@ -194,8 +192,6 @@ def test_an_operator_deletes_with_the_admins_own_delete(login):
 
 @pytest.mark.postgres
 def test_an_operator_retries_a_refused_execution_after_the_fix_and_is_told_it_was_stored(login, pg_sink):
-    from streams.tests.test_quarantine import stored
-
     (row,) = quarantine_by_refusal(pg_sink)
     client = login("operator")
     refused = action(client, "retry", [row])

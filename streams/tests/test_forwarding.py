@@ -3,26 +3,23 @@ back, poison executions to the quarantine, a second leader, standbys, and the ru
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from hubs.hubsim.faults import unused_port
 from hubs.models import Hub, Project
-from hubsched.testing import in_ci, postgres_url
+from hubsched.testing import postgres_url
 from scripts_engine.models import Sink
-from scripts_engine.sinks import ExecutionValues, SinkTarget, sink_engine, sinks_dispose, tall_table
+from scripts_engine.sinks import ExecutionValues, sink_engine, sinks_dispose
 from scripts_engine.sinks.offsets import offset_read
 from streams.codec import TickOutcome, execution_encode, outcome_encode
 from streams.forwarding.consumer import ConsumerLoop
 from streams.forwarding.runs import RunRecorder
-from streams.forwarding.sinks import SinkForwarder
 from streams.log import EXECUTIONS, log
 from streams.models import Forwarder, QuarantinedExecution
+from streams.tests.helpers import TICK, forwarder_of, stored, wait_until
 
-TICK = datetime(2026, 12, 2, 1, 0, 0, tzinfo=timezone.utc)
 BAD_KEY = "k" * 300  # over the tall table's varchar(200) key: PostgreSQL refuses it
 
 
@@ -36,12 +33,6 @@ def append(project_id: int, numbers, **kwargs) -> None:
     log().append(EXECUTIONS, [execution_encode(execution(n, **kwargs), project_id=project_id) for n in numbers])
 
 
-def stored(url: str, table: str) -> list[tuple[int, str]]:
-    t = tall_table(sa.MetaData(), table)
-    with sink_engine(url).connect() as conn:
-        return sorted(conn.execute(sa.select(t.c.group_id, t.c.key)).all())
-
-
 @pytest.fixture
 def sink(db, tmp_path):
     project = Project.objects.create(name="plant")
@@ -49,11 +40,6 @@ def sink(db, tmp_path):
                                created_at=TICK - timedelta(days=1))
     yield sink
     sinks_dispose()
-
-
-def forwarder_of(sink: Sink) -> SinkForwarder:
-    target = SinkTarget(name=sink.name, url=sink.url, table=sink.table, layout=sink.layout)
-    return SinkForwarder(target=target, sink_id=sink.pk, project_id=sink.project_id, created_at=sink.created_at)
 
 
 def test_a_forwarder_stores_its_projects_values_and_its_offset_with_them(sink):
@@ -215,21 +201,6 @@ def test_the_run_recorder_records_each_tick_once_and_resumes_after_a_restart(db)
         (TICK + timedelta(seconds=3), "missed"), (TICK + timedelta(seconds=4), "ok")]
     stats = GroupStats.objects.get(group=group)
     assert (stats.done, stats.failed, stats.skipped, stats.missed, stats.values) == (2, 1, 1, 1, 4)
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    """Poll ``condition`` (an error in it, such as a table not made yet, counts as not yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: BLE001
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
 
 
 def test_two_writer_lanes_share_a_sink_each_with_its_groups_and_its_offset(sink, settings):

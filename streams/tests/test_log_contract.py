@@ -54,6 +54,15 @@ def read_n(log: Log, stream: str, start: Start, n: int, timeout: float = 10.0):
     return out
 
 
+def read_some(reader, timeout: float = 10.0):
+    """The first read that returns records, trying for up to ``timeout`` seconds; [] if none came."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while not got and time.monotonic() < deadline:
+        got = reader.read(timeout=1)
+    return got
+
+
 def test_append_returns_once_durable_and_another_log_object_reads_every_record_in_order(backend):
     open_log, stream = backend
     writer = open_log()
@@ -89,10 +98,7 @@ def test_it_reads_from_an_offset_from_a_time_from_last_and_from_next(backend):
     with log.reader(stream, Start.next()) as reader:
         assert reader.read(timeout=0.5) == []
         log.append(stream, [b"c0"])
-        got = []
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            got = reader.read(timeout=1)
+        got = read_some(reader)
         assert [r.body for r in got] == [b"c0"]
         assert got[0].offset > everything[-1].offset
 
@@ -106,10 +112,7 @@ def test_a_reader_from_a_time_to_come_skips_what_was_written_before_that_time(ba
         assert reader.read(timeout=0.5) == []
         time.sleep(1.2)
         log.append(stream, [b"after"])
-        got = []
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            got = reader.read(timeout=1)
+        got = read_some(reader)
     assert [r.body for r in got] == [b"after"]
 
 
@@ -216,6 +219,22 @@ def test_it_refuses_a_bad_stream_name_and_a_record_too_large_with_a_permanent_er
 
 
 @pytest.mark.rabbitmq
+def test_a_stream_deleted_by_another_process_is_made_again_by_the_next_append(backend):
+    """A stream deleted under a running worker (an operator, a RabbitMQ virtual host made again) fails at most
+    the one append that finds it gone, not every append until the worker restarts."""
+    open_log, stream = backend
+    worker, operator = open_log(), open_log()
+    worker.append(stream, [b"before"])
+    operator.stream_delete(stream)
+    for attempt in range(2):
+        try:
+            worker.append(stream, [b"after"])
+            break
+        except LogError as gone:
+            assert not gone.permanent and attempt == 0, gone.message
+    assert [r.body for r in read_n(operator, stream, Start.first(), 1)] == [b"after"]
+
+
 def test_a_stream_made_with_another_retention_is_used_as_it_is():
     """Changing HUBSCHED_LOG_RETENTION_* on a running site must not stop the appends (RabbitMQ refuses to declare
     an existing stream with other arguments)."""

@@ -6,83 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
-import sqlalchemy as sa
 
 from hubs.hubsim.faults import unused_port
 from hubs.models import Project
-from hubsched.testing import postgres_url
 from scripts_engine.models import Sink
-from scripts_engine.sinks import ExecutionValues, SinkTarget, sink_engine, sinks_dispose, tall_table
+from scripts_engine.sinks import sinks_dispose
 from streams.codec import execution_encode
-from streams.forwarding.consumer import ConsumerLoop
-from streams.forwarding.sinks import SinkForwarder
-from streams.log import EXECUTIONS, log
+from streams.log import EXECUTIONS
 from streams.models import Forwarder, QuarantinedExecution
 from streams.quarantine import quarantined_export, quarantined_retry
-
-TICK = datetime(2026, 12, 2, 1, 0, 0, tzinfo=timezone.utc)
-LONG_KEY = "k" * 250  # past the tall table's varchar(200) key column: PostgreSQL refuses the execution
-
-
-def execution(n: int, *, key: str = "flow", value=1.5) -> ExecutionValues:
-    values = [("plant/line1/pump1", [{"key": key, "value": value, "ts": "2026-12-02T01:00:00.120Z", "quality": "good"},
-                                     {"key": "pressure", "value": 6.0}])]
-    return ExecutionValues(TICK + timedelta(seconds=n), "plant", "hub-a", 500 + n, f"pumps{n}", values)
-
-
-def stored(url: str, table: str) -> list[tuple[int, str]]:
-    t = tall_table(sa.MetaData(), table)
-    with sink_engine(url).connect() as conn:
-        return sorted(conn.execute(sa.select(t.c.group_id, t.c.key)).all())
-
-
-def forwarder_of(sink: Sink) -> SinkForwarder:
-    target = SinkTarget(name=sink.name, url=sink.url, table=sink.table, layout=sink.layout)
-    return SinkForwarder(target=target, sink_id=sink.pk, project_id=sink.project_id)
-
-
-def _offsets_forget(url: str, consumer: str) -> None:
-    engine = sink_engine(url)
-    if sa.inspect(engine).has_table("hubsched_offsets"):
-        with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM hubsched_offsets WHERE consumer = :c"), {"c": consumer})
-
-
-@pytest.fixture
-def pg_sink(db, settings):
-    """A PostgreSQL sink of project ``plant`` writing to a fresh tall table. Its pk is drawn at random: the
-    sink database's offsets table is shared by every test process, keyed by ``sink:<pk>``."""
-    settings.HUBSCHED_FORWARDER_QUARANTINE_TRIES = 1  # set aside at the first refusal: no pauses between tries
-    url = postgres_url()
-    table = f"q{uuid.uuid4().hex[:10]}"
-    project = Project.objects.create(name="plant")
-    sink = Sink.objects.create(pk=random.randrange(10**8, 10**9), project=project, name="pg", url=url, table=table)
-    _offsets_forget(url, f"sink:{sink.pk}")
-    yield sink
-    with sink_engine(url).begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}, {table}_executions"))
-    _offsets_forget(url, f"sink:{sink.pk}")
-    sinks_dispose()
-
-
-def quarantine_by_refusal(sink: Sink, *, numbers=(1,), good=(2,)) -> list[QuarantinedExecution]:
-    """Append executions with a key PostgreSQL refuses (``numbers``) and good ones, run the sink's forwarder
-    over the log as ``manage.py forward`` does, and return what it quarantined."""
-    bodies = [execution_encode(execution(n, key=LONG_KEY), project_id=sink.project_id) for n in numbers]
-    bodies += [execution_encode(execution(n), project_id=sink.project_id) for n in good]
-    log().append(EXECUTIONS, bodies)
-    ConsumerLoop(forwarder_of(sink)).catch_up()
-    return list(QuarantinedExecution.objects.order_by("group_id"))
-
-
-def widen_key_column(sink: Sink) -> None:
-    with sink_engine(sink.url).begin() as conn:
-        conn.execute(sa.text(f"ALTER TABLE {sink.table} ALTER COLUMN key TYPE text"))
+from streams.tests.helpers import LONG_KEY, TICK, pump_execution, quarantine_by_refusal, stored, widen_key_column
 
 
 @pytest.mark.postgres
@@ -125,7 +61,7 @@ def test_a_retry_stores_those_the_database_takes_and_keeps_those_it_still_refuse
     assert [r.group_id for r in rows] == [501, 503]
     widen_key_column(pg_sink)
     # 503's record is now one the database still refuses: its key holds a NUL, which PostgreSQL text takes not
-    nul = execution_encode(execution(3, key="bad\x00key"), project_id=pg_sink.project_id)
+    nul = execution_encode(pump_execution(3, key="bad\x00key"), project_id=pg_sink.project_id)
     QuarantinedExecution.objects.filter(group_id=503).update(body=nul)
     result = quarantined_retry(ids=[r.pk for r in rows])
     assert (result["stored"], result["refused"]) == (1, 1)
@@ -160,7 +96,7 @@ def test_the_export_is_a_json_document_with_each_row_and_its_record_decoded(pg_s
 def test_the_export_stays_strict_json_for_a_record_holding_nan(db):
     project = Project.objects.create(name="plant")
     forwarder = Forwarder.objects.create(name="sink:default", kind="sink", stream=EXECUTIONS)
-    body = execution_encode(execution(1, value=math.nan), project_id=project.pk)
+    body = execution_encode(pump_execution(1, value=math.nan), project_id=project.pk)
     assert b"NaN" in body  # the codec keeps it as the standard library writes it
     row = QuarantinedExecution.objects.create(forwarder=forwarder, stream=EXECUTIONS, offset=7, group_id=501, tick=TICK,
                                               project="plant", hub="hub-a", group="pumps1", body=body, error="e")
@@ -172,7 +108,7 @@ def test_the_export_stays_strict_json_for_a_record_holding_nan(db):
 def test_a_retry_of_a_default_sink_row_writes_to_the_settings_sink(db, settings, tmp_path):
     settings.HUBSCHED_SINK_URL = f"sqlite:///{tmp_path / 'default.sqlite3'}"
     forwarder = Forwarder.objects.create(name="sink:default", kind="sink", stream=EXECUTIONS)
-    body = execution_encode(execution(1), project_id=None)
+    body = execution_encode(pump_execution(1), project_id=None)
     row = QuarantinedExecution.objects.create(forwarder=forwarder, stream=EXECUTIONS, offset=3, group_id=501, tick=TICK,
                                               project="plant", hub="hub-a", group="pumps1", body=body, error="e")
     try:
@@ -200,7 +136,7 @@ def test_once_a_sink_is_found_away_its_later_chunks_are_not_tried(db, settings, 
     forwarder = Forwarder.objects.create(name="sink:default", kind="sink", stream=EXECUTIONS)
     rows = [QuarantinedExecution.objects.create(
         forwarder=forwarder, stream=EXECUTIONS, offset=n, group_id=500 + n, tick=TICK + timedelta(seconds=n),
-        project="plant", hub="hub-a", group=f"pumps{n}", body=execution_encode(execution(n)), error="e", tries=1)
+        project="plant", hub="hub-a", group=f"pumps{n}", body=execution_encode(pump_execution(n)), error="e", tries=1)
         for n in (1, 2)]
     try:
         result = quarantined_retry(ids=[r.pk for r in rows])
