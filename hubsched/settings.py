@@ -101,9 +101,12 @@ def shared_servers_problems(environ) -> list[str]:
     if not value("HUBSCHED_LOG_URL") or value("HUBSCHED_LOG_URL").startswith("sqlite"):
         problems.append("HUBSCHED_LOG_URL: the durable log would be a SQLite file on this host, which no forwarder "
                         "on another host reads; set it to RabbitMQ Streams (rabbitmq-stream://user:password@host:5552/)")
-    if not broker.startswith(("redis://", "rediss://")) and not value("HUBSCHED_LOCK_URL").startswith(("redis://", "rediss://")):
+    shared_locks = ("redis://", "rediss://", "postgres", "mysql", "mariadb")  # groups.scheduler.locks.locks_backend
+    if not broker.startswith(("redis://", "rediss://")) and not value("HUBSCHED_LOCK_URL").startswith(shared_locks) \
+            and not value("DATABASE_URL").startswith(shared_locks[2:]):
         problems.append("HUBSCHED_LOCK_URL: overlap locks and hub gates would be file locks on this host, which "
-                        "exclude nothing on another; set it to a Redis server every worker uses (redis://host:6379/1)")
+                        "exclude nothing on another; set it to a Redis server every worker uses (redis://host:6379/1), "
+                        "or use a PostgreSQL or MariaDB DATABASE_URL (its advisory locks)")
     return problems
 
 

@@ -11,6 +11,14 @@ Two backends, chosen by ``locks_backend()``:
   lapse within one TTL. A holder that was paused longer than the TTL (SIGSTOP, a VM pause, a Redis
   outage) finds them gone: it never extends nor releases what another process took since (every
   write compares the token), and ``held()`` tells it which ones it still holds.
+- A database (``HUBSCHED_LOCK_URL`` a PostgreSQL or MariaDB URL, else, with a broker that is not Redis, the
+  Django database when it is one of those): session-level advisory locks (PostgreSQL
+  ``pg_try_advisory_lock``, MariaDB ``GET_LOCK``) on one connection of the holding process, kept for
+  that purpose. A lock is held exactly as long as its holder's session: the server drops it when the
+  process dies (its socket closes with it, ``kill -9`` included) and, for a host that vanishes, when TCP
+  keepalive gives up on the connection (about 3 s). No TTL and no heartbeat: a paused holder keeps
+  what it holds, and no one else can take it meanwhile. A lost connection loses everything it held;
+  ``held()`` then says so.
 - Files (the embedded ``filesystem://`` broker, one machine): POSIX record locks (``fcntl.lockf``) on
   one byte per group in ``var/locks/runs.lock`` and one byte per gate slot in ``var/locks/hubs.lock``.
   The kernel drops a process's record locks when it exits, ``kill -9`` included, so a dead worker
@@ -387,6 +395,200 @@ class FileLocks:
         pass  # no heartbeat: the kernel ties record locks to the process
 
 
+class DatabaseLocks:
+    """Overlap locks and hub gates as session-level advisory locks of PostgreSQL or MariaDB (module docstring).
+
+    ``url`` is an SQLAlchemy URL (``postgresql+psycopg2://...``, ``mysql+pymysql://...``); ``prefix`` keeps the
+    locks of installations (or tests) sharing one database apart. One connection per process (made again
+    after a fork, the parent's left alone), used under a mutex; a process-local set excludes its own threads,
+    since a session may take its own advisory lock twice. Calls raise ``sqlalchemy.exc.SQLAlchemyError`` when
+    the database cannot be reached; after that the connection and all it held are gone (``held()`` is []).
+    """
+
+    MAX_SLOTS = 1024
+    _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 1, "keepalives_interval": 1, "keepalives_count": 2}
+
+    def __init__(self, url: str, *, prefix: str = "hubsched"):
+        import zlib
+
+        import sqlalchemy as sa
+
+        self.url = sa.engine.make_url(url)
+        self.kind = self.url.get_backend_name()
+        if self.kind not in ("postgresql", "mysql", "mariadb"):
+            raise ValueError(f"HUBSCHED_LOCK_URL: locks live in Redis, PostgreSQL or MariaDB, not {self.kind}")
+        self.prefix = prefix
+        # PostgreSQL: one bigint per lock, the prefix's 15-bit hash above a kind bit and a 46-bit id
+        self._space = (zlib.crc32(prefix.encode()) & 0x7FFF) << 47
+        connect_args = self._KEEPALIVE if self.kind == "postgresql" else {}
+        self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        self._mutex = threading.Lock()
+        self._inherited: list = []  # a parent's connections: closing them in a child would end its session
+        self._reset()
+
+    def _reset(self) -> None:
+        if getattr(self, "_conn", None) is not None:
+            self._inherited.append(self._conn)
+        self._pid = os.getpid()
+        self._conn = None
+        self._locks: set[int] = set()  # group ids this process holds
+        self._slots: set[tuple[int, int]] = set()  # (hub id, slot) this process holds
+
+    def _connection(self):
+        """The process's lock connection; call with ``_mutex`` held."""
+        if self._pid != os.getpid():
+            self._reset()
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    def _lock_keys(self, kind: int, ids: list[int]) -> list:
+        if self.kind == "postgresql":
+            return [self._space | (kind << 46) | i for i in ids]
+        return [f"{self.prefix}:{'run' if kind == 0 else 'hub'}:{i}"[:64] for i in ids]
+
+    def _try_locks(self, keys: list) -> list[bool]:
+        """Take each advisory lock without waiting; one round trip. Call with ``_mutex`` held."""
+        import sqlalchemy as sa
+
+        conn = self._connection()
+        try:
+            if self.kind == "postgresql":
+                rows = conn.execute(sa.text("SELECT pg_try_advisory_lock(k) FROM unnest(CAST(:keys AS bigint[])) "
+                                            "WITH ORDINALITY AS t(k, n) ORDER BY n"), {"keys": keys}).all()
+                return [bool(row[0]) for row in rows]
+            got: list[bool] = []
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                row = conn.exec_driver_sql("SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(chunk)), tuple(chunk)).one()
+                got += [value == 1 for value in row]
+            return got
+        except Exception:
+            self._lost()
+            raise
+
+    def _try_first(self, keys: list) -> int | None:
+        """Take the first of ``keys`` that is free (the position in ``keys``), or None; PostgreSQL in one round
+        trip (the scan stops at the first lock it gets), MariaDB one key at a time. Call with ``_mutex`` held."""
+        import sqlalchemy as sa
+
+        conn = self._connection()
+        try:
+            if self.kind == "postgresql":
+                row = conn.execute(sa.text("SELECT n FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n) "
+                                           "WHERE pg_try_advisory_lock(k) LIMIT 1"), {"keys": keys}).first()
+                return None if row is None else row[0] - 1
+            for position, key in enumerate(keys):
+                if conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (key,)).scalar() == 1:
+                    return position
+            return None
+        except Exception:
+            self._lost()
+            raise
+
+    def _free_locks(self, keys: list) -> None:
+        import sqlalchemy as sa
+
+        if not keys or self._conn is None:
+            return
+        try:
+            if self.kind == "postgresql":
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)"),
+                                   {"keys": keys})
+            else:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    self._conn.exec_driver_sql("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(chunk)), tuple(chunk))
+        except Exception:
+            self._lost()
+            raise
+
+    def _lost(self) -> None:
+        """The connection failed: the server dropped what it held with it."""
+        if self._locks or self._slots:
+            logger.warning("lost %d overlap locks and %d hub gate slots: their database connection failed",
+                           len(self._locks), len(self._slots))
+        conn, self._conn = self._conn, None
+        self._locks, self._slots = set(), set()
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:
+                pass
+
+    def acquire(self, group_ids: list[int]) -> tuple[str, list[int]]:
+        """Try to lock each group; returns ("", the ids locked). One round trip."""
+        with self._mutex:
+            if self._pid != os.getpid():
+                self._reset()
+            wanted = [gid for gid in group_ids if gid not in self._locks]
+            if not wanted:
+                return "", []
+            got = self._try_locks(self._lock_keys(0, wanted))
+            locked = [gid for gid, ok in zip(wanted, got) if ok]
+            self._locks.update(locked)
+            return "", locked
+
+    def refresh(self, token: str, group_ids: list[int]) -> None:
+        pass  # held as long as the session
+
+    def held(self, token: str, group_ids: list[int]) -> list[int]:
+        """The ids of ``group_ids`` this process holds; [] once the lock connection has failed."""
+        with self._mutex:
+            if self._pid != os.getpid():
+                self._reset()
+            return [gid for gid in group_ids if gid in self._locks]
+
+    def release(self, token: str, group_ids: list[int]) -> None:
+        with self._mutex:
+            mine = [gid for gid in group_ids if gid in self._locks]
+            self._locks.difference_update(mine)
+            self._free_locks(self._lock_keys(0, mine))
+
+    def gate_enter(self, hub_id: int, limit: int) -> str | None:
+        """Take one of ``limit`` slots of the hub's gate (at most MAX_SLOTS); returns the slot, or None."""
+        with self._mutex:
+            if self._pid != os.getpid():
+                self._reset()
+            free = [slot for slot in range(min(limit, self.MAX_SLOTS)) if (hub_id, slot) not in self._slots]
+            if not free:
+                return None
+            slot = self._try_first(self._lock_keys(1, [hub_id * self.MAX_SLOTS + slot for slot in free]))
+            if slot is None:
+                return None
+            self._slots.add((hub_id, free[slot]))
+            return str(free[slot])
+
+    def gate_leave(self, hub_id: int, token: str) -> None:
+        with self._mutex:
+            slot = (hub_id, int(token))
+            if slot in self._slots:
+                self._slots.discard(slot)
+                self._free_locks(self._lock_keys(1, [hub_id * self.MAX_SLOTS + slot[1]]))
+
+    def stop_heartbeat(self) -> None:
+        pass  # no heartbeat: the server ties the locks to the session
+
+    def close(self) -> None:
+        """End the session: the server drops every lock it held."""
+        with self._mutex:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._locks, self._slots = set(), set()
+
+
+def lock_database_url(database_url: str) -> str | None:
+    """The SQLAlchemy URL of a Django ``DATABASE_URL`` (dj-database-url form) when it is PostgreSQL or MariaDB
+    (the drivers of requirements.txt), else None."""
+    scheme, sep, rest = database_url.partition("://")
+    if not sep:
+        return None
+    driver = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "pgsql": "postgresql+psycopg2",
+              "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql"}.get(scheme.split("+")[0])
+    return f"{driver}://{rest}" if driver else None
+
+
 _BACKEND = None
 _BACKEND_PID = None
 
@@ -402,8 +604,12 @@ def locks_backend():
         if not url and broker.startswith(("redis://", "rediss://")):
             url = broker
         ttl = settings.HUBSCHED_RUN_LOCK_TTL_S  # how long a dead worker's locks outlive it
+        if not url:
+            url = lock_database_url(os.environ.get("DATABASE_URL", "")) or ""
         if url.startswith(("redis://", "rediss://")):
             _BACKEND = RedisLocks(url, ttl=ttl)
+        elif url:
+            _BACKEND = DatabaseLocks(url)
         else:
             _BACKEND = FileLocks(Path(settings.VAR_DIR) / "locks")
         _BACKEND_PID = os.getpid()

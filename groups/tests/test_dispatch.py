@@ -9,17 +9,23 @@ import pytest
 from groups.models import Group, GroupRun, GroupStats
 from groups.scheduler.clock import FakeClock
 from groups.scheduler.dispatch import hub_batch_run, round_robin
-from groups.scheduler.locks import FileLocks, RedisLocks
+from groups.scheduler.locks import DatabaseLocks, FileLocks, RedisLocks
 from hubs.models import Hub
-from hubsched.testing import redis_url
+from hubsched.testing import mariadb_url, postgres_url, redis_url
 
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["files", "redis"])
+@pytest.fixture(params=["files", "redis", "postgresql", "mariadb"])
 def locks(request, tmp_path):
     if request.param == "files":
         yield FileLocks(tmp_path / "locks")
+        return
+    if request.param in ("postgresql", "mariadb"):
+        backend = DatabaseLocks((postgres_url if request.param == "postgresql" else mariadb_url)(),
+                                prefix=f"hubsched-test-{tmp_path.name}")
+        yield backend
+        backend.close()
         return
     backend = RedisLocks(redis_url(), ttl=30, prefix=f"hubsched-test-{tmp_path.name}")
     yield backend

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from groups.scheduler.dispatch import hub_batch_run
-from groups.scheduler.locks import FileLocks, RedisLocks
-from hubsched.testing import redis_url
+from groups.scheduler.locks import DatabaseLocks, FileLocks, RedisLocks
+from hubsched.testing import mariadb_url, postgres_url, redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB = 7
@@ -23,9 +23,10 @@ GROUPS = [1, 2, 3]
 # A worker process that takes the groups' locks and a slot of the hub's gate, says so, and then works forever.
 HOLDER = """
 import sys, time
-from groups.scheduler.locks import FileLocks, RedisLocks
+from groups.scheduler.locks import DatabaseLocks, FileLocks, RedisLocks
 kind, where, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
-locks = RedisLocks(sys.argv[4], ttl=ttl, prefix=where) if kind == "redis" else FileLocks(where)
+locks = (RedisLocks(sys.argv[4], ttl=ttl, prefix=where) if kind == "redis" else FileLocks(where) if kind == "files"
+         else DatabaseLocks(sys.argv[4], prefix=where))
 token, got = locks.acquire([1, 2, 3])
 gate = locks.gate_enter(7, 1)
 print("held" if got == [1, 2, 3] and gate is not None else f"not held: {got} {gate}", flush=True)
@@ -60,8 +61,11 @@ def made():
         backend.stop_heartbeat()
 
 
+SERVER_URLS = {"redis": redis_url, "postgresql": postgres_url, "mariadb": mariadb_url}
+
+
 def _start_holder(kind: str, where: str, ttl: float) -> subprocess.Popen:
-    args = [sys.executable, "-c", HOLDER, kind, where, str(ttl), redis_url() if kind == "redis" else ""]
+    args = [sys.executable, "-c", HOLDER, kind, where, str(ttl), SERVER_URLS[kind]() if kind in SERVER_URLS else ""]
     holder = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = holder.stdout.readline().strip()
@@ -84,11 +88,17 @@ def _take_all(locks, *, deadline_s: float) -> tuple[float | None, str | None]:
     return None, None
 
 
-@pytest.mark.parametrize("kind", ["redis", "files"])
+def _other(kind: str, where: str, ttl: float, made):
+    if kind == "redis":
+        return made(redis_url(), ttl=ttl, prefix=where)
+    return FileLocks(where) if kind == "files" else DatabaseLocks(SERVER_URLS[kind](), prefix=where)
+
+
+@pytest.mark.parametrize("kind", ["redis", "files", "postgresql", "mariadb"])
 def test_a_worker_killed_with_sigkill_frees_its_locks_and_gate_slot_within_two_seconds(kind, prefix, made, tmp_path):
     ttl = 2.0  # HUBSCHED_RUN_LOCK_TTL_S as shipped
-    where = prefix if kind == "redis" else str(tmp_path / "locks")
-    other = made(redis_url(), ttl=ttl, prefix=prefix) if kind == "redis" else FileLocks(where)
+    where = str(tmp_path / "locks") if kind == "files" else prefix
+    other = _other(kind, where, ttl, made)
     holder = _start_holder(kind, where, ttl)
     try:
         assert other.acquire(GROUPS)[1] == [] and other.gate_enter(HUB, 1) is None  # held by the live worker
@@ -181,3 +191,59 @@ def test_the_heartbeat_thread_starts_on_first_use_and_not_before(prefix, made):
     locks.release(token, [1])
     locks.stop_heartbeat()
     assert len(beating()) == before
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_database_lock_holder_paused_for_longer_than_a_ttl_keeps_what_it_holds(kind, prefix):
+    """Session locks have no TTL: a holder stopped with SIGSTOP for 3 s (past any lease) still holds its locks and
+    its gate slot, and nobody takes them meanwhile; they are free once it is killed."""
+    holder = _start_holder(kind, prefix, 2.0)
+    other = DatabaseLocks(SERVER_URLS[kind](), prefix=prefix)
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            assert other.acquire(GROUPS)[1] == [] and other.gate_enter(HUB, 1) is None
+            time.sleep(0.1)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    assert _take_all(other, deadline_s=10)[0] is not None
+    other.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_database_locks_exclude_the_threads_of_one_process_and_a_prefix_of_another_installation(kind, prefix):
+    url = SERVER_URLS[kind]()
+    locks, elsewhere = DatabaseLocks(url, prefix=prefix), DatabaseLocks(url, prefix=prefix + "-other")
+    try:
+        token, got = locks.acquire(GROUPS)
+        assert got == GROUPS and locks.acquire(GROUPS)[1] == []  # a session may retake its own lock: we do not
+        assert elsewhere.acquire(GROUPS)[1] == GROUPS  # another prefix, other locks
+        slots = [locks.gate_enter(HUB, 2), locks.gate_enter(HUB, 2), locks.gate_enter(HUB, 2)]
+        assert slots[:2] == ["0", "1"] and slots[2] is None
+        assert locks.held(token, GROUPS + [99]) == GROUPS
+        locks.release(token, [1])
+        locks.gate_leave(HUB, "0")
+        assert elsewhere.acquire([1])[1] == [] and DatabaseLocks(url, prefix=prefix).acquire([1])[1] == [1]
+    finally:
+        locks.close()
+        elsewhere.close()
+
+
+def test_database_locks_lost_with_their_connection_are_not_claimed_as_held(prefix):
+    import sqlalchemy as sa
+
+    url = postgres_url()
+    locks = DatabaseLocks(url, prefix=prefix)
+    token, got = locks.acquire(GROUPS)
+    assert got == GROUPS
+    pid = locks._conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:  # the server ends the lock session (a restart, a network cut)
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    with pytest.raises(sa.exc.SQLAlchemyError):
+        locks.acquire([4])
+    assert locks.held(token, GROUPS) == []
+    assert locks.acquire(GROUPS)[1] == GROUPS  # a new session takes them again (nobody else held them)
+    locks.close()

@@ -40,11 +40,23 @@ def test_a_sqlite_log_or_a_folder_broker_is_refused_too(tmp_path):
     assert "DATABASE_URL" not in done.stderr and "pw" not in done.stderr
 
 
-def test_a_broker_other_than_redis_needs_a_lock_url_of_its_own(tmp_path):
+def test_a_broker_other_than_redis_without_a_database_server_needs_a_lock_url_of_its_own(tmp_path):
     amqp = {**SHARED, "CELERY_BROKER_URL": "amqp://guest:guest@rabbit.example:5672//"}
+    del amqp["DATABASE_URL"]
     done = check(tmp_path, HUBSCHED_DEPLOYMENT="multi-host", **amqp)
     assert done.returncode != 0 and "HUBSCHED_LOCK_URL: overlap locks and hub gates would be file locks" in done.stderr
-    done = check(tmp_path, HUBSCHED_DEPLOYMENT="multi-host", HUBSCHED_LOCK_URL="redis://redis.example:6379/1", **amqp)
+    done = check(tmp_path, HUBSCHED_DEPLOYMENT="multi-host", HUBSCHED_LOCK_URL="redis://redis.example:6379/1",
+                 DATABASE_URL=SHARED["DATABASE_URL"], **amqp)
+    assert done.returncode == 0, done.stderr
+
+
+def test_with_a_broker_other_than_redis_a_postgresql_or_mariadb_database_holds_the_locks(tmp_path):
+    amqp = {**SHARED, "CELERY_BROKER_URL": "amqp://guest:guest@rabbit.example:5672//"}
+    done = check(tmp_path, HUBSCHED_DEPLOYMENT="multi-host",
+                 **{**amqp, "DATABASE_URL": "postgres://hubsched:pw@db.example:5432/hubsched"})
+    assert done.returncode == 0, done.stderr
+    done = check(tmp_path, HUBSCHED_DEPLOYMENT="multi-host",
+                 **{**amqp, "HUBSCHED_LOCK_URL": "mysql+pymysql://hubsched:pw@locks.example:3306/hubsched"})
     assert done.returncode == 0, done.stderr
 
 
