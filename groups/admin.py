@@ -10,9 +10,9 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
-from .services import groups_enabled_set, groups_run_now
+from .services import groups_enabled_set, groups_kill, groups_run_now
 
-from .models import Group, GroupKey, GroupRun, GroupStats, Trigger
+from .models import Group, GroupKey, GroupRun, GroupStats, KillOutcome, KillRequest, Trigger
 from .validators import group_keys_problems, project_wide_sinks
 
 RECENT_RUNS = 10
@@ -87,12 +87,12 @@ class GroupAdmin(admin.ModelAdmin):
     autocomplete_fields = ("hub",)
     readonly_fields = ("beat_entry", "counters", "recent_runs")
     fieldsets = (
-        (None, {"fields": ("hub", "name", "enabled", "script")}),
+        (None, {"fields": ("hub", "name", "enabled", "script", "execution_timeout")}),
         ("Trigger", {"fields": ("trigger", "period", "offset", "expires", "cron", "run_at", "deadband")}),
         ("Status", {"fields": ("beat_entry", "counters", "recent_runs")}),
     )
     inlines = [GroupKeyInline]
-    actions = ["run_now", "enable", "disable"]
+    actions = ["run_now", "kill", "enable", "disable"]
 
     @admin.display(description="project", ordering="hub__project__name")
     def project(self, obj):
@@ -139,7 +139,7 @@ class GroupAdmin(admin.ModelAdmin):
         if stats is None:
             return "no runs yet"
         return (
-            f"{stats.done} ok, {stats.failed} failed, {stats.skipped} skipped, {stats.missed} missed; "
+            f"{stats.done} ok, {stats.failed} failed, {stats.skipped} skipped, {stats.missed} missed, {stats.killed} killed; "
             f"{stats.values} values" + (f"; mean lag {stats.lag_ms_mean:.0f} ms" if stats.lag_ms_mean is not None else "")
         )
 
@@ -178,6 +178,21 @@ class GroupAdmin(admin.ModelAdmin):
         count = groups_run_now(group_ids=_ids(queryset))
         self.message_user(request, f"{count} group(s) queued; their runs appear under Group runs.", messages.SUCCESS)
 
+    def has_kill_group_permission(self, request):
+        return request.user.has_perm("groups.kill_group")
+
+    @admin.action(description="Kill the running execution", permissions=["kill_group"])
+    def kill(self, request, queryset):
+        """Waits up to a few seconds (``groups.execution.KILL_PICKUP_S``) for the workers to stop them."""
+        closed = groups_kill(group_ids=_ids(queryset), requested_by=request.user.get_username())
+        killed = [k for k in closed if k.outcome == KillOutcome.KILLED]
+        idle = [k for k in closed if k.outcome != KillOutcome.KILLED]
+        if killed:
+            self.message_user(request, f"{len(killed)} execution(s) killed; their runs are recorded as killed.", messages.SUCCESS)
+        if idle:
+            names = ", ".join(sorted(str(k.group) for k in idle))
+            self.message_user(request, f"Nothing was running for {len(idle)} group(s): {names}.", messages.WARNING)
+
     @admin.action(description="Enable selected groups", permissions=["enable_group"])
     def enable(self, request, queryset):
         count = groups_enabled_set(group_ids=_ids(queryset), enabled=True)
@@ -210,7 +225,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(GroupRun)
 class GroupRunAdmin(ReadOnlyAdmin):
-    list_display = ("group", "hub", "tick", "status", "started_at", "finished_at", "values_count", "short_error")
+    list_display = ("group", "hub", "tick", "status", "started_at", "finished_at", "values_count", "killed_by", "short_error")
     list_filter = ("status", "group__hub__project", "group__hub", "group")
     search_fields = ("group__name", "error")
     date_hierarchy = "scheduled_for"
@@ -230,9 +245,17 @@ class GroupRunAdmin(ReadOnlyAdmin):
         return obj.error[:120] + ("…" if len(obj.error) > 120 else "")
 
 
+@admin.register(KillRequest)
+class KillRequestAdmin(ReadOnlyAdmin):
+    list_display = ("group", "scheduled_for", "requested_by", "requested_at", "outcome", "done_at")
+    list_filter = ("outcome",)
+    search_fields = ("group__name", "requested_by")
+    list_select_related = ("group",)
+
+
 @admin.register(GroupStats)
 class GroupStatsAdmin(ReadOnlyAdmin):
-    list_display = ("group", "last_status", "last_run_at", "done", "failed", "skipped", "missed", "values", "dispatched")
+    list_display = ("group", "last_status", "last_run_at", "done", "failed", "skipped", "missed", "killed", "values", "dispatched")
     list_filter = ("last_status",)
     search_fields = ("group__name",)
     list_select_related = ("group",)

@@ -10,11 +10,15 @@ forwarders store it from there (``streams.forwarding``).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -32,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 class GroupRunError(Exception):
     """An execution failed for a reason a person can act on; the message says what and where."""
+
+
+class ExecutionKilled(GroupRunError):
+    """A person killed the execution while it ran (``KillRequest``); its remaining steps are abandoned."""
+
+
+KILL_POLL_S = 0.2  # how often a worker process's kill watcher reads the pending kill requests of its groups
+KILL_WAKE_S = 0.1  # how often an execution waiting for a hub's answer looks whether it was killed
 
 
 @dataclass
@@ -67,6 +79,12 @@ class Outcome:
     read: list[tuple[str, list[dict]]] = field(default_factory=list)
     read_bytes: int = 0  # the answers' size (values_check)
     deadline: float | None = None  # epoch s: the tick's expiry; reads not answered by then fail (None: hub timeout only)
+    execution_deadline: float | None = None  # epoch s: started + the group's execution_timeout (None: none); deadline <= it
+    killed_by: str = ""  # username of who killed it while it ran (the kill watcher sets it from another thread)
+    step: str = ""  # the step running: "reads", "script", "write-back" (for a timeout's or a kill's message)
+    served_by: Hub | None = None  # the redundancy set member read (groups/redundancy.py); None: the group's hub
+    redundancy: Any = None  # the group's hub's redundancy.SetConfig, when it is in a set
+    parallel: dict = field(default_factory=dict)  # parallel set: member pk -> {entity: Future} of its reads
 
 
 def client_for(hub: Hub) -> HubClient:
@@ -95,17 +113,27 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]], expire: bool = False) 
     and, for those, ``read`` (what is stored) and ``values`` (how many). Never raises for a hub or
     script fault. Storing is the caller's: ``groups.services`` appends every outcome to the durable log,
     which the sinks' forwarders read (docs/streams.md).
+
+    A group's ``execution_timeout`` (seconds) bounds its whole execution from the batch's start: the reads
+    (``Outcome.deadline``: the earlier of it and the tick's expiry), the script (at most the time left, in
+    wall-clock seconds; the tick's expiry does not cut a script) and the write-back;
+    past it the outcome fails with ``execution timeout of T s exceeded during the <step>``. While the batch
+    runs, this process's kill watcher (``kill_watch``) stops the executions a person killed (``KillRequest``):
+    their ``killed_by`` is set, their pending reads are no longer awaited, their sandbox process is killed,
+    and their ``error`` says ``killed by <user> during the <step>``.
     """
     started = timezone.now()
-    outcomes = [Outcome(group=g, scheduled_for=t, started_at=started, deadline=tick_deadline(g, t) if expire else None)
-                for g, t in ticks]
-    writable = _writable_params({o.group.hub_id for o in outcomes})
-    _send_batch_reads(outcomes)  # every read goes out before any answer is awaited
-    for outcome in outcomes:
-        if not outcome.error:
-            _fail_on_error(outcome, _collect_reads, outcome)
-        if not outcome.error and outcome.group.script_id:
-            _fail_on_error(outcome, _run_script, outcome, writable)
+    start_s = started.timestamp()
+    outcomes = [_outcome(g, t, started, start_s, expire) for g, t in ticks]
+    with kill_watch(outcomes) as watch:
+        writable = _writable_params({o.group.hub_id for o in outcomes})
+        _send_batch_reads(outcomes)  # every read goes out before any answer is awaited
+        for outcome in outcomes:
+            if not outcome.error:
+                _fail_on_error(outcome, "reads", _collect_reads, outcome)
+            if not outcome.error and outcome.group.script_id:
+                _fail_on_error(outcome, "script", _run_script, outcome, writable)
+            watch.finished(outcome)
     finished = timezone.now()
     for outcome in outcomes:
         outcome.finished_at = finished
@@ -114,11 +142,41 @@ def execute_batch(*, ticks: list[tuple[Group, datetime]], expire: bool = False) 
     return outcomes
 
 
-def _fail_on_error(outcome: Outcome, step, *args) -> None:
+def _outcome(group: Group, scheduled_for: datetime, started: datetime, start_s: float, expire: bool) -> Outcome:
+    """A tick's Outcome with its deadline: the earlier of the tick's expiry (with ``expire``) and the group's
+    execution timeout counted from ``start_s`` (epoch s)."""
+    deadline = tick_deadline(group, scheduled_for) if expire else None
+    limit = group.execution_timeout
+    if limit is None:
+        return Outcome(group=group, scheduled_for=scheduled_for, started_at=started, deadline=deadline)
+    execution_deadline = start_s + limit
+    return Outcome(group=group, scheduled_for=scheduled_for, started_at=started, execution_deadline=execution_deadline,
+                   deadline=execution_deadline if deadline is None else min(deadline, execution_deadline))
+
+
+def _fail_on_error(outcome: Outcome, name: str, step, *args) -> None:
+    """Run ``step(*args)``; its GroupRunError becomes ``outcome.error``, said as a kill or an execution timeout
+    when one of those ended it. A step that ran past the execution timeout fails too. ``name``: the step's
+    name in those messages ("reads", "script"; the script's write-back names itself in ``outcome.step``)."""
+    outcome.step = name
     try:
+        if outcome.killed_by:
+            raise ExecutionKilled("killed")
         step(*args)
+        error = None
     except GroupRunError as exc:
-        outcome.error = str(exc)
+        error = str(exc)
+    if outcome.killed_by:
+        outcome.error = f"killed by {outcome.killed_by} during the {outcome.step}"
+    elif outcome.execution_deadline is not None \
+            and time.time() >= outcome.execution_deadline - (TIMEOUT_SLACK_S if error is not None else 0.0):
+        outcome.error = (f"execution timeout of {float(outcome.group.execution_timeout)} s exceeded during the {outcome.step}"
+                         + (f" ({error})" if error else ""))
+    elif error is not None:
+        outcome.error = error
+
+
+TIMEOUT_SLACK_S = 0.05  # a hub call cut to the deadline may give up this much before it (timer resolution)
 
 
 def _writable_params(hub_ids: set[int]) -> set[tuple[int, str, str]]:
@@ -183,6 +241,8 @@ def _send_batch_reads(outcomes: list[Outcome]) -> None:
             outcome.error = "the group reads no keys"
             continue
         hub = outcome.group.hub
+        if hub.redundancy_set_id is not None:  # a hub in no set pays this one attribute test
+            hub = _redundant_member(outcome, by_entity)
         reads = by_hub.setdefault((hub.pk, outcome.deadline), (hub, []))[1]
         reads.extend((outcome, entity, entity_keys) for entity, entity_keys in by_entity.items())
     now = time.time()
@@ -199,17 +259,78 @@ def _send_batch_reads(outcomes: list[Outcome]) -> None:
             outcome.reads[entity] = future
 
 
+def _redundant_member(outcome: Outcome, by_entity: dict[str, list[str]]) -> Hub:
+    """The member of the group's redundancy set to read now (``outcome.served_by``); while a backup serves,
+    the master is probed with the same reads now and then (groups/redundancy.py: failback)."""
+    from . import redundancy
+
+    member, config = redundancy.member_to_read(outcome.group.hub)
+    outcome.served_by, outcome.redundancy = member, config
+    if config.mode == "parallel":
+        def send(other: Hub) -> dict:
+            return _reads_send(other, by_entity, max(0.01, _time_left(other, outcome)))
+
+        redundancy.parallel_reads_send(outcome, config, send)
+        return member  # every member is read each tick: no probe needed
+    if member.pk != config.master.pk and redundancy.health().probe_due(config):
+        master = config.master
+        try:
+            futures = list(_reads_send(master, by_entity, max(0.01, _time_left(master, outcome))).values())
+        except HubError:
+            redundancy.health().failed(config, master)
+        else:
+            redundancy.probe_master(config, futures)
+    return member
+
+
+def _time_left(hub: Hub, outcome: Outcome) -> float:
+    """Seconds a call to ``hub`` for ``outcome`` may take: the hub's timeout, cut to the outcome's deadline."""
+    return hub.timeout if outcome.deadline is None else min(hub.timeout, outcome.deadline - time.time())
+
+
+def _reads_send(hub: Hub, by_entity: dict[str, list[str]], timeout: float) -> dict[str, Future]:
+    """One ``getEntityParams`` per entity to ``hub``, pipelined: ``{entity: Future}``. Raises HubError."""
+    futures = client_for(hub).call_many_async(
+        [("getEntityParams", {"entity": entity, "keys": keys}) for entity, keys in by_entity.items()], timeout=timeout)
+    return dict(zip(by_entity, futures))
+
+
+def _send_reads_to(outcome: Outcome, hub: Hub) -> None:
+    """The group's reads sent again, to ``hub`` (a backup taking over within the tick), cut to the deadline."""
+    outcome.reads = {}
+    timeout = _time_left(hub, outcome)
+    if timeout <= 0:
+        outcome.error = f"hub {hub.name!r}: the tick expired before its reads were sent"
+        return
+    outcome.reads = _reads_send(hub, _read_plan(outcome.group)[1], timeout)
+
+
 def _collect_reads(outcome: Outcome) -> None:
     """Wait for the group's answers into ``outcome.read``: per entity, one value object per key asked, in
-    order, each meeting the value contract (``values_check``); ``outcome.read_bytes``, the answers' size."""
-    hub = outcome.group.hub
+    order, each meeting the value contract (``values_check``); ``outcome.read_bytes``, the answers' size.
+    A group whose hub is in a redundancy set fails over to the next member within the tick
+    (``redundancy.reads_collect_with_failover``); ``outcome.served_by`` is then the member that served."""
+    if outcome.served_by is None:
+        outcome.read, outcome.read_bytes = _collect_from(outcome, outcome.group.hub)
+    else:
+        from .redundancy import parallel_compare, reads_collect_with_failover
+
+        _, outcome.read, outcome.read_bytes = reads_collect_with_failover(
+            outcome, outcome.redundancy, _collect_from, _send_reads_to)
+        if outcome.parallel:
+            parallel_compare(outcome, outcome.redundancy, _collect_from)
+    outcome.reads = {}
+
+
+def _collect_from(outcome: Outcome, hub: Hub) -> tuple[list[tuple[str, list[dict]]], int]:
+    """``(read, bytes)`` of the answers ``hub`` gives to ``outcome.reads``; raises GroupRunError."""
     by_entity = _read_plan(outcome.group)[1]
     max_value_bytes = hub.max_value_bytes or settings.HUBSCHED_HUB_MAX_VALUE_BYTES
     read = []
     size = 0
     for entity, future in outcome.reads.items():
         try:
-            values = future.result(timeout=hub.timeout + 1.0).get("values")
+            values = answer_await(outcome, future, hub.timeout + 1.0).get("values")
             frame_bytes = getattr(future, "hub_frame_bytes", 0)
         except HubError as exc:
             if exc.code != -32601:
@@ -221,9 +342,7 @@ def _collect_reads(outcome: Outcome) -> None:
         size += values_check(hub=hub.name, entity=entity, values=picked, max_value_bytes=max_value_bytes,
                              frame_bytes=frame_bytes)
         read.append((entity, picked))
-    outcome.read = read
-    outcome.read_bytes = size
-    outcome.reads = {}
+    return read, size
 
 
 # hub protocol v1: quality is good, uncertain or bad; absent means good
@@ -410,17 +529,28 @@ def _run_script(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
     group, hub = outcome.group, outcome.group.hub
     bindings = outcome.bindings = _bindings(outcome, writable)
     script = group.script
+    cpu_s, wall_s = script.timeout, None
+    if outcome.execution_deadline is not None:  # the script gets at most what is left of the execution
+        wall_s = outcome.execution_deadline - time.time()
+        if wall_s <= 0:
+            raise GroupRunError(f"script {script.name!r}: no time left to run it")
+        cpu_s = min(cpu_s, wall_s)
     try:
         result = script_execute(
             code=script.code,
             bindings={name: b.value for name, b in bindings.items()},
-            timeout=script.timeout,
+            timeout=cpu_s,
             memory_limit_mb=script.memory_limit_mb,
             data_sources=script_data_sources(project_id=hub.project_id),
+            wall_s=wall_s,
+            token=id(outcome),  # the kill watcher stops its sandbox process by it (sandbox_kill)
         )
     except ScriptError as exc:
         raise GroupRunError(f"script {script.name!r}: {exc}") from exc
-    bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed)
+    if outcome.killed_by:  # killed after the script ended: nothing is written back
+        raise ExecutionKilled("killed")
+    outcome.step = "write-back"
+    bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed, outcome=outcome)
     outcome.read = _read_from_bindings(bindings)
     # what the script made is measured like a hub's values (no frame bounds it): NUL, size
     limit = hub.max_value_bytes or settings.HUBSCHED_HUB_MAX_VALUE_BYTES
@@ -437,12 +567,15 @@ def group_poll(*, group: Group) -> dict[str, Binding]:
     return _bindings(outcome, _writable_params({group.hub_id}))
 
 
-def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict[str, Any], changed: set[str]) -> dict[str, dict]:
+def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict[str, Any], changed: set[str],
+                        outcome: Outcome | None = None) -> dict[str, dict]:
     """Apply a script's ``results`` to ``bindings`` and write the changed writable ones back to ``hub``.
 
     One ``setEntityParams`` per entity (hub protocol v1: all or nothing). Names the script bound
     anew join ``bindings`` as derived values (entity ""). Returns what was written,
     ``{entity: {key: value}}``; raises ``GroupRunError`` naming the entity and keys of a refused write.
+    With ``outcome`` (an execution's), each write's timeout is cut to what is left of ``outcome.execution_deadline``
+    (GroupRunError when nothing is), and a kill abandons the write waiting for its answer (ExecutionKilled).
     """
     writes: dict[str, dict[str, Any]] = defaultdict(dict)
     now_ts = _now_ts()
@@ -457,7 +590,17 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
     client = client_for(hub)
     for entity, values in writes.items():
         try:
-            client.set_entity_params(entity, values)
+            if outcome is None:
+                client.set_entity_params(entity, values)
+                continue
+            left = outcome.execution_deadline
+            timeout = hub.timeout if left is None else min(hub.timeout, left - time.time())
+            if timeout <= 0:
+                raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)}: no time left")
+            future = client.call_async("setEntityParams", {"entity": entity, "values": values}, timeout=timeout)
+            answer = answer_await(outcome, future, timeout + 1.0)
+            if not isinstance(answer, dict) or not isinstance(answer.get("written"), list):
+                raise HubError("setEntityParams: the result has no list 'written'", "protocol")
         except HubError as exc:
             raise GroupRunError(f"hub {hub.name!r}, entity {entity!r}: write-back of {sorted(values)} failed: {exc}") from exc
     return dict(writes)
@@ -465,3 +608,155 @@ def bindings_write_back(*, hub: Hub, bindings: dict[str, Binding], results: dict
 
 def _now_ts() -> str:
     return timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# --- kill: a watcher per worker process, alive while a batch executes ---------------------------------
+
+
+def answer_await(outcome: Outcome, future: Future, timeout: float) -> Any:
+    """The result of a hub call of ``outcome`` (a Future of ``HubClient.call_async``), waited for at most
+    ``timeout`` seconds; raises its HubError, ``TimeoutError`` past ``timeout``, or ExecutionKilled as soon as
+    the execution is killed (the call is abandoned: the client drops its answer when it comes, or times it out).
+    An answer already there costs one ``done()``."""
+    if not future.done():
+        end = time.monotonic() + timeout
+        while not future.done():
+            if outcome.killed_by:
+                raise ExecutionKilled("killed")
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            futures_wait([future], timeout=min(KILL_WAKE_S, remaining))
+    return future.result(timeout=0)
+
+
+class KillWatch:
+    """This process's running executions by group, and the thread that kills those a person asked to kill.
+
+    ``watching(outcomes)`` registers a batch's outcomes (``kill_watch``); ``finished(outcome)`` takes one out
+    once its steps are done. The thread runs while any outcome is registered (and KILL_LINGER_S after, idle,
+    without a query): every KILL_POLL_S it reads the
+    pending KillRequests of the registered groups (one query for the process, whatever its batches), claims
+    each one that matches a running outcome (a conditional UPDATE, so one worker and never the requester's
+    "nothing was running" wins) and kills its outcomes: ``killed_by`` set, the sandbox process killed
+    (``sandbox_kill``); a waiting read or write sees it within KILL_WAKE_S. Requests older than
+    KILL_PICKUP_S are the requester's to close (``groups.services.group_kill``).
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.running: dict[int, dict[int, Outcome]] = {}  # group id -> {id(outcome): outcome}
+        self.thread: threading.Thread | None = None
+
+    def watching(self, outcomes: list[Outcome]) -> None:
+        with self.lock:
+            for outcome in outcomes:
+                self.running.setdefault(outcome.group.pk, {})[id(outcome)] = outcome
+            if self.thread is None and self.running:
+                self.thread = threading.Thread(target=self._loop, name="hubsched-kill-watch", daemon=True)
+                self.thread.start()
+
+    def finished(self, outcome: Outcome) -> None:
+        with self.lock:
+            of_group = self.running.get(outcome.group.pk)
+            if of_group is not None:
+                of_group.pop(id(outcome), None)
+                if not of_group:
+                    del self.running[outcome.group.pk]
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        idle_since = None
+        try:
+            while True:
+                with self.lock:
+                    if not self.running:
+                        # no query while idle; gone after KILL_LINGER_S, so that a process whose batches come
+                        # every second keeps one thread and one database connection instead of one a batch
+                        idle_since = idle_since or time.monotonic()
+                        if time.monotonic() - idle_since >= KILL_LINGER_S:
+                            self.thread = None
+                            return
+                        group_ids = None
+                    else:
+                        idle_since, group_ids = None, list(self.running)
+                if group_ids is None:
+                    time.sleep(KILL_POLL_S)
+                    continue
+                try:
+                    self.poll(group_ids)
+                except Exception:  # a database hiccup must not end the watcher: the next poll tries again
+                    logger.exception("kill watcher: poll failed")
+                time.sleep(KILL_POLL_S)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def poll(self, group_ids: list[int]) -> int:
+        """Claim and carry out the pending kill requests of ``group_ids`` that match a running execution (one
+        SELECT, and an UPDATE per request claimed); returns how many were claimed."""
+        from .models import KillOutcome, KillRequest
+
+        # Every recent pending request, filtered here: they are few, and the query stays one whatever the
+        # number of groups this process runs (no IN list past a backend's parameter limit).
+        since = timezone.now() - timedelta(seconds=KILL_PICKUP_S)
+        pending = KillRequest.objects.filter(done_at=None, requested_at__gte=since).values_list(
+            "pk", "group_id", "scheduled_for", "requested_by")
+        wanted = set(group_ids)
+        claimed = 0
+        for pk, group_id, scheduled_for, requested_by in list(pending):
+            if group_id not in wanted:
+                continue
+            with self.lock:
+                targets = [o for o in self.running.get(group_id, {}).values()
+                           if not o.error and not o.killed_by and (scheduled_for is None or o.scheduled_for == scheduled_for)]
+            if not targets:
+                continue
+            if not KillRequest.objects.filter(pk=pk, done_at=None).update(outcome=KillOutcome.KILLED, done_at=timezone.now()):
+                continue  # the requester closed it meanwhile (nothing was running, as it saw)
+            claimed += 1
+            for outcome in targets:
+                outcome_kill(outcome, killed_by=requested_by)
+        return claimed
+
+
+KILL_PICKUP_S = 3.0  # a kill request no worker claimed within this many seconds is closed as "nothing was running"
+KILL_LINGER_S = 1.5  # a watcher with no batch to watch ends after this long (it queries nothing meanwhile)
+
+
+def outcome_kill(outcome: Outcome, *, killed_by: str) -> int | None:
+    """Kill one running execution: ``killed_by`` set (its waits for hub answers end within KILL_WAKE_S), its
+    sandbox process SIGKILLed; returns that process's pid, or None when no script was running."""
+    from scripts_engine.sandbox import sandbox_kill
+
+    outcome.killed_by = killed_by
+    pid = sandbox_kill(id(outcome))
+    logger.warning("group %s (%s): execution of %s killed by %s%s", outcome.group.pk, outcome.group.name,
+                   outcome.scheduled_for.isoformat(), killed_by, f" (sandbox process {pid})" if pid else "")
+    return pid
+
+
+_watch: KillWatch | None = None
+_watch_lock = threading.Lock()
+
+
+def kill_watcher() -> KillWatch:
+    """The process-wide KillWatch (a forked process makes its own: threads do not cross a fork)."""
+    global _watch
+    with _watch_lock:
+        if _watch is None or _watch.pid != os.getpid():
+            _watch = KillWatch()
+        return _watch
+
+
+@contextmanager
+def kill_watch(outcomes: list[Outcome]):
+    """Register ``outcomes`` with the process's KillWatch while the block runs; yields the watch."""
+    watch = kill_watcher()
+    watch.watching(outcomes)
+    try:
+        yield watch
+    finally:
+        for outcome in outcomes:
+            watch.finished(outcome)

@@ -8,6 +8,21 @@ from django.db import models
 
 from .validators import MIN_PERIOD_S, PERIOD_MESSAGE
 
+EXECUTION_TIMEOUT_MESSAGE = "The execution timeout must be more than 0 seconds (empty: none)."
+
+
+def execution_timeout_problem(value: float | None) -> str | None:
+    """Why ``value`` (seconds) is not a Group.execution_timeout, or None: it is more than 0, or None (no timeout).
+    The one rule for the admin (the field's validator) and project import (hubs/project_document/validation.py)."""
+    return EXECUTION_TIMEOUT_MESSAGE if value is not None and not value > 0 else None
+
+
+def execution_timeout_validate(value: float | None) -> None:
+    """Group.execution_timeout's validator; raises ValidationError with ``execution_timeout_problem``'s text."""
+    problem = execution_timeout_problem(value)
+    if problem:
+        raise ValidationError(problem, code="min_value")
+
 
 class Trigger(models.TextChoices):
     INTERVAL = "interval", "interval"
@@ -56,6 +71,14 @@ class Group(models.Model):
         validators=[MinValueValidator(0.0)],
         help_text="A tick that cannot start within this many seconds is dropped as missed; empty means one period.",
     )
+    execution_timeout = models.FloatField(
+        "execution timeout (s)",
+        null=True,
+        blank=True,
+        validators=[execution_timeout_validate],
+        help_text="Most seconds one execution may take, reads, script and write-back together (more than 0); "
+        "past it the run fails. Empty: only the hub's call timeout and the script's CPU limit apply.",
+    )
     script = models.ForeignKey(
         "scripts_engine.Script",
         on_delete=models.SET_NULL,
@@ -89,7 +112,8 @@ class Group(models.Model):
         ordering = ["hub", "name"]
         verbose_name = "group"
         verbose_name_plural = "groups"
-        permissions = [("run_group", "Can run groups now"), ("enable_group", "Can enable and disable groups")]
+        permissions = [("run_group", "Can run groups now"), ("enable_group", "Can enable and disable groups"),
+                       ("kill_group", "Can kill a running execution")]
         constraints = [models.UniqueConstraint(fields=["hub", "name"], name="group_name_unique_in_hub")]
         indexes = [
             # serves the beat scheduler's "groups changed since <watermark>" poll (groups.scheduler.source)
@@ -167,11 +191,12 @@ class GroupKey(models.Model):
 
 class RunStatus(models.TextChoices):
     # Every due tick ends in exactly one of these, stored as one GroupRun (unique per group and tick)
-    # and counted in GroupStats: due = ok + failed + skipped + missed (docs/streams.md, "Every tick").
+    # and counted in GroupStats: due = ok + failed + skipped + missed + killed (docs/streams.md, "Every tick").
     OK = "ok", "ok (stored)"  # its values are durable in the log; the sinks' forwarders store them
     FAILED = "failed", "failed"  # hub, script or write-back error: nothing stored
     SKIPPED = "skipped", "skipped"  # the group was still running (the overlap lock)
     MISSED = "missed", "missed"  # older than its expiry before a worker could start it
+    KILLED = "killed", "killed"  # a person killed it while it ran (GroupRun.killed_by): nothing stored
 
 
 class GroupRun(models.Model):
@@ -184,6 +209,8 @@ class GroupRun(models.Model):
     status = models.CharField("status", max_length=16, choices=RunStatus.choices, help_text="Outcome.")
     error = models.TextField("error", blank=True, help_text="Why it failed, for a person to act on.")
     values_count = models.PositiveIntegerField("values", default=0, help_text="Values this execution acquired (durable in the log, stored by the sinks' forwarders).")
+    # db_default: the runs INSERT leaves the column out unless a run of the statement was killed (groups.services)
+    killed_by = models.CharField("killed by", max_length=150, blank=True, default="", db_default="", help_text="Username of who killed the execution (status killed).")
 
     class Meta:
         ordering = ["-scheduled_for"]
@@ -211,6 +238,7 @@ class GroupStats(models.Model):
     failed = models.PositiveBigIntegerField("failed", default=0, help_text="Executions that ended in an error.")
     skipped = models.PositiveBigIntegerField("skipped", default=0, help_text="Ticks skipped: the group was still running.")
     missed = models.PositiveBigIntegerField("missed", default=0, help_text="Ticks dropped: older than their expiry.")
+    killed = models.PositiveBigIntegerField("killed", default=0, db_default=0, help_text="Executions a person killed while they ran.")
     values = models.PositiveBigIntegerField("values", default=0, help_text="Values stored.")
     lag_ms_total = models.PositiveBigIntegerField(
         "lag total (ms)", default=0, help_text="Sum of start lag behind the scheduled tick over started executions."
@@ -227,8 +255,45 @@ class GroupStats(models.Model):
 
     @property
     def runs(self) -> int:
-        return self.done + self.failed
+        return self.done + self.failed + self.killed
 
     @property
     def lag_ms_mean(self) -> float | None:
         return self.lag_ms_total / self.started if self.started else None
+
+
+class KillOutcome(models.TextChoices):
+    PENDING = "", "pending"
+    KILLED = "killed", "killed"  # a worker found the execution and stopped it
+    NOTHING_RUNNING = "nothing_running", "nothing was running"  # no worker picked it up in time
+
+
+class KillRequest(models.Model):
+    """A person's request to kill a group's running execution: the row is the message, so that it reaches the worker
+    on every deployment (embedded or Redis broker). A worker executing a batch polls the pending ones of its groups
+    (``groups.execution``, the kill watcher); the requester closes one no worker took as ``nothing_running``."""
+
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, related_name="kill_requests", verbose_name="group", help_text="Group whose execution to kill."
+    )
+    scheduled_for = models.DateTimeField(
+        "scheduled for", null=True, blank=True, help_text="The tick whose execution to kill; empty means whichever execution of the group runs now."
+    )
+    requested_by = models.CharField("requested by", max_length=150, help_text="Username of who asked.")
+    requested_at = models.DateTimeField("requested at", auto_now_add=True, help_text="When it was asked.")
+    outcome = models.CharField(
+        "outcome", max_length=16, choices=KillOutcome.choices, blank=True, default=KillOutcome.PENDING, help_text="What came of it."
+    )
+    done_at = models.DateTimeField("done at", null=True, blank=True, help_text="When it was closed (killed, or nothing running).")
+
+    class Meta:
+        ordering = ["-requested_at"]
+        verbose_name = "kill request"
+        verbose_name_plural = "kill requests"
+        indexes = [
+            # serves the kill watchers' poll: the recent pending requests (done_at IS NULL, requested_at >= now - 3 s)
+            models.Index(fields=["done_at", "requested_at"], name="killrequest_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"kill {self.group_id} by {self.requested_by}"

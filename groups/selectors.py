@@ -19,9 +19,10 @@ def _iso(value) -> str | None:
 
 
 def status_summary() -> dict[str, Any]:
-    """``{"values_acquired": N, "beat": beat_status(), "log": streams.selectors.log_status(), "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
+    """``{"values_acquired": N, "beat": beat_status(), "log": streams.selectors.log_status(), "redundancy":
+    redundancy_status(), "groups": [{"id", "name", "hub", "project", "trigger", "enabled", "last_run_at",
     "last_status", "last_error", "runs", "values", "dispatched", "started", "done", "failed", "skipped",
-    "missed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions.
+    "missed", "killed", "lag_ms_mean"}]}``; times are RFC 3339 UTC, ``runs`` counts finished executions.
     ``values_acquired`` sums the groups' values, durable in the log once counted (the sinks' own progress is
     under ``log``: each forwarder's position, lag and alarms). ``last_error`` is masked (``hubsched.secrets.text_mask``: URLs without passwords or secret query
     values, the hub's key as ``***``), whoever asks."""
@@ -48,11 +49,27 @@ def status_summary() -> dict[str, Any]:
                 "failed": stats.failed,
                 "skipped": stats.skipped,
                 "missed": stats.missed,
+                "killed": stats.killed,
                 "lag_ms_mean": round(stats.lag_ms_mean, 1) if stats.lag_ms_mean is not None else None,
             }
         )
     total = GroupStats.objects.aggregate(total=Sum("values"))["total"] or 0
-    return {"values_acquired": total, "beat": beat_status(), "log": log_status(), "groups": groups}
+    return {"values_acquired": total, "beat": beat_status(), "log": log_status(), "redundancy": redundancy_status(),
+            "groups": groups}
+
+
+def redundancy_status() -> dict[str, Any]:
+    """``{"open_disagreements": N, "disagreements": [{"set", "master", "member", "entity", "key", "master_value",
+    "member_value", "raised_at"}]}``: the parallel redundancy sets' disagreements not cleared yet (at most 50,
+    newest first; docs/redundancy.md), times RFC 3339 UTC."""
+    from hubs.models import RedundancyEvent
+
+    open_events = RedundancyEvent.objects.filter(cleared_at=None)
+    latest = open_events.select_related("redundancy_set").order_by("-raised_at")[:50]
+    return {"open_disagreements": open_events.count(),
+            "disagreements": [{"set": e.redundancy_set.name, "master": e.master, "member": e.member, "entity": e.entity, "key": e.key,
+                               "master_value": e.master_value, "member_value": e.member_value,
+                               "raised_at": _iso(e.raised_at)} for e in latest]}
 
 
 def beat_status() -> dict[str, Any] | None:

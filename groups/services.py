@@ -137,6 +137,45 @@ def groups_run_now(*, group_ids: list[int]) -> int:
     return len(ids)
 
 
+# --- kill ------------------------------------------------------------------------------------------
+
+
+def group_kill(*, group_id: int, requested_by: str, scheduled_for: datetime | None = None, wait_s: float | None = None):
+    """Ask the workers to kill group ``group_id``'s running execution (of tick ``scheduled_for``; None: whichever
+    runs now) and wait until one did or ``wait_s`` seconds (default ``KILL_PICKUP_S``) passed; returns the
+    closed KillRequest: ``outcome`` ``killed`` (a worker's kill watcher stopped it; the GroupRun, recorded as
+    ``killed`` with ``killed_by=requested_by``, follows through the log) or ``nothing_running`` (no worker ran
+    it: closed here). Raises ``Group.DoesNotExist`` for an unknown id."""
+    return groups_kill(group_ids=[group_id], requested_by=requested_by, scheduled_for=scheduled_for, wait_s=wait_s,
+                       _must_exist=True)[0]
+
+
+def groups_kill(*, group_ids: list[int], requested_by: str, scheduled_for: datetime | None = None,
+                wait_s: float | None = None, _must_exist: bool = False) -> list:
+    """``group_kill`` for several groups at once (the admin's action), waiting ``wait_s`` in all; returns their
+    closed KillRequests in the order of ``group_ids`` (groups that do not exist left out)."""
+    import time
+
+    from .execution import KILL_PICKUP_S, KILL_POLL_S
+    from .models import KillOutcome, KillRequest
+
+    existing = set(Group.objects.filter(pk__in=group_ids).values_list("pk", flat=True))
+    if _must_exist and not existing:
+        raise Group.DoesNotExist(f"group {group_ids[0]} does not exist")
+    requests = [KillRequest.objects.create(group_id=gid, scheduled_for=scheduled_for, requested_by=requested_by)
+                for gid in group_ids if gid in existing]
+    # never past the watchers' pick-up window, which they count from requested_at
+    end = time.monotonic() + min(KILL_PICKUP_S, KILL_PICKUP_S if wait_s is None else wait_s)
+    pending = {r.pk for r in requests}
+    while pending and time.monotonic() < end:
+        time.sleep(KILL_POLL_S / 2)
+        pending -= set(KillRequest.objects.filter(pk__in=pending).exclude(done_at=None).values_list("pk", flat=True))
+    if pending:
+        KillRequest.objects.filter(pk__in=pending, done_at=None).update(outcome=KillOutcome.NOTHING_RUNNING, done_at=timezone.now())
+    closed = KillRequest.objects.in_bulk([r.pk for r in requests])
+    return [closed[r.pk] for r in requests]
+
+
 # --- execution ------------------------------------------------------------------------------------
 
 
@@ -199,6 +238,12 @@ def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) 
     return []
 
 
+def _served_by(outcome) -> str:
+    """The name of the redundancy set member that served ``outcome`` when it is not the group's hub, else ""."""
+    member = outcome.served_by
+    return member.name if member is not None and member.pk != outcome.group.hub_id else ""
+
+
 def outcomes_log(*, outcomes, runs: list[tuple[GroupRun, int]]) -> bool:
     """Append one record per outcome (``streams.codec``, the runs' masked errors) to the log; True once durable.
 
@@ -216,10 +261,10 @@ def outcomes_log(*, outcomes, runs: list[tuple[GroupRun, int]]) -> bool:
         group, hub = outcome.group, outcome.group.hub
         ok = run.status == RunStatus.OK
         execution = ExecutionValues(outcome.scheduled_for, hub.project.name, hub.name, group.pk, group.name,
-                                    outcome.read if ok else [], outcome.read_bytes if ok else 0)
+                                    outcome.read if ok else [], outcome.read_bytes if ok else 0, _served_by(outcome))
         try:
             bodies.append(outcome_encode(TickOutcome(execution, hub.project_id, run.status, run.error,
-                                                     run.started_at, run.finished_at)))
+                                                     run.started_at, run.finished_at, run.killed_by)))
         except CodecError as exc:  # a script's value no JSON encoder takes: that run fails, the others go on
             run.status, run.error, run.values_count = RunStatus.FAILED, str(exc), 0
             bodies.append(outcome_encode(TickOutcome(execution._replace(values=[], size=0), hub.project_id,
@@ -245,7 +290,7 @@ def _sinks_write_now(outcomes) -> None:
     targets = sink_targets_for_projects(project_ids={o.group.hub.project_id for o in good})
     for project_id, project_targets in targets.items():
         executions = [ExecutionValues(o.scheduled_for, o.group.hub.project.name, o.group.hub.name, o.group.pk,
-                                      o.group.name, o.read, o.read_bytes)
+                                      o.group.name, o.read, o.read_bytes, _served_by(o))
                       for o in good if o.group.hub.project_id == project_id]
         try:
             sinks_write(targets=project_targets, executions=executions)
@@ -306,9 +351,10 @@ def _runs_of(outcomes) -> list[tuple[GroupRun, int]]:
             scheduled_for=outcome.scheduled_for,
             started_at=outcome.started_at,
             finished_at=outcome.finished_at,
-            status=RunStatus.FAILED if error else RunStatus.OK,
+            status=RunStatus.KILLED if outcome.killed_by else RunStatus.FAILED if error else RunStatus.OK,
             error=error,
             values_count=0 if error else outcome.values,
+            killed_by=outcome.killed_by,
         )
         lag_ms = max(0, int((outcome.started_at - outcome.scheduled_for).total_seconds() * 1000))
         records.append((run, lag_ms))
@@ -402,6 +448,7 @@ def _groups_alive(group_ids: set[int]) -> tuple[set[int], int]:
 
 # GroupRun fields written, in the INSERT's column order (the primary key is the database's)
 RUN_FIELDS = ("group", "scheduled_for", "started_at", "finished_at", "status", "error", "values_count")
+KILLED_RUN_FIELDS = (*RUN_FIELDS, "killed_by")  # only when a run was killed: more rows fit a statement without it
 RUN_ROWS = 500  # rows per INSERT at most; fewer where the backend's bound-parameter limit asks (SQLite: 142)
 
 
@@ -420,13 +467,15 @@ def _group_runs_insert(runs: list[GroupRun]) -> int:
     connection = connections[router.db_for_write(GroupRun)]
     ops, meta = connection.ops, GroupRun._meta
     returning = connection.features.can_return_rows_from_bulk_insert
+    killed = any(run.killed_by for run in runs)
+    fields = KILLED_RUN_FIELDS if killed else RUN_FIELDS
     insert = (f"INSERT INTO {ops.quote_name(meta.db_table)} "
-              f"({', '.join(ops.quote_name(meta.get_field(name).column) for name in RUN_FIELDS)}) VALUES ")
+              f"({', '.join(ops.quote_name(meta.get_field(name).column) for name in fields)}) VALUES ")
     suffix = f" {ops.return_insert_columns([meta.pk])[0]}" if returning else ""
-    row = f"({', '.join(['%s'] * len(RUN_FIELDS))})"
+    row = f"({', '.join(['%s'] * len(fields))})"
     size = RUN_ROWS
     if connection.features.max_query_params:
-        size = max(1, min(size, connection.features.max_query_params // len(RUN_FIELDS)))
+        size = max(1, min(size, connection.features.max_query_params // len(fields)))
     adapt = ops.adapt_datetimefield_value
     ticks: dict[datetime, Any] = {}  # scheduled_for adapted once: the runs of a flush share few ticks
     statements = 0
@@ -440,6 +489,8 @@ def _group_runs_insert(runs: list[GroupRun]) -> int:
                     tick = ticks[run.scheduled_for] = adapt(run.scheduled_for)
                 params += (run.group_id, tick, adapt(run.started_at), adapt(run.finished_at), run.status, run.error,
                            run.values_count)
+                if killed:
+                    params.append(run.killed_by)
             cursor.execute(f"{insert}{', '.join([row] * len(chunk))}{suffix}", params)
             statements += 1
             if returning:

@@ -21,7 +21,7 @@ from hubsched.roles import permissions_missing, project_import_permissions
 from scripts_engine.models import Script
 
 from .client import HubError
-from .models import Entity, Hub, Parameter, Project
+from .models import Entity, Hub, HubOffset, Parameter, Project, RedundancyEvent, RedundancySet
 from .project_document import ProjectDocumentError
 from .project_document.validation import max_bytes
 from .selectors import hub_entity_tree
@@ -176,6 +176,12 @@ class HubForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.initial["tls_client_key"] = ""  # a textarea would render the stored key back into the page
+        if "redundancy_priority" in self.fields:  # left empty (a hub in no set): 0
+            self.fields["redundancy_priority"].required = False
+
+    def clean_redundancy_priority(self):
+        value = self.cleaned_data.get("redundancy_priority")
+        return 0 if value is None else value
 
     def clean(self):
         cleaned = super().clean()
@@ -246,6 +252,80 @@ INSECURE_WARNING = ("Hub {name}: TLS certificate verification is OFF. Anyone on 
                     "its traffic, the API key included. Use this only on a test bench; give the hub's CA bundle instead.")
 
 
+@admin.register(HubOffset)
+class HubOffsetAdmin(admin.ModelAdmin):
+    """Per-member, per-key corrections (value * factor + add), applied before the script (docs/redundancy.md)."""
+
+    list_display = ("hub", "entity_shown", "key", "factor", "add")
+    list_filter = ("hub__project", "hub")
+    search_fields = ("hub__name", "entity", "key")
+    list_select_related = ("hub",)
+    autocomplete_fields = ("hub",)
+    fields = ("hub", "entity", "key", "factor", "add")
+
+    @admin.display(description="entity", ordering="entity")
+    def entity_shown(self, obj):
+        return obj.entity or "(every entity)"
+
+
+class RedundancyMemberInline(admin.TabularInline):
+    """The set's members, master first; a hub joins or leaves a set on its own page."""
+
+    model = Hub
+    fk_name = "redundancy_set"
+    fields = ("name", "url", "redundancy_priority", "enabled")
+    readonly_fields = ("name", "url", "enabled")
+    ordering = ("redundancy_priority", "name")
+    extra = 0
+    show_change_link = True
+    verbose_name = "member"
+    verbose_name_plural = "members (priority 0 is the master)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # deleting here would delete the hub itself
+        return False
+
+
+@admin.register(RedundancySet)
+class RedundancySetAdmin(admin.ModelAdmin):
+    list_display = ("name", "project", "mode", "failback_after_s", "member_list")
+    list_filter = ("mode", "project")
+    search_fields = ("name", "project__name", "members__name")
+    list_select_related = ("project",)
+    inlines = [RedundancyMemberInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("members")
+
+    @admin.display(description="members (master first)")
+    def member_list(self, obj):
+        return ", ".join(m.name for m in sorted(obj.members.all(), key=lambda m: (m.redundancy_priority, m.name)))
+
+
+@admin.register(RedundancyEvent)
+class RedundancyEventAdmin(admin.ModelAdmin):
+    """Disagreements of parallel sets, written by the workers (groups/redundancy.py); read-only here."""
+
+    list_display = ("redundancy_set", "entity", "key", "master", "master_value", "member", "member_value",
+                    "raised_at", "cleared_at", "is_open")
+    list_filter = (("cleared_at", admin.EmptyFieldListFilter), "redundancy_set__project", "redundancy_set")
+    search_fields = ("redundancy_set__name", "entity", "key", "master", "member")
+    list_select_related = ("redundancy_set",)
+    date_hierarchy = "raised_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="open", boolean=True)
+    def is_open(self, obj):
+        return obj.cleared_at is None
+
+
 @admin.register(Hub)
 class HubAdmin(admin.ModelAdmin):
     form = HubForm
@@ -260,11 +340,21 @@ class HubAdmin(admin.ModelAdmin):
                                           "clear_tls_client_key"),
                                "description": "How the connection checks the hub's certificate, and the client "
                                               "certificate shown to a hub that asks for one."}),
+        ("Redundancy", {"fields": ("redundancy_set", "redundancy_priority"),
+                        "description": "Hubs of a redundancy set serve the same entities; priority 0 is the master, "
+                                       "then the backups in order (docs/redundancy.md)."}),
         ("Entity tree", {"fields": ("entity_tree",), "description": "What the hub exposes; refresh it with the action "
                                                                    "“Sync entities from the hub”."}),
     )
     readonly_fields = ("entity_tree",)
     inlines = [GroupInline]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "redundancy_set":  # the sets of the hub's own project (Hub.clean refuses others)
+            hub_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+            if hub_id:
+                kwargs["queryset"] = RedundancySet.objects.filter(project__hubs__pk=hub_id)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)

@@ -31,6 +31,72 @@ class Project(models.Model):
         return self.name
 
 
+class RedundancyMode(models.TextChoices):
+    # SCADA redundancy: a master and standbys, or every member read at once and compared
+    MASTER_BACKUP = "master_backup", "master/backup"
+    PARALLEL = "parallel", "parallel"
+
+
+class RedundancySet(models.Model):
+    """Hubs of one project that serve the same entities (docs/redundancy.md). Its members are the hubs
+    pointing at it; the member of lowest ``Hub.redundancy_priority`` (0) is the master, then the backups."""
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="redundancy_sets", verbose_name="project",
+        help_text="Project the set belongs to; its members are hubs of this project.",
+    )
+    name = models.CharField("name", max_length=200, help_text="Name of the set, unique within its project.")
+    mode = models.CharField(
+        "mode", max_length=16, choices=RedundancyMode.choices, default=RedundancyMode.MASTER_BACKUP,
+        help_text="master/backup: read the master, a backup when the master's read fails or is bad; "
+        "parallel: read every member, store the master's values and compare the others'.",
+    )
+    failback_after_s = models.FloatField(
+        "failback after (s)", default=30.0, validators=[MinValueValidator(0.0)],
+        help_text="Seconds the master must have been healthy before its groups are read from it again.",
+    )
+
+    threshold_abs = models.FloatField(
+        "disagreement threshold (absolute)", null=True, blank=True, validators=[MinValueValidator(0.0)],
+        help_text="Parallel mode: members whose numbers differ by more than this (in the key's unit) disagree; "
+        "empty: not checked this way.",
+    )
+    threshold_percent = models.FloatField(
+        "disagreement threshold (%)", null=True, blank=True, validators=[MinValueValidator(0.0)],
+        help_text="Parallel mode: members whose numbers differ by more than this percentage of the larger "
+        "magnitude disagree; empty: not checked this way. With neither threshold, any difference counts.",
+    )
+    disagree_ticks = models.PositiveIntegerField(
+        "ticks before a disagreement", default=3, validators=[MinValueValidator(1)],
+        help_text="Parallel mode: consecutive ticks a key must disagree before a disagreement event is raised.",
+    )
+
+    class Meta:
+        ordering = ["project__name", "name"]
+        verbose_name = "redundancy set"
+        verbose_name_plural = "redundancy sets"
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="redundancy_set_name_unique_in_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """The set rules import checks too (hubs/validators.py): a finite failback time of 0 s or more, and
+        the members already in the set belonging to the set's project."""
+        super().clean()
+        from .validators import failback_problem, redundancy_project_problem
+
+        errors: dict[str, list[str]] = {}
+        problem = failback_problem(self.failback_after_s)
+        if problem:
+            errors["failback_after_s"] = [problem]
+        if self.pk and self.project_id:
+            for hub in self.members.exclude(project_id=self.project_id).only("name"):
+                errors.setdefault("project", []).append(f"hub {hub.name!r}: {redundancy_project_problem()}")
+        if errors:
+            raise ValidationError(errors)
+
+
 class HubQuerySet(models.QuerySet):
     def enabled(self) -> HubQuerySet:
         return self.filter(enabled=True)
@@ -98,6 +164,15 @@ class Hub(models.Model):
         "on the network path can then read and change the traffic, the API key included.",
     )
     enabled = models.BooleanField("enabled", default=True, help_text="A disabled hub's groups are not run.")
+    redundancy_set = models.ForeignKey(
+        RedundancySet, on_delete=models.SET_NULL, null=True, blank=True, related_name="members",
+        verbose_name="redundancy set",
+        help_text="Set of hubs serving the same entities as this one (docs/redundancy.md); empty: none.",
+    )
+    redundancy_priority = models.PositiveSmallIntegerField(
+        "redundancy priority", default=0,
+        help_text="Role in the redundancy set: 0 is the master, then the backups in this order; unique within the set.",
+    )
 
     objects = HubQuerySet.as_manager()
 
@@ -109,7 +184,12 @@ class Hub(models.Model):
             ("write_hub", "Can write parameter values to hubs (script write-back in the debugger, the console)"),
             ("enable_hub", "Can enable and disable hubs"),
         ]
-        constraints = [models.UniqueConstraint(fields=["project", "name"], name="hub_name_unique_in_project")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="hub_name_unique_in_project"),
+            # one hub per role in a set (one master); hubs in no set have NULL, which never collides
+            models.UniqueConstraint(fields=["redundancy_set", "redundancy_priority"],
+                                    name="hub_priority_unique_in_redundancy_set"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -144,12 +224,99 @@ class Hub(models.Model):
         for field_name, message in hub_tls_problems(ca_pem=self.tls_ca_bundle, cert_pem=self.tls_client_cert,
                                                     key_pem=self.tls_client_key):
             errors.setdefault(field_name, []).append(message)
+        if self.redundancy_set_id is not None:
+            from .validators import redundancy_priority_problem, redundancy_project_problem
+
+            if self.project_id and self.redundancy_set.project_id != self.project_id:
+                errors["redundancy_set"] = [redundancy_project_problem()]
+            else:
+                taken = (Hub.objects.filter(redundancy_set_id=self.redundancy_set_id,
+                                            redundancy_priority=self.redundancy_priority)
+                         .exclude(pk=self.pk).values_list("name", flat=True).first())
+                problem = redundancy_priority_problem(priority=self.redundancy_priority, taken_by=taken)
+                if problem:
+                    errors["redundancy_priority"] = [problem]
         if self.pk and self.project_id and self.name:
             problems = hub_rename_problems(project_id=self.project_id, hub_id=self.pk, hub_name=self.name)
             if problems:
                 errors["name"] = problems
         if errors:
             raise ValidationError(errors)
+
+
+class RedundancyEvent(models.Model):
+    """A disagreement of a parallel set (docs/redundancy.md): a member's value of one key differed from the
+    master's beyond the set's threshold for ``disagree_ticks`` ticks; open until they agree again. Written by the
+    workers only (until the alarms app lands, this and the log are where a disagreement shows)."""
+
+    redundancy_set = models.ForeignKey(
+        RedundancySet, on_delete=models.CASCADE, related_name="events", verbose_name="redundancy set",
+        help_text="Set whose members disagreed.",
+    )
+    master = models.CharField("master", max_length=200, help_text="Name of the hub whose values were stored.")
+    member = models.CharField("member", max_length=200, help_text="Name of the member that disagreed with it.")
+    entity = models.CharField("entity", max_length=1000, help_text="Entity id of the key.")
+    key = models.CharField("key", max_length=200, help_text="Parameter key that disagreed.")
+    master_value = models.JSONField("master's value", null=True, help_text="The master's value when the event was raised.")
+    member_value = models.JSONField("member's value", null=True, help_text="The member's value when the event was raised.")
+    raised_at = models.DateTimeField("raised at", help_text="Tick at which the disagreement was raised.")
+    cleared_at = models.DateTimeField("cleared at", null=True, blank=True,
+                                      help_text="Tick at which the values agreed again; empty: still disagreeing.")
+
+    class Meta:
+        ordering = ["-raised_at"]
+        verbose_name = "redundancy event"
+        verbose_name_plural = "redundancy events"
+        indexes = [
+            # the open events of a set (groups/redundancy.py at each config refresh; /api/status)
+            models.Index(fields=["redundancy_set", "cleared_at"], name="redundancy_event_open"),
+        ]
+
+    def __str__(self) -> str:
+        state = "open" if self.cleared_at is None else "cleared"
+        return f"{self.redundancy_set_id}: {self.member} vs {self.master} on {self.entity}.{self.key} ({state})"
+
+
+class HubOffset(models.Model):
+    """A per-member, per-key correction of a hub known to read differently: a number becomes
+    ``value * factor + add`` before the script and the sinks see it (docs/redundancy.md)."""
+
+    hub = models.ForeignKey(
+        Hub, on_delete=models.CASCADE, related_name="offsets", verbose_name="hub", help_text="Hub whose values are corrected."
+    )
+    entity = models.CharField(
+        "entity", max_length=1000, blank=True,
+        help_text="Entity id (plant/line1/pump1) the correction applies to; empty: the key on every entity.",
+    )
+    key = models.CharField("key", max_length=200, help_text="Parameter key corrected (p1).")
+    add = models.FloatField("add", default=0.0, help_text="Constant added after the factor, in the key's unit.")
+    factor = models.FloatField("factor", default=1.0, help_text="Factor the value is multiplied by first; not 0.")
+
+    class Meta:
+        ordering = ["hub", "entity", "key"]
+        verbose_name = "hub offset"
+        verbose_name_plural = "hub offsets"
+        constraints = [models.UniqueConstraint(fields=["hub", "entity", "key"], name="hub_offset_unique_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.entity or '*'}.{self.key}: x{self.factor:g} {self.add:+g}"
+
+    def clean(self) -> None:
+        """hubs/validators.py ``hub_offset_problems`` (import checks the same)."""
+        super().clean()
+        from .validators import hub_offset_problems
+
+        errors: dict[str, list[str]] = {}
+        for field_name, message in hub_offset_problems(add=self.add, factor=self.factor):
+            errors.setdefault(field_name, []).append(message)
+        if errors:
+            raise ValidationError(errors)
+
+    def apply(self, value):
+        """``value * factor + add`` for a number (an int or float, not a bool); any other value unchanged."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return value * self.factor + self.add
 
 
 class Entity(models.Model):

@@ -84,3 +84,66 @@ def hub_tls_problems(*, ca_pem: str = "", cert_pem: str = "", key_pem: str = "")
         if certificates[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             problems.append(("tls_client_key", TLS_KEY_MISMATCH_MESSAGE))
     return problems
+
+
+# --- redundancy sets and offsets (docs/redundancy.md) --------------------------------------------------------
+
+REDUNDANCY_PROJECT_MESSAGE = "must be a redundancy set of the hub's own project"
+
+
+def redundancy_project_problem() -> str:
+    """The message for a hub put in a redundancy set of another project (members serve one project)."""
+    return REDUNDANCY_PROJECT_MESSAGE
+
+
+def redundancy_priority_problem(*, priority: int, taken_by: str | None) -> str | None:
+    """Why ``priority`` cannot be this hub's in its set (another member ``taken_by`` holds it), or None.
+    Priorities are unique within a set, so a set has one master (the lowest, normally 0)."""
+    if taken_by is None:
+        return None
+    role = "the master's" if priority == 0 else f"backup {priority}'s"
+    return f"priority {priority} ({role}) is already hub {taken_by!r}'s in this set; each member has its own"
+
+
+def failback_problem(value: float) -> str | None:
+    """Why ``value`` (seconds) is not a failback time: it must be a finite number of 0 or more."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return "must be a number of seconds, 0 or more"
+    return None
+
+
+def hub_offset_problems(*, add: float, factor: float) -> list[tuple[str, str]]:
+    """Why an offset cannot correct values, as ``[(field, message)]`` with fields ``add`` and ``factor``:
+    both finite numbers, the factor not 0 (it would erase the reading)."""
+    import math
+
+    problems = []
+    if add is None or not math.isfinite(add):
+        problems.append(("add", "must be a finite number"))
+    if factor is None or not math.isfinite(factor):
+        problems.append(("factor", "must be a finite number"))
+    elif factor == 0:
+        problems.append(("factor", "must not be 0 (it would erase the value)"))
+    return problems
+
+
+def redundancy_members_problems(*, members: list[str], hubs: set[str], in_set: dict[str, str], set_name: str
+                                ) -> list[tuple[int, str]]:
+    """Why a document's member list (hub names, master first) cannot be a set, as ``[(index, message)]``:
+    a name that is no hub of the project, a hub twice, a hub already in another set (``in_set``: hub ->
+    set name, filled as sets are read)."""
+    problems = []
+    seen: set[str] = set()
+    for index, name in enumerate(members):
+        if name not in hubs:
+            problems.append((index, f"no hub named {name!r} in this project"))
+        elif name in seen:
+            problems.append((index, f"hub {name!r} is a member twice"))
+        elif in_set.get(name, set_name) != set_name:
+            problems.append((index, f"hub {name!r} is already a member of redundancy set {in_set[name]!r}"))
+        seen.add(name)
+    if not members:
+        problems.append((-1, "a set needs its members, the master first"))
+    return problems

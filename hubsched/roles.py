@@ -3,7 +3,7 @@
 | role | holds |
 |---|---|
 | ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups and streams; ``streams.read_stream`` |
-| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``hubs.enable_hub``; retry and delete quarantined executions |
+| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``groups.kill_group``, ``hubs.enable_hub``; retry and delete quarantined executions |
 | ``integrator`` | operator + add/change/delete of projects, hubs, entities, parameters, groups, group keys, scripts, sinks, data sources; ``scripts_engine.debug_script``, ``hubs.write_hub`` |
 | ``admin`` | every permission of those four apps, ``hubs.export_secrets`` among them |
 
@@ -23,12 +23,12 @@ VIEWER, OPERATOR, INTEGRATOR, ADMIN = "viewer", "operator", "integrator", "admin
 ROLES = (VIEWER, OPERATOR, INTEGRATOR, ADMIN)
 
 VIEWER_EXTRA = ("streams.read_stream",)  # the values a viewer sees in the admin, as an event stream
-OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "hubs.enable_hub",
+OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
                   "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution")
 # the models an integrator builds a project from (runs and counters are written by workers only)
 INTEGRATOR_MODELS = (
     "hubs.project", "hubs.hub", "hubs.entity", "hubs.parameter", "groups.group", "groups.groupkey",
-    "scripts_engine.script", "scripts_engine.sink", "scripts_engine.datasource",
+    "scripts_engine.script", "scripts_engine.sink", "scripts_engine.datasource", "hubs.redundancyset", "hubs.huboffset",
 )
 INTEGRATOR_EXTRA = ("scripts_engine.debug_script", "hubs.write_hub")
 

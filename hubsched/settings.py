@@ -350,11 +350,13 @@ HUBSCHED_HUB_MAX_VALUE_BYTES = env_int("HUBSCHED_HUB_MAX_VALUE_BYTES", 1024 * 10
 HUBSCHED_EXECUTION_CACHE_S = env_float("HUBSCHED_EXECUTION_CACHE_S", 30.0, minimum=0.0)
 HUBSCHED_EXECUTION_CHECK_S = env_float("HUBSCHED_EXECUTION_CHECK_S", 1.0, minimum=0.0)
 
-# Overlap locks and hub gates (docs/scheduler.md): Redis when this or the broker is redis://, else file locks
-# under var/locks. With Redis, a dead worker's run locks and hub gate slots lapse HUBSCHED_RUN_LOCK_TTL_S seconds
-# after its last heartbeat; while it lives, its heartbeat extends them every quarter of that.
+# Overlap locks and hub gates (docs/scheduler.md): Redis when this or the broker is redis://, else PostgreSQL or
+# MariaDB advisory locks (this URL, or DATABASE_URL), else file locks under var/locks. With Redis, a dead worker's
+# run locks and hub gate slots lapse HUBSCHED_RUN_LOCK_TTL_S seconds after its last heartbeat; while it lives, its
+# heartbeat extends them every quarter of that. Under one period of 1 s, so that the groups of a worker killed
+# at a tick run again at the next tick (bench failover, groups_blocked_s; a TTL of 2 s blocked them 3 s).
 HUBSCHED_LOCK_URL = env_str("HUBSCHED_LOCK_URL", "")
-HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 2.0, minimum=1.0)
+HUBSCHED_RUN_LOCK_TTL_S = env_float("HUBSCHED_RUN_LOCK_TTL_S", 0.8, minimum=0.2)
 # Beat sends a tick this long before it is due, with the tick's time as the Celery eta, so that sending costs no
 # lag (docs/scheduler.md); per cohort at most half its period. 0 sends at the tick itself.
 HUBSCHED_DISPATCH_LEAD_S = env_float("HUBSCHED_DISPATCH_LEAD_S", 0.25, minimum=0.0)

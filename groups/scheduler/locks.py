@@ -5,7 +5,7 @@ Two backends, chosen by ``locks_backend()``:
 - Redis (``HUBSCHED_LOCK_URL``, else the broker URL when it is ``redis://``): a group lock is
   ``SET hubsched:run:<id> <token> NX PX <ttl>``, released by compare-and-delete. The hub gate is a
   sorted set of leases scored by their expiry in Redis's own clock (the Redis counting-semaphore
-  pattern). Locks and leases live for a short TTL (``HUBSCHED_RUN_LOCK_TTL_S``, 2 s) and a
+  pattern). Locks and leases live for a short TTL (``HUBSCHED_RUN_LOCK_TTL_S``, 0.8 s) and a
   heartbeat thread of the holding process extends all of them every TTL/4 in one compare-and-extend
   call: while the process lives they stay held however long its batch runs, and when it dies they
   lapse within one TTL. A holder that was paused longer than the TTL (SIGSTOP, a VM pause, a Redis

@@ -117,7 +117,7 @@ def _update_making_rows(*, update: Callable[[], int], present: Callable[[], set[
 class RunTotals:
     """What one group's tick outcomes in one flush add to its GroupStats row.
 
-    ``started`` counts executions (ok and failed), ``skipped``/``missed`` the ticks that never ran.
+    ``started`` counts executions (ok, failed and killed), ``skipped``/``missed`` the ticks that never ran.
     ``lag_ms`` is the sum of the executions' start lags in milliseconds. ``last_run_at`` and
     ``last_status`` are those of the outcome with the latest tick, whatever it was (``None``/``""``
     while none is added): a group whose ticks all go missed says so. ``last_error`` is the error of the
@@ -129,6 +129,7 @@ class RunTotals:
     failed: int = 0
     skipped: int = 0
     missed: int = 0
+    killed: int = 0
     values: int = 0
     lag_ms: int = 0
     last_run_at: datetime | None = None
@@ -150,6 +151,9 @@ class RunTotals:
             self.skipped += 1
         elif status == "missed":
             self.missed += 1
+        elif status == "killed":
+            self.started += 1
+            self.killed += 1
         else:
             raise ValueError(f"unknown run status {status!r}")
         self.values += values
@@ -165,7 +169,7 @@ class RunTotals:
 RUNS_CHUNK = 200  # groups per UPDATE: a CASE costs the database a comparison per branch and row, n²/2 a column
 # GroupStats column and the RunTotals attribute added to it
 RUN_COUNTERS = (("started", "started"), ("done", "done"), ("failed", "failed"), ("skipped", "skipped"),
-                ("missed", "missed"), ("values", "values"), ("lag_ms_total", "lag_ms"))
+                ("missed", "missed"), ("killed", "killed"), ("values", "values"), ("lag_ms_total", "lag_ms"))
 
 
 def group_stats_add_runs(*, totals: Mapping[int, RunTotals]) -> int:

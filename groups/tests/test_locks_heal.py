@@ -96,7 +96,7 @@ def _other(kind: str, where: str, ttl: float, made):
 
 @pytest.mark.parametrize("kind", ["redis", "files", "postgresql", "mariadb"])
 def test_a_worker_killed_with_sigkill_frees_its_locks_and_gate_slot_within_two_seconds(kind, prefix, made, tmp_path):
-    ttl = 2.0  # HUBSCHED_RUN_LOCK_TTL_S as shipped
+    ttl = 0.8  # HUBSCHED_RUN_LOCK_TTL_S as shipped
     where = str(tmp_path / "locks") if kind == "files" else prefix
     other = _other(kind, where, ttl, made)
     holder = _start_holder(kind, where, ttl)

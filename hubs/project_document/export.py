@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from groups.models import Group
 from hubsched.secrets import url_has_password
-from hubs.models import Hub, Project
+from hubs.models import Hub, HubOffset, Project, RedundancySet
 from hubs.selectors import hub_entity_tree
 from scripts_engine.models import DataSource, Script, Sink
 
@@ -93,6 +93,7 @@ def _group(group: Group) -> dict:
         "run_at": _iso(group.run_at),
         "deadband": group.deadband,
         "expires": group.expires,
+        "execution_timeout": group.execution_timeout,
         "script": group.script.name if group.script_id else None,
         "enabled": group.enabled,
         "keys": [{"entity": k.entity, "key": k.key, "alias": k.alias} for k in group.keys.all()],
@@ -103,7 +104,8 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
     """The project as a ``hubsched.project/1`` document (a dict that ``document_dumps`` writes).
 
     Every configuration field is written, lists in a stable order: hubs, groups, scripts, sinks and
-    data sources by name, entities by id, parameters by key, a group's keys in their position order.
+    data sources and redundancy sets by name (a set's members master first), a hub's offsets by entity and
+    key, entities by id, parameters by key, a group's keys in their position order.
     Secrets are references unless ``include_secrets``: a non-empty hub key becomes ``${HUB_<HUB>_KEY}``,
     a non-empty TLS client key ``${HUB_<HUB>_TLS_KEY}`` (``hub_tls_key_references``),
     a sink or data source URL holding a secret (a password, a user without one, a secret-looking query
@@ -137,8 +139,24 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
                 "enabled": hub.enabled,
                 "entities": _entity_trees(hub),
                 "groups": [_group(group) for group in groups],
+                "offsets": [
+                    {"entity": o.entity, "key": o.key, "add": o.add, "factor": o.factor}
+                    for o in sorted(HubOffset.objects.filter(hub=hub), key=lambda o: (o.entity, o.key))
+                ],
             }
         )
+    redundancy_sets = [
+        {
+            "name": item.name,
+            "mode": item.mode,
+            "failback_after_s": item.failback_after_s,
+            "threshold_abs": item.threshold_abs,
+            "threshold_percent": item.threshold_percent,
+            "disagree_ticks": item.disagree_ticks,
+            "members": [m.name for m in sorted(item.members.all(), key=lambda m: (m.redundancy_priority, m.name))],
+        }
+        for item in sorted(RedundancySet.objects.filter(project=project).prefetch_related("members"), key=_by_name)
+    ]
     sinks = sorted(Sink.objects.filter(project=project), key=_by_name)
     sink_refs = reference_names("SINK", [s.name for s in sinks], "URL")
     sources = sorted(DataSource.objects.filter(project=project), key=_by_name)
@@ -186,6 +204,7 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
             }
             for d in sources
         ],
+        "redundancy_sets": redundancy_sets,
     }
 
 

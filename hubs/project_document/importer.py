@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from django.db import transaction
 
 from groups.models import Group, GroupKey
-from hubs.models import Entity, Hub, Parameter, Project
+from hubs.models import Entity, Hub, HubOffset, Parameter, Project, RedundancySet
 from scripts_engine.models import DataSource, Script, Sink
 
 from .errors import ProjectDocumentError, ProjectExistsError
@@ -121,6 +121,7 @@ def _groups_write(hub: Hub, groups: list[dict], scripts: dict[str, Script]) -> N
             "run_at": run_at_parse(data["run_at"]) if data.get("run_at") else None,
             "deadband": data.get("deadband"),
             "expires": data.get("expires"),
+            "execution_timeout": data.get("execution_timeout"),
             "script": scripts[data["script"]] if data.get("script") is not None else None,
             "enabled": data.get("enabled", True),
         }
@@ -214,6 +215,34 @@ def document_import(
             hub = _upsert(Hub, hubs, "name", data["name"], values, project=project)
             entity_tree_write(hub=hub, tree=data.get("entities", []))
             _groups_write(hub, data.get("groups", []), scripts)
+            _offsets_write(hub, data.get("offsets", []))
         for gone in hubs.values():
             gone.delete()
+        _redundancy_sets_write(project, doc.get("redundancy_sets", []))
     return ProjectImport(project=project, created=created)
+
+
+def _offsets_write(hub: Hub, offsets: list[dict]) -> None:
+    existing = {(o.entity, o.key): o for o in HubOffset.objects.filter(hub=hub)}
+    for data in offsets:
+        natural = (data.get("entity", ""), data["key"])
+        values = {"add": float(data.get("add", 0.0)), "factor": float(data.get("factor", 1.0))}
+        _save(HubOffset, existing, natural, values, hub=hub, entity=natural[0], key=natural[1])
+    HubOffset.objects.filter(pk__in=[o.pk for o in existing.values()]).delete()
+
+
+def _redundancy_sets_write(project: Project, sets: list[dict]) -> None:
+    """Sets by name, their members' priorities by position (0: the master); sets the document dropped are
+    deleted (their hubs stay, in no set)."""
+    fields = {"mode": "master_backup", "failback_after_s": 30.0, "threshold_abs": None, "threshold_percent": None,
+              "disagree_ticks": 3}
+    rows = _named(RedundancySet, project, sets, fields)
+    wanted = {name: (rows[item["name"]].pk, priority) for item in sets for priority, name in enumerate(item["members"])}
+    hubs = list(Hub.objects.filter(project=project).only("pk", "name", "redundancy_set_id", "redundancy_priority"))
+    moved = [hub for hub in hubs if (hub.redundancy_set_id, hub.redundancy_priority) != wanted.get(hub.name, (None, 0))]
+    # out of every set first, so that no (set, priority) is held twice while members swap places
+    Hub.objects.filter(pk__in=[hub.pk for hub in moved]).update(redundancy_set=None, redundancy_priority=0)
+    for hub in moved:
+        if hub.name in wanted:
+            set_id, priority = wanted[hub.name]
+            Hub.objects.filter(pk=hub.pk).update(redundancy_set_id=set_id, redundancy_priority=priority)

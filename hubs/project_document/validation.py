@@ -17,7 +17,15 @@ import jsonschema
 from django.conf import settings
 
 from groups.validators import cron_problem, group_keys_problems, group_trigger_problems, period_problem, wide_table_problems
-from hubs.validators import HUB_URL_MESSAGE, TLS_CERT_WITHOUT_KEY_MESSAGE, hub_tls_problems, hub_url_problem
+from hubs.validators import (
+    HUB_URL_MESSAGE,
+    TLS_CERT_WITHOUT_KEY_MESSAGE,
+    failback_problem,
+    hub_offset_problems,
+    hub_tls_problems,
+    hub_url_problem,
+    redundancy_members_problems,
+)
 
 from .errors import ProjectDocumentError
 
@@ -143,6 +151,7 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[list, str]:
         "minLength": lambda: "must not be empty" if expected == 1 else f"must be at least {expected} characters long",
         "maxLength": lambda: f"must be at most {expected} characters long",
         "pattern": lambda: f"must match {expected}",
+        "minItems": lambda: f"must hold at least {expected} item" + ("s" if expected != 1 else ""),
     }
     if kind in messages:
         message = messages[kind]()
@@ -223,6 +232,40 @@ def _semantic_errors(doc: dict) -> list[str]:
             at_groups.append(at_hub + ["groups", g, "name"])
     for index, message in wide_table_problems(sinks=wide_sinks, groups=tables):
         errors.append(f"{json_path(at_groups[index])}: {message}")
+    errors.extend(_redundancy_errors(doc))
+    return errors
+
+
+def _redundancy_errors(doc: dict) -> list[str]:
+    """The redundancy rules of hubs/validators.py (the admin's too): offsets per hub, sets per project."""
+    errors: list[str] = []
+    for h, hub in enumerate(doc.get("hubs", [])):
+        offsets = hub.get("offsets", [])
+        seen: set[tuple[str, str]] = set()
+        for o, offset in enumerate(offsets):
+            at = ["hubs", h, "offsets", o]
+            pair = (offset.get("entity", ""), offset["key"])
+            if pair in seen:
+                errors.append(f"{json_path(at + ['key'])}: duplicate offset of key {json.dumps(pair[1])} "
+                              f"on entity {json.dumps(pair[0]) if pair[0] else '(every entity)'}")
+            seen.add(pair)
+            for field_name, message in hub_offset_problems(add=offset.get("add", 0.0), factor=offset.get("factor", 1.0)):
+                errors.append(f"{json_path(at + [field_name])}: {message}")
+    sets = doc.get("redundancy_sets", [])
+    errors.extend(_duplicates(sets, "name", ["redundancy_sets"]))
+    hub_names = {hub["name"] for hub in doc.get("hubs", [])}
+    in_set: dict[str, str] = {}
+    for r, item in enumerate(sets):
+        at = ["redundancy_sets", r]
+        problem = failback_problem(item.get("failback_after_s", 30.0))
+        if problem:
+            errors.append(f"{json_path(at + ['failback_after_s'])}: {problem}")
+        members = item["members"]
+        for index, message in redundancy_members_problems(members=members, hubs=hub_names, in_set=in_set,
+                                                          set_name=item["name"]):
+            errors.append(f"{json_path(at + ['members'] + ([] if index < 0 else [index]))}: {message}")
+        for name in members:
+            in_set.setdefault(name, item["name"])
     return errors
 
 
@@ -244,6 +287,10 @@ def _group_errors(
     """The group rules of groups/validators.py (the admin's too), each at its JSON path."""
     if period_problem(group.get("period", 10.0)):
         yield f"{json_path(at + ['period'])}: {period_problem(group.get('period', 10.0))}"
+    from groups.models import execution_timeout_problem
+
+    if execution_timeout_problem(group.get("execution_timeout")):
+        yield f"{json_path(at + ['execution_timeout'])}: {execution_timeout_problem(group.get('execution_timeout'))}"
     run_at = group.get("run_at")
     for field, problem in group_trigger_problems(trigger=group["trigger"], cron=group.get("cron", ""), has_run_at=run_at is not None):
         yield f"{json_path(at + [field])}: {problem}"

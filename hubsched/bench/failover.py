@@ -1,4 +1,4 @@
-"""Failover benchmark: two beats on Redis, the leading one killed with ``kill -9`` at random moments, counting what a worker would run.
+"""Failover benchmark: beats on Redis killed with ``kill -9`` (ticks missed, twice, lost); a worker killed at a tick.
 
 One invocation: a throwaway SQLite database with ``--groups`` interval groups over ``--hubs`` hubs (the same rows
 ``bench scheduler`` makes); a fresh Redis queue and beat key prefix of its own (``HUBSCHED_BEAT_KEY_PREFIX``), so
@@ -18,6 +18,22 @@ place so that two run again. Then it reports:
   worker's expiry (a batch that would start after its tick's expiry);
 - ``ticks_lost``: group ticks of the measured ticks that were neither run nor counted missed (target 0);
 - ``refused_batches`` and ``fence_reads_per_batch`` (the worker's cost of the fence).
+
+The worker part (``--part worker``; ``all``, the default, runs both): another throwaway database with
+``--worker-groups`` groups over ``--worker-hubs`` hubs, one beat, and two *stand-in workers* (``work``). Each
+runs every batch through ``groups.scheduler.dispatch.hub_batch_run``, the body of the ``group_batch_run`` task,
+with the fence and the overlap locks and hub gates of ``groups.scheduler.locks.RedisLocks`` (TTL
+``HUBSCHED_RUN_LOCK_TTL_S``, its heartbeat thread) on the bench's own key prefix; only the execution is a sleep
+of ``--work-ms`` per chunk instead of hub reads. (A real Celery worker takes the locks through
+``locks_backend()``, whose key prefix is always ``hubsched``: it would share keys with an installation on the same
+Redis.) ``--worker-kills`` times, the next worker in turn is killed with ``kill -9`` as soon as it starts
+executing a tick that is due (its locks held), the run locks its token holds in Redis are read at once, and no
+replacement starts until the survivor has run each of them again. It reports:
+
+- ``groups_blocked_s`` (p50, max): per held group, kill to the tick time of its first tick the survivor
+  executed (target at most 2 s); ``groups_resumed_s`` the same to when that execution started, and
+  ``locks_freed_s`` to when the dead worker's locks lapsed (their PTTL at the kill);
+- ``ticks_skipped_by_dead_holder``: ticks of those groups the survivor skipped in between (lock held).
 """
 
 from __future__ import annotations
@@ -38,7 +54,10 @@ from pathlib import Path
 
 from hubsched.bench.common import ROOT, check, delete_queue, percentile, queue_consume
 
-HELP = "Two beats on Redis; the leader killed with kill -9 three times: failover time, ticks missed, twice, lost."
+HELP = ("Two beats on Redis, the leader killed with kill -9 three times: failover time, ticks missed, twice, lost; "
+        "two workers, one killed with kill -9 at a tick: how long its groups stay blocked.")
+
+PARTS = ("beat", "worker", "all")
 
 TOOK = re.compile(r"took the lead \(epoch (\d+)\): (\d+) group ticks of the gap sent late, (\d+) missed")
 
@@ -55,29 +74,52 @@ def add_arguments(parser) -> None:
                         help="Instead of kill -9, stop the leader (SIGSTOP) this many seconds, longer than its "
                              "lease, then let it go on (SIGCONT): the old leader wakes up (default 0: kill).")
     parser.add_argument("--warmup-timeout", type=float, default=180.0, help="Longest wait for a beat to start.")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="beat: beats killed; worker: a worker killed at a tick; all: both (default all).")
+    parser.add_argument("--worker-kills", type=int, default=3,
+                        help="How many times a worker is killed in the worker part (default 3).")
+    parser.add_argument("--worker-groups", type=int, default=1_000,
+                        help="Interval groups of the worker part (default 1000).")
+    parser.add_argument("--worker-hubs", type=int, default=10, help="Hubs of the worker part (default 10).")
+    parser.add_argument("--work-ms", type=float, default=50.0,
+                        help="How long the stand-in workers execute one chunk of a batch, ms (default 50).")
 
 
 def run(*, groups: int, hubs: int, period: float, kills: int, broker: str, seed: int | None = None,
-        warmup_timeout: float = 180.0, pause: float = 0.0, log=lambda _: None) -> dict:
-    """Returns ``{"params": {...}, "failover_ms": {"p50", "max"}, "kill_to_first_ms": {...}, "ticks_missed",
-    "ticks_dispatched_twice", "ticks_lost", ...}``; raises RuntimeError when a process does not start."""
-    work = Path(tempfile.mkdtemp(prefix="hubsched-failover-"))
-    tag = f"hubsched-bench-failover-{os.getpid()}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
-        "HUBSCHED_VAR_DIR": str(work / "var"),
-        "CELERY_BROKER_URL": broker,
-        "HUBSCHED_LOCK_URL": broker,
-        "HUBSCHED_BENCH_QUEUE": tag,
-        "HUBSCHED_BEAT_KEY_PREFIX": tag,
-        "LOG_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    rng = random.Random(seed)
+        warmup_timeout: float = 180.0, pause: float = 0.0, part: str = "beat", worker_kills: int = 3,
+        worker_groups: int = 1_000, worker_hubs: int = 10, work_ms: float = 50.0, log=lambda _: None) -> dict:
+    """Run the beat part, the worker part or both (``part``: beat, worker, all; the command's default is all,
+    this function's beat, as before the worker part existed).
+
+    Returns ``{"params": {...}, "failover_ms": {"p50", "max"}, "kill_to_first_ms": {...}, "ticks_missed",
+    "ticks_dispatched_twice", "ticks_lost", ...}`` for the beat part and ``"groups_blocked_s": {"min", "p50", "max"}``
+    (seconds), ``"ticks_skipped_by_dead_holder"`` and ``"worker": {...}`` (see ``worker_run``) for the worker
+    part; raises ValueError for an unknown part, RuntimeError when a process does not start."""
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; known: {', '.join(PARTS)}")
     result: dict = {"params": {"groups": groups, "hubs": hubs, "period": period, "kills": kills,
                                "broker": broker.split("@")[-1], "cpus": os.cpu_count(), "seed": seed,
-                               "pause_s": pause}}
+                               "pause_s": pause, "part": part}}
+    if part in ("beat", "all"):
+        result.update(_beat_run(groups=groups, hubs=hubs, period=period, kills=kills, broker=broker, seed=seed,
+                                warmup_timeout=warmup_timeout, pause=pause, log=log))
+    if part in ("worker", "all"):
+        worker = worker_run(groups=worker_groups, hubs=worker_hubs, period=period, kills=worker_kills,
+                            broker=broker, work_ms=work_ms, seed=seed, warmup_timeout=warmup_timeout, log=log)
+        result["groups_blocked_s"] = worker.pop("groups_blocked_s")
+        result["ticks_skipped_by_dead_holder"] = worker.pop("ticks_skipped_by_dead_holder")
+        result["worker"] = worker
+    return result
+
+
+def _beat_run(*, groups: int, hubs: int, period: float, kills: int, broker: str, seed: int | None,
+              warmup_timeout: float, pause: float, log) -> dict:
+    """The beat part: two beats, the leader killed (or paused) ``kills`` times; the keys of ``_analyse``."""
+    work = Path(tempfile.mkdtemp(prefix="hubsched-failover-"))
+    tag = f"hubsched-bench-failover-{os.getpid()}"
+    env = _env(work, broker, tag)
+    rng = random.Random(seed)
+    result: dict = {}
     beats: dict[int, tuple[subprocess.Popen, Path]] = {}
     consumer = None
     out = work / "stub.json"
@@ -148,13 +190,28 @@ def run(*, groups: int, hubs: int, period: float, kills: int, broker: str, seed:
 
 def report(result: dict) -> str:
     p = result["params"]
-    what = f"pauses of {p['pause_s']} s" if p.get("pause_s") else "kills"
-    lines = [f"{p['groups']} groups, {p['hubs']} hubs, period {p['period']} s, {p['kills']} {what}, {p['cpus']} CPUs"]
-    for key in ("failover_ms", "kill_to_first_ms"):
-        lines.append(f"{key:24} p50 {result[key]['p50']}  max {result[key]['max']}")
-    for key in ("ticks_dispatched_twice", "ticks_missed", "ticks_missed_by_beat", "ticks_missed_by_expiry",
-                "ticks_sent_late", "ticks_lost", "ticks_expected", "refused_batches", "fence_reads_per_batch"):
-        lines.append(f"{key:24} {result[key]}")
+    lines = []
+    if "failover_ms" in result:
+        what = f"pauses of {p['pause_s']} s" if p.get("pause_s") else "kills"
+        lines.append(f"{p['groups']} groups, {p['hubs']} hubs, period {p['period']} s, {p['kills']} {what}, "
+                     f"{p['cpus']} CPUs")
+        for key in ("failover_ms", "kill_to_first_ms"):
+            lines.append(f"{key:24} p50 {result[key]['p50']}  max {result[key]['max']}")
+        for key in ("ticks_dispatched_twice", "ticks_missed", "ticks_missed_by_beat", "ticks_missed_by_expiry",
+                    "ticks_sent_late", "ticks_lost", "ticks_expected", "refused_batches", "fence_reads_per_batch"):
+            lines.append(f"{key:24} {result[key]}")
+    if "worker" in result:
+        w = result["worker"]
+        q = w["params"]
+        lines.append(f"worker part: {q['groups']} groups, {q['hubs']} hubs, period {q['period']} s, {q['kills']} "
+                     f"kills of a worker at a tick, {q['work_ms']} ms per chunk, {p['cpus']} CPUs")
+        spreads = (("groups_blocked_s", result["groups_blocked_s"]), ("groups_resumed_s", w["groups_resumed_s"]),
+                   ("locks_freed_s", w["locks_freed_s"]))
+        for key, spread in spreads:
+            lines.append(f"{key:28} min {spread['min']}  p50 {spread['p50']}  max {spread['max']}")
+        lines.append(f"{'ticks_skipped_by_dead_holder':28} {result['ticks_skipped_by_dead_holder']}")
+        for key in ("groups_held", "groups_never_resumed"):
+            lines.append(f"{key:28} {w[key]}")
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +265,224 @@ def _analyse(stub: dict, logs: str, kills: list[dict], *, groups: int, period: f
     }
 
 
+def worker_run(*, groups: int, hubs: int, period: float, kills: int, broker: str, work_ms: float = 50.0,
+               seed: int | None = None, warmup_timeout: float = 180.0, log=lambda _: None) -> dict:
+    """The worker part: one beat, two stand-in workers (``work``); ``kills`` times one of them is killed with
+    ``kill -9`` right as it executes a tick, holding that batch's overlap locks.
+
+    The dead worker's groups are the run locks its token holds in Redis just after the kill. Returns
+    ``{"params", **blocked_analyse(...)}``: ``groups_blocked_s`` (seconds, kill to the tick time of each such
+    group's first execution by the surviving worker), ``ticks_skipped_by_dead_holder``, ``locks_freed_s`` (kill
+    to the lapse of the dead worker's locks, from their PTTL) and the rest that ``blocked_analyse`` names;
+    raises RuntimeError when a process does not start or a kill finds nothing to kill at a tick."""
+    work = Path(tempfile.mkdtemp(prefix="hubsched-failover-worker-"))
+    tag = f"hubsched-bench-failover-w-{os.getpid()}"
+    env = _env(work, broker, tag)
+    rng = random.Random(seed)
+    workers: dict[int, tuple[subprocess.Popen, Path]] = {}
+    beat = None
+    kill_log: list[dict] = []
+    window = 2 * float(os.environ.get("HUBSCHED_RUN_LOCK_TTL_S", 2.0)) + 4 * period  # longest wait for a resume
+    try:
+        log(f"failover worker: migrating a throwaway database in {work}")
+        check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+        log(f"failover worker: creating {groups} groups on {hubs} hubs at {period} s")
+        check([sys.executable, "-m", "hubsched.bench.scheduler", "populate", str(groups), str(hubs), str(period)], env)
+        for slot in (0, 1):
+            workers[slot] = _start_worker(env, work, slot, 0, broker, tag, work_ms)
+        beat = _start_beat(env, work, 0, 0)
+        _wait(lambda: "groups in" in beat[1].read_text(), warmup_timeout, "the beat did not load its groups", beat[0])
+        _wait(lambda: all(path.exists() and path.stat().st_size for _, path in workers.values()), 60,
+              "a worker executed nothing")
+        time.sleep(2 * period + 1)
+        for k in range(kills):
+            time.sleep(rng.uniform(1.0, 2.0))
+            slot = k % 2
+            victim, path = workers[slot]
+            survivor = workers[1 - slot][0]
+            offset = path.stat().st_size
+            deadline = time.time() + 5 * period + 5
+            while True:  # right at a tick: the victim has just started executing a tick that is due now
+                rows, offset = _tail(path, offset)
+                now = time.time()
+                if any(r[0] == "exec" and now - r[1] < work_ms / 2000 and r[1] - r[3][0][1] < 0.1 for r in rows):
+                    break
+                if now > deadline or victim.poll() is not None:
+                    raise RuntimeError("the worker to kill never started a tick")
+                time.sleep(0.002)
+            at = time.time()
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+            held, read_at = _locks_of(broker, tag, victim.pid)
+            log(f"failover worker: kill -9 of worker {victim.pid} while it held {len(held)} overlap locks")
+            kill_log.append({"at": at, "pid": victim.pid, "survivor": survivor.pid, "read_at": read_at,
+                             "held": held})
+            # until the survivor ran every held group again (or the window ends), no replacement: the survivor
+            # alone takes the dead worker's groups
+            end = at + window
+            pending, offset = set(held), 0
+            while pending and time.time() < end:
+                rows, offset = _tail(workers[1 - slot][1], offset)
+                for row in rows:
+                    if row[0] == "exec" and row[2] == survivor.pid:
+                        pending -= {gid for gid, t in row[3] if t > at}
+                time.sleep(0.2)
+            time.sleep(period)
+            workers[slot] = _start_worker(env, work, slot, k + 1, broker, tag, work_ms)
+            _wait(lambda: (work / f"{workers[slot][1].name}.ready").exists(), 60, "a new worker did not start",
+                  workers[slot][0])
+    finally:
+        if beat is not None and beat[0].poll() is None:
+            beat[0].send_signal(signal.SIGTERM)
+            try:
+                beat[0].wait(30)
+            except subprocess.TimeoutExpired:
+                beat[0].kill()
+        for process, _ in workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in workers.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        delete_queue(broker, tag)
+        _drop_keys(broker, tag)
+    try:
+        events = [row for path in sorted(work.glob("events-*.jsonl")) for row in _events(path)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"params": {"groups": groups, "hubs": hubs, "period": period, "kills": kills, "work_ms": work_ms},
+            **blocked_analyse(kill_log, events)}
+
+
+def blocked_analyse(kills: list[dict], events: list[list]) -> dict:
+    """How long each kill's held groups went without an execution by the surviving worker.
+
+    ``kills``: ``[{"at": kill time (epoch s), "pid", "survivor": pid, "read_at": when the locks were read,
+    "held": {group id (str or int): PTTL ms}}]``; ``events``: the workers' rows, ``["exec", wall s, pid,
+    [[gid, scheduled_for], ...]]`` (an execution started) and ``["done", wall s, pid, hub, [[gid, scheduled_for,
+    skipped|missed|failed], ...], refused]`` (a batch's untaken ticks). A group's blocked time is the
+    ``scheduled_for`` of its first tick after the kill that the survivor executed, minus the kill time; a
+    tick of a held group that the survivor skipped after the kill and before that is a tick skipped because of
+    the dead holder; ``resumed_s`` counts to when that execution started instead, ``locks_freed_s`` to when the
+    locks' PTTL read after the kill ran out. Returns ``{"groups_blocked_s": {...},
+    "ticks_skipped_by_dead_holder", "locks_freed_s": {...}, "groups_resumed_s": {...}, "groups_held",
+    "groups_never_resumed", "kills": [{"held", "blocked_s", "skipped", "never_resumed", "locks_freed_s",
+    "resumed_s"}]}``, each spread ``{"min", "p50", "max"}`` in seconds to 0.001, None without data."""
+    blocked_all, freed_all, resumed_all, per_kill = [], [], [], []
+    skipped_all = never_all = held_all = 0
+    for kill in kills:
+        held = {int(gid): ms for gid, ms in kill["held"].items()}
+        first: dict[int, float] = {}
+        started: dict[int, float] = {}  # when that execution started (wall s)
+        for row in events:
+            if row[0] == "exec" and row[2] == kill["survivor"]:
+                for gid, t in row[3]:
+                    if gid in held and t > kill["at"] and t < first.get(gid, float("inf")):
+                        first[gid], started[gid] = t, row[1]
+        skipped = 0
+        for row in events:
+            if row[0] == "done" and row[2] == kill["survivor"]:
+                skipped += sum(1 for gid, t, why in row[4] if why == "skipped" and gid in held and t > kill["at"]
+                               and t < first.get(gid, float("inf")))
+        blocked = sorted(first[gid] - kill["at"] for gid in first)
+        resumed = sorted(started[gid] - kill["at"] for gid in started)
+        freed = sorted(kill["read_at"] + ms / 1000.0 - kill["at"] for ms in held.values() if ms >= 0)
+        per_kill.append({"held": len(held), "blocked_s": _spread(blocked), "skipped": skipped,
+                         "never_resumed": len(held) - len(first), "locks_freed_s": _spread(freed),
+                         "resumed_s": _spread(resumed)})
+        blocked_all += blocked
+        resumed_all += resumed
+        freed_all += freed
+        skipped_all += skipped
+        never_all += len(held) - len(first)
+        held_all += len(held)
+    return {"groups_blocked_s": _spread(sorted(blocked_all)), "ticks_skipped_by_dead_holder": skipped_all,
+            "locks_freed_s": _spread(sorted(freed_all)), "groups_resumed_s": _spread(sorted(resumed_all)),
+            "groups_held": held_all, "groups_never_resumed": never_all, "kills": per_kill}
+
+
+def _spread(values: list[float]) -> dict:
+    """min, p50 (the lower median: a value measured) and max of sorted seconds, to the millisecond; None each
+    without data."""
+    if not values:
+        return {"min": None, "p50": None, "max": None}
+    return {"min": round(values[0], 3), "p50": round(values[(len(values) - 1) // 2], 3), "max": round(values[-1], 3)}
+
+
+def _start_worker(env: dict, work: Path, slot: int, generation: int, broker: str, prefix: str,
+                  work_ms: float) -> tuple[subprocess.Popen, Path]:
+    path = work / f"events-{slot}-{generation}.jsonl"
+    handle = open(work / f"worker-{slot}-{generation}.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "hubsched.bench.failover", "work", broker, prefix, str(path),
+                                str(work_ms)], env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    handle.close()
+    return process, path
+
+
+def _events(path: Path) -> list[list]:
+    """The rows a worker wrote so far (a last line cut by a kill is left out)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def _tail(path: Path, offset: int) -> tuple[list[list], int]:
+    """The complete rows written after byte ``offset``, and the offset after them."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n") + 1
+    return [json.loads(line) for line in data[:end].splitlines() if line], offset + end
+
+
+def _locks_of(broker: str, prefix: str, pid: int) -> tuple[dict[int, int], float]:
+    """The run locks (group id -> PTTL ms) whose token names ``pid``, and when they were read (epoch s)."""
+    import redis
+
+    client = redis.Redis.from_url(broker, socket_timeout=2)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:run:*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        values = pipe.execute()
+        read_at = time.time()
+    finally:
+        client.close()
+    held = {}
+    for key, token, pttl in zip(keys, values[::2], values[1::2]):
+        # a token is host:pid:process/acquisition (groups.scheduler.locks.RedisLocks._token)
+        if token is not None and token.decode().split(":")[1] == str(pid):
+            held[int(key.decode().rsplit(":", 1)[1])] = pttl
+    return held, read_at
+
+
+def _env(work: Path, broker: str, tag: str) -> dict:
+    """The environment of the bench's processes: a throwaway database, its own queue and Redis key prefix."""
+    return {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+        "HUBSCHED_VAR_DIR": str(work / "var"),
+        "CELERY_BROKER_URL": broker,
+        "HUBSCHED_LOCK_URL": broker,
+        "HUBSCHED_BENCH_QUEUE": tag,
+        "HUBSCHED_BEAT_KEY_PREFIX": tag,
+        "LOG_LEVEL": "INFO",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def _start_beat(env: dict, work: Path, slot: int, generation: int) -> tuple[subprocess.Popen, Path]:
     path = work / f"beat-{slot}-{generation}.log"
     handle = open(path, "w")
@@ -247,6 +522,9 @@ def _drop_keys(broker: str, prefix: str) -> None:
 
     client = redis.Redis.from_url(broker, socket_timeout=2)
     try:
+        # kombu's queue_delete leaves the list of a queue this connection did not declare: batches the beat sent
+        # after the last consumer stopped stay there
+        client.delete(prefix)
         for pattern in (f"{prefix}:*", f"_kombu.binding*.{prefix}"):  # the beat keys, the queue's bindings
             for key in client.scan_iter(pattern):
                 client.delete(key)
@@ -296,6 +574,47 @@ def consume(broker: str, prefix: str, out: str) -> None:
                                      "per_tick": {repr(t): n for t, n in per_tick.items()}}))
 
 
+def work(broker: str, prefix: str, events: str, work_ms: str) -> None:
+    """A stand-in worker until SIGTERM: every batch on queue ``prefix`` goes through
+    ``groups.scheduler.dispatch.hub_batch_run`` as in the ``group_batch_run`` task, with the fence and the overlap
+    locks of ``groups.scheduler.locks.RedisLocks`` (the settings' TTL) on the key prefix ``prefix``; the execution
+    is a sleep of ``work_ms`` per chunk. Appends one JSON row per execution and per batch to ``events`` (see
+    ``blocked_analyse``), line by line so that a ``kill -9`` loses none that was written."""
+    from django.conf import settings
+
+    from groups.scheduler.dispatch import hub_batch_run
+    from groups.scheduler.leader import Fence
+    from groups.scheduler.locks import RedisLocks
+    from groups.tasks import BATCH_TASK
+
+    locks = RedisLocks(broker, ttl=settings.HUBSCHED_RUN_LOCK_TTL_S, prefix=prefix)
+    fences = Fence(broker, prefix=prefix)
+    pid, pause = os.getpid(), float(work_ms) / 1000.0
+    handle = open(events, "a", buffering=1)  # line-buffered: each row is in the kernel once written
+
+    def execute(runs):
+        handle.write(json.dumps(["exec", time.time(), pid, [[gid, t] for gid, t in runs]]) + "\n")
+        time.sleep(pause)
+
+    def on_message(body, message):
+        if message.headers.get("task") != BATCH_TASK:
+            return
+        hub_id, ticks, limit, *rest = body[0]
+        fence = rest[0] if rest else None
+        out = hub_batch_run(hub_id=hub_id, ticks=ticks, limit=limit, locks=locks, execute=execute, record=False,
+                            fence=fence, fences=fences)
+        untaken = list(out.untaken)
+        while out.requeue:  # the task sends these back with a countdown; here the same process waits
+            time.sleep(out.countdown)
+            out = hub_batch_run(hub_id=hub_id, ticks=out.requeue, limit=limit, locks=locks, execute=execute,
+                                record=False, fence=fence, fences=fences)
+            untaken += out.untaken
+        handle.write(json.dumps(["done", time.time(), pid, hub_id, [list(u) for u in untaken], out.refused]) + "\n")
+
+    queue_consume(broker, prefix, on_message, events + ".ready")
+    locks.stop_heartbeat()
+
+
 if __name__ == "__main__":
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsched.settings")
     command, *rest = sys.argv[1:]
@@ -304,5 +623,10 @@ if __name__ == "__main__":
 
         django.setup()
         consume(*rest)
+    elif command == "work":
+        import django
+
+        django.setup()
+        work(*rest)
     else:
         raise SystemExit(f"unknown command {command!r}")

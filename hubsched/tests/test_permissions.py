@@ -28,16 +28,17 @@ SINK_PASSWORD = "pg-pa55word"
 VIEWER_EXPECTED = {
     "hubs.view_project", "hubs.view_hub", "hubs.view_entity", "hubs.view_parameter",
     "groups.view_group", "groups.view_groupkey", "groups.view_grouprun", "groups.view_groupstats",
+    "groups.view_killrequest", "hubs.view_redundancyset", "hubs.view_huboffset", "hubs.view_redundancyevent",
     "scripts_engine.view_script", "scripts_engine.view_sink", "scripts_engine.view_datasource",
     "streams.view_consumeroffset", "streams.view_forwarder", "streams.view_quarantinedexecution", "streams.read_stream",
 }
-OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "hubs.enable_hub",
+OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
                                        "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution"}
 INTEGRATOR_EXPECTED = OPERATOR_EXPECTED | {
     f"{app}.{action}_{model}"
     for app, model in [("hubs", "project"), ("hubs", "hub"), ("hubs", "entity"), ("hubs", "parameter"), ("groups", "group"),
                        ("groups", "groupkey"), ("scripts_engine", "script"), ("scripts_engine", "sink"),
-                       ("scripts_engine", "datasource")]
+                       ("scripts_engine", "datasource"), ("hubs", "redundancyset"), ("hubs", "huboffset")]
     for action in ("add", "change", "delete")
 } | {"scripts_engine.debug_script", "hubs.write_hub"}
 

@@ -4,6 +4,7 @@ Public API (groups/execution.py and the scripts_engine services use only these):
 
     script_compile(code=...)                       -> None, or ScriptError(kind="syntax"|"refused")
     script_execute(code=..., bindings=..., ...)    -> ScriptResult, or ScriptError
+    sandbox_kill(token)                            -> pid killed, or None (script_execute(token=...) names the run)
     script_debug_run(code=..., bindings=..., breakpoints=[3, 7], actions=["step", ...]) -> DebugRun
 """
 
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 from .errors import DebugRun, DebugStop, ScriptError, ScriptResult
 from .policy import ALLOWED_MODULES, script_compile_code
-from .pool import sandbox_pool, sandbox_pool_close, wall_deadline_s
+from .pool import sandbox_kill, sandbox_pool, sandbox_pool_close, wall_deadline_s
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -22,6 +23,7 @@ __all__ = [
     "DebugStop",
     "ScriptError",
     "ScriptResult",
+    "sandbox_kill",
     "sandbox_pool_close",
     "script_compile",
     "script_debug_run",
@@ -82,6 +84,8 @@ def script_execute(
     timeout: float = 2.0,
     memory_limit_mb: int = 256,
     data_sources: DataSources | None = None,
+    wall_s: float | None = None,
+    token: object = None,
 ) -> ScriptResult:
     """Run ``code`` once on ``bindings`` (name -> JSON value) in a sandbox process; returns the ScriptResult.
 
@@ -89,10 +93,15 @@ def script_execute(
     second more); ``memory_limit_mb``: what the script may allocate; ``data_sources``: name ->
     ``{"url": SQLAlchemy URL, "writable": bool, "allow_ddl": bool}`` (or a bare URL: read-only, no
     DDL), reachable as ``sql("name")`` (what each refuses: sandbox/data_sources.py, docs/scripts.md).
+    ``wall_s``: wall-clock seconds at most (an execution's remaining time), below the default; ``token``
+    (hashable) names the run, so that ``sandbox_kill(token)`` can stop it from another thread (kind ``killed``).
     Raises ``ScriptError`` (see its ``kind``); thread-safe.
     """
     request = _request(code, bindings, timeout, memory_limit_mb, data_sources, None)
-    reply = sandbox_pool().run(request, wall_s=wall_deadline_s(float(timeout)))
+    wall = wall_deadline_s(float(timeout))
+    if wall_s is not None:
+        wall = max(0.0, min(wall, float(wall_s)))
+    reply = sandbox_pool().run(request, wall_s=wall, token=token)
     if not reply.get("ok"):
         raise ScriptError.from_dict(reply.get("error") or {})
     return _result(reply)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # What ScriptError.kind says, and who can act on it.
-KINDS = ("syntax", "refused", "runtime", "timeout", "memory", "output", "internal")
+KINDS = ("syntax", "refused", "runtime", "timeout", "memory", "output", "internal", "killed")
 
 
 @dataclass
@@ -29,7 +29,8 @@ class ScriptError(Exception):
 
     ``kind``: ``syntax`` (not Python), ``refused`` (the sandbox policy refused it at compile time),
     ``runtime`` (an exception in the script), ``timeout`` (CPU time limit), ``memory`` (memory limit),
-    ``output`` (printed too much), ``internal`` (the sandbox itself failed; not the script's fault).
+    ``output`` (printed too much), ``internal`` (the sandbox itself failed; not the script's fault),
+    ``killed`` (stopped on request: ``sandbox_kill``, a person killed the execution).
     ``line``, ``column``: 1-based position in the script, when known. ``traceback``: cut to the script's frames.
     """
 

@@ -69,6 +69,7 @@ class SandboxProcess:
         self.wfd = self.proc.stdin.fileno()
         self.buffer = bytearray()
         self.alive = True
+        self.killed_on_request = False  # set by SandboxPool.kill (another thread) before its SIGKILL
 
     def send(self, message: dict) -> None:
         payload = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
@@ -109,6 +110,8 @@ class SandboxProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.returncode
+        if code == -signal.SIGKILL and self.killed_on_request:
+            return _Gone("killed", "stopped: the execution was killed on request (its sandbox process got SIGKILL)")
         if code == -signal.SIGXCPU:
             return _Gone("timeout", "stopped: the script used its CPU time limit (its sandbox process was ended)")
         if code == -signal.SIGKILL:
@@ -154,6 +157,7 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._count = 0
         self._pid = os.getpid()
+        self._running: dict[object, SandboxProcess] = {}  # run token -> the process running it (kill)
 
     def _checkout(self) -> SandboxProcess:
         try:
@@ -187,14 +191,20 @@ class SandboxPool:
                 self._count -= 1
             raise
 
-    def run(self, request: dict, *, wall_s: float, on_stop: Callable[[dict], str] | None = None) -> dict:
-        """Send ``request`` to a free process and return its result frame; raises ScriptError for a killed run."""
+    def run(self, request: dict, *, wall_s: float, on_stop: Callable[[dict], str] | None = None,
+            token: object = None) -> dict:
+        """Send ``request`` to a free process and return its result frame; raises ScriptError for a killed run.
+
+        ``token`` (hashable, e.g. an execution's identity) names the run for ``kill`` while it runs."""
         child = self._checkout()
         try:
             if child.proc.poll() is not None:
                 child.alive = False
                 child.close()
                 child = SandboxProcess()
+            if token is not None:
+                with self._lock:
+                    self._running[token] = child
             child.send(request)
             deadline = time.monotonic() + wall_s
             while True:
@@ -210,7 +220,27 @@ class SandboxPool:
         except _Gone as gone:
             raise ScriptError(gone.kind, gone.message) from None
         finally:
+            if token is not None:
+                with self._lock:
+                    self._running.pop(token, None)
             self._checkin(child)
+
+    def kill(self, token: object) -> int | None:
+        """SIGKILL the process running the run named ``token``; returns its pid, or None when no such run runs.
+
+        Thread-safe. Only the signal is sent here: the thread in ``run`` sees the pipe end, reaps the process,
+        raises ScriptError kind ``killed`` and puts a new process in its slot."""
+        with self._lock:
+            child = self._running.get(token)
+            if child is None:
+                return None
+            child.killed_on_request = True
+            pid = child.proc.pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # it ended meanwhile: the run thread reports what it saw
+        return pid
 
     def close(self) -> None:
         while True:
@@ -236,6 +266,14 @@ def sandbox_pool() -> SandboxPool:
         if _pool is None or _pool._pid != os.getpid():
             _pool = SandboxPool()
         return _pool
+
+
+def sandbox_kill(token: object) -> int | None:
+    """SIGKILL the sandbox process of this process's run named ``token`` (``script_execute(token=...)``); returns
+    its pid, or None when none runs."""
+    with _pool_lock:
+        pool = _pool if _pool is not None and _pool._pid == os.getpid() else None
+    return pool.kill(token) if pool is not None else None
 
 
 def sandbox_pool_close() -> None:

@@ -28,7 +28,8 @@ in one write (a forwarder's batch holds whole executions), so a delivery twice s
 
 Wide (SCADA transaction groups), one table per group named ``<table>_<hub>_<group>``, one row per
 execution: ``id``, ``tick`` (unique), ``ts`` (the newest value timestamp), ``quality`` (the worst of
-the row's values), then one column per binding: double for numbers, integers and booleans, JSON
+the row's values), ``_hub`` (the hub that served the row: its group's hub, or the redundancy set's member
+that served the tick; added to older tables by ALTER TABLE, null in their old rows), then one column per binding: double for numbers, integers and booleans, JSON
 text for anything else. A binding that appears later adds its column (ALTER TABLE ... ADD).
 """
 
@@ -117,6 +118,7 @@ def wide_table(metadata: sa.MetaData, name: str, columns: dict[str, str]) -> sa.
         sa.Column("tick", Timestamp, nullable=False, unique=True),  # serves idempotent writes
         sa.Column("ts", Timestamp, nullable=True),
         sa.Column("quality", sa.String(16), nullable=False),
+        sa.Column(WIDE_HUB, sa.String(200), nullable=True),  # the hub that served the row (docs/redundancy.md)
         *[sa.Column(col, sa.Float(precision=53) if kind == NUMBER else sa.Text, nullable=True) for col, kind in columns.items()],
     )
 
@@ -161,8 +163,11 @@ class TableCache:
                 table = wide_table(sa.MetaData(), name, columns)
                 _create(engine, table)
             missing = {c: k for c, k in columns.items() if c not in table.c}
-            if missing:
+            if missing or WIDE_HUB not in table.c:
                 with engine.begin() as conn:
+                    if WIDE_HUB not in table.c:  # a table made before the column existed gets it (null in old rows)
+                        compiled = sa.String(200).compile(dialect=engine.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {_quote(engine, name)} ADD COLUMN {_quote(engine, WIDE_HUB)} {compiled}"))
                     for col, kind in missing.items():
                         sql_type = sa.Float(precision=53) if kind == NUMBER else sa.Text()
                         compiled = sql_type.compile(dialect=engine.dialect)
@@ -206,6 +211,15 @@ def _create(engine: sa.Engine, table: sa.Table) -> None:
 # --- wide layout names: the rules a group must keep so that no value is lost (docs/data-path.md, "Wide layout names")
 
 WIDE_RESERVED = frozenset({"id", "tick", "ts", "quality"})  # the wide table's own columns (wide_table)
+# The wide table's column of the hub that served a row (a redundancy set's member, docs/redundancy.md). Its leading
+# underscore is one no key's column can have (``identifier`` strips it), so it never meets a key's column.
+WIDE_HUB = "_hub"
+
+
+def serving_hub(execution) -> str:
+    """The name of the hub that served ``execution`` (an ExecutionValues): its ``served_by`` member of a
+    redundancy set when it carries one, else its ``hub``."""
+    return getattr(execution, "served_by", "") or execution.hub
 WIDE_KEY_PREFIX = "k_"
 
 

@@ -27,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 
 from .offsets import Checkpoint, checkpoint_connection, checkpoint_raw, offsets_ensure
+from .tables import serving_hub
 from .values import ExecutionValues, parse_ts, value_json, value_num
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def value_lines(executions: Iterable[ExecutionValues], ts_field: Callable[[Any],
     keys: dict[str, str] = {}
     qualities: dict[str, str] = {"good": "good"}
     for execution in executions:
-        head = "\t".join((ts_field(execution.tick), _text_field(execution.project), _text_field(execution.hub),
+        head = "\t".join((ts_field(execution.tick), _text_field(execution.project), _text_field(serving_hub(execution)),
                           str(int(execution.group_id)), _text_field(execution.group)))
         for entity, items in execution.values:
             prefix = f"{head}\t{_text_field(entity)}\t"
@@ -149,7 +150,7 @@ def value_tuples(executions: Iterable[ExecutionValues]) -> list[tuple]:
     stamps: dict[str, str | None] = {}
     for execution in executions:
         tick = _sql_value(execution.tick)
-        shared = (tick, execution.project, execution.hub, int(execution.group_id), execution.group)
+        shared = (tick, execution.project, serving_hub(execution), int(execution.group_id), execution.group)
         for entity, items in execution.values:
             for item in items:
                 value = item.get("value")
@@ -409,7 +410,7 @@ def write_generic(engine: sa.Engine, table: sa.Table, ledger: sa.Table, executio
         conn.execute(ledger.insert(), [{"group_id": gid, "tick": tick, "values_count": n}
                                        for gid, tick, n in _ledger_rows(new_ids, lambda t: t)])
         records = [
-            {"tick": parse_ts(ex.tick), "project": ex.project, "hub": ex.hub, "group_id": int(ex.group_id),
+            {"tick": parse_ts(ex.tick), "project": ex.project, "hub": serving_hub(ex), "group_id": int(ex.group_id),
              "group_name": ex.group, "entity": entity, "ts": parse_ts(item.get("ts")), "key": item["key"],
              "value_num": value_num(item.get("value")), "value_json": value_json(item.get("value")),
              "quality": str(item.get("quality") or "good")}

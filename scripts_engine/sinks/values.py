@@ -24,6 +24,7 @@ class ExecutionValues(NamedTuple):
     group: str
     values: list[tuple[str, list[dict]]]
     size: int = 0  # bytes: the JSON of the hub's answers as received (0: unknown, see byte_size)
+    served_by: str = ""  # the redundancy set member that served it when not ``hub`` (docs/redundancy.md)
 
     def value_count(self) -> int:
         return sum(len(items) for _, items in self.values)

@@ -21,7 +21,7 @@ from hubsched.secrets import text_mask, url_mask
 
 from .errors import SinkError
 from .offsets import Checkpoint, checkpoint_connection, offsets_ensure, offsets_forget
-from .tables import JSON_TEXT, NUMBER, TableCache, column_kind, wide_column_name, wide_table_name
+from .tables import WIDE_HUB, JSON_TEXT, NUMBER, TableCache, column_kind, serving_hub, wide_column_name, wide_table_name
 from .tall import write_tall
 from .values import ExecutionValues, parse_ts, value_json, value_num
 
@@ -149,6 +149,7 @@ def _write_wide(engine: sa.Engine, target: SinkTarget, executions: list[Executio
             record.update(tick=tick, ts=max((t for t in stamps if t is not None), default=None))
             qualities = [str(item.get("quality") or "good") for _, items in execution.values for item in items]
             record["quality"] = max(qualities, key=lambda q: QUALITY_RANK.get(q, 2), default="good")
+            record[WIDE_HUB] = serving_hub(execution)
             for entity, items in execution.values:
                 for item in items:
                     col, value = column_of[item["key"]], item.get("value")

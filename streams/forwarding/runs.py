@@ -55,7 +55,8 @@ class RunRecorder(Consumer):
             return None
         values = int(head.get("values_count") or 0) if status == "ok" else 0
         run = GroupRun(group_id=group_id, scheduled_for=tick, started_at=started, finished_at=finished,
-                       status=status, error=head.get("error") or "", values_count=values)
+                       status=status, error=head.get("error") or "", values_count=values,
+                       killed_by=head.get("killed_by") or "")
         lag_ms = max(0, int((started - tick).total_seconds() * 1000)) if started else 0
         return (run, lag_ms), 1
 
