@@ -44,6 +44,7 @@ class SetConfig:
     threshold_abs: float | None = None
     threshold_percent: float | None = None
     disagree_ticks: int = 3
+    key_thresholds: dict = field(default_factory=dict)  # {key: {"abs": x, "percent": y}}: in place of the set's
 
     @property
     def master(self) -> Hub:
@@ -70,7 +71,7 @@ def set_config(set_id: int) -> SetConfig:
     for offset in HubOffset.objects.filter(hub__redundancy_set_id=set_id):
         offsets.setdefault(offset.hub_id, {})[(offset.entity, offset.key)] = offset
     config = SetConfig(set_id, row.name, row.mode, row.failback_after_s, members, offsets,
-                       row.threshold_abs, row.threshold_percent, row.disagree_ticks)
+                       row.threshold_abs, row.threshold_percent, row.disagree_ticks, row.key_thresholds or {})
     with _configs_lock:
         _configs[set_id] = (now, config)
     return config
@@ -278,22 +279,25 @@ def reads_collect_with_failover(outcome: Outcome, config: SetConfig,
 # --- parallel mode: every member read, the master's values stored, the others compared -------------------------
 
 
-def values_disagree(config: SetConfig, master_value, member_value) -> bool:
-    """Whether two values of one key disagree under the set's thresholds: numbers (not booleans) by more than
-    ``threshold_abs`` or more than ``threshold_percent`` of the larger magnitude (with neither set: any
-    difference); any other values when they are not equal."""
+def values_disagree(config: SetConfig, master_value, member_value, key: str | None = None) -> bool:
+    """Whether two values of ``key`` disagree under its thresholds (the set's ``key_thresholds[key]`` when it
+    has them, else the set's): numbers (not booleans) by more than ``abs`` or more than ``percent`` of the
+    larger magnitude (with neither: any difference); any other values when they are not equal."""
     def number(v):
         return not isinstance(v, bool) and isinstance(v, (int, float))
 
     if not (number(master_value) and number(member_value)):
         return master_value != member_value
+    own = config.key_thresholds.get(key) if key is not None else None
+    limit_abs, limit_percent = (own.get("abs"), own.get("percent")) if own else (config.threshold_abs,
+                                                                                  config.threshold_percent)
     diff = abs(master_value - member_value)
-    if config.threshold_abs is None and config.threshold_percent is None:
+    if limit_abs is None and limit_percent is None:
         return diff > 0
-    if config.threshold_abs is not None and diff > config.threshold_abs:
+    if limit_abs is not None and diff > limit_abs:
         return True
     scale = max(abs(master_value), abs(member_value))
-    return config.threshold_percent is not None and diff > config.threshold_percent / 100.0 * scale
+    return limit_percent is not None and diff > limit_percent / 100.0 * scale
 
 
 class DisagreementTracker:
@@ -323,7 +327,7 @@ class DisagreementTracker:
         from hubs.models import RedundancyEvent
 
         ident = (config.set_id, member.name, entity, key)
-        disagree = values_disagree(config, master_value, member_value)
+        disagree = values_disagree(config, master_value, member_value, key)
         with self._lock:
             self._load(config.set_id)
             if not disagree:

@@ -66,6 +66,11 @@ class RedundancySet(models.Model):
         help_text="Parallel mode: members whose numbers differ by more than this percentage of the larger "
         "magnitude disagree; empty: not checked this way. With neither threshold, any difference counts.",
     )
+    key_thresholds = models.JSONField(
+        "per-key thresholds", default=dict, blank=True,
+        help_text='Parallel mode: thresholds of single keys, in place of the set\'s: {"flow": {"abs": 0.5}, '
+        '"pressure": {"percent": 2}} ("abs", "percent", either or both; a key not listed uses the set\'s).',
+    )
     disagree_ticks = models.PositiveIntegerField(
         "ticks before a disagreement", default=3, validators=[MinValueValidator(1)],
         help_text="Parallel mode: consecutive ticks a key must disagree before a disagreement event is raised.",
@@ -84,12 +89,14 @@ class RedundancySet(models.Model):
         """The set rules import checks too (hubs/validators.py): a finite failback time of 0 s or more, and
         the members already in the set belonging to the set's project."""
         super().clean()
-        from .validators import failback_problem, redundancy_project_problem
+        from .validators import failback_problem, key_thresholds_problems, redundancy_project_problem
 
         errors: dict[str, list[str]] = {}
         problem = failback_problem(self.failback_after_s)
         if problem:
             errors["failback_after_s"] = [problem]
+        for where, message in key_thresholds_problems(self.key_thresholds):
+            errors.setdefault("key_thresholds", []).append(f"{where}: {message}" if where else message)
         if self.pk and self.project_id:
             for hub in self.members.exclude(project_id=self.project_id).only("name"):
                 errors.setdefault("project", []).append(f"hub {hub.name!r}: {redundancy_project_problem()}")

@@ -114,6 +114,26 @@ def failback_problem(value: float) -> str | None:
     return None
 
 
+def key_thresholds_problems(value) -> list[tuple[str, str]]:
+    """Why ``value`` is not a redundancy set's per-key thresholds ``{key: {"abs": number | null, "percent":
+    number | null}}`` (numbers finite and 0 or more): ``[(where, message)]``, where is the key ("" for the whole)."""
+    import math
+
+    if not isinstance(value, dict):
+        return [("", 'must be an object of keys, e.g. {"flow": {"abs": 0.5}}')]
+    problems = []
+    for key, limits in value.items():
+        if not isinstance(limits, dict) or not limits or set(limits) - {"abs", "percent"}:
+            problems.append((key, 'must be an object with "abs", "percent" or both'))
+            continue
+        for name, limit in limits.items():
+            if limit is None:
+                continue
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
+                problems.append((key, f"{name} must be a number, 0 or more, or null"))
+    return problems
+
+
 def hub_offset_problems(*, add: float, factor: float) -> list[tuple[str, str]]:
     """Why an offset cannot correct values, as ``[(field, message)]`` with fields ``add`` and ``factor``:
     both finite numbers, the factor not 0 (it would erase the reading)."""

@@ -246,3 +246,17 @@ def test_a_tick_the_backup_served_is_stored_through_the_log_with_the_backups_nam
         assert conn.execute(sa.text(f'SELECT "_hub" FROM "{table}" ORDER BY tick')).scalars().all() == ["hub-a", "hub-b"]
     tall.dispose()
     wide.dispose()
+
+
+def test_parallel_a_keys_own_threshold_replaces_the_sets(project, make_hub):
+    from hubs.models import RedundancyEvent
+
+    with serve_in_thread(key=HUB_KEY, name="hub-a") as master_hub, serve_in_thread(key=HUB_KEY, name="hub-b") as backup_hub:
+        _, _, group = parallel_pair(project, make_hub, master_hub, backup_hub, threshold_abs=5.0, disagree_ticks=1,
+                                    key_thresholds={"speed_sp": {"abs": 100.0}})
+        set_speed(backup_hub, 1500.0)  # 50 apart: beyond the set's 5, within the key's own 100
+        tick(group.pk)
+        assert not RedundancyEvent.objects.exists()
+        set_speed(backup_hub, 1600.0)
+        tick(group.pk, TICK.replace(second=1))
+        assert RedundancyEvent.objects.get().member_value == 1600.0

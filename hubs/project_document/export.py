@@ -152,6 +152,7 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
             "failback_after_s": item.failback_after_s,
             "threshold_abs": item.threshold_abs,
             "threshold_percent": item.threshold_percent,
+            "key_thresholds": item.key_thresholds,
             "disagree_ticks": item.disagree_ticks,
             "members": [m.name for m in sorted(item.members.all(), key=lambda m: (m.redundancy_priority, m.name))],
         }

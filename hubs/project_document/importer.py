@@ -235,7 +235,7 @@ def _redundancy_sets_write(project: Project, sets: list[dict]) -> None:
     """Sets by name, their members' priorities by position (0: the master); sets the document dropped are
     deleted (their hubs stay, in no set)."""
     fields = {"mode": "master_backup", "failback_after_s": 30.0, "threshold_abs": None, "threshold_percent": None,
-              "disagree_ticks": 3}
+              "key_thresholds": {}, "disagree_ticks": 3}
     rows = _named(RedundancySet, project, sets, fields)
     wanted = {name: (rows[item["name"]].pk, priority) for item in sets for priority, name in enumerate(item["members"])}
     hubs = list(Hub.objects.filter(project=project).only("pk", "name", "redundancy_set_id", "redundancy_priority"))

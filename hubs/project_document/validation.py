@@ -21,6 +21,7 @@ from hubs.validators import (
     HUB_URL_MESSAGE,
     TLS_CERT_WITHOUT_KEY_MESSAGE,
     failback_problem,
+    key_thresholds_problems,
     hub_offset_problems,
     hub_tls_problems,
     hub_url_problem,
@@ -260,6 +261,8 @@ def _redundancy_errors(doc: dict) -> list[str]:
         problem = failback_problem(item.get("failback_after_s", 30.0))
         if problem:
             errors.append(f"{json_path(at + ['failback_after_s'])}: {problem}")
+        for key, message in key_thresholds_problems(item.get("key_thresholds", {})):
+            errors.append(f"{json_path(at + ['key_thresholds'] + ([key] if key else []))}: {message}")
         members = item["members"]
         for index, message in redundancy_members_problems(members=members, hubs=hub_names, in_set=in_set,
                                                           set_name=item["name"]):

@@ -23,8 +23,9 @@ def redundant_document() -> dict:
     doc["hubs"][0]["offsets"] = [{"entity": "plant/line1/pump1", "key": "flow", "add": -0.5, "factor": 1.02},
                                  {"entity": "", "key": "state", "add": 0.0, "factor": 1.0}]
     doc["redundancy_sets"] = [{"name": "line1", "mode": "master_backup", "failback_after_s": 12.5,
-                               "threshold_abs": 0.5, "threshold_percent": None, "disagree_ticks": 4,
-                               "members": ["hub-b", "hub-a"]}]
+                               "threshold_abs": 0.5, "threshold_percent": None,
+                               "key_thresholds": {"flow": {"abs": 0.2}, "pressure": {"abs": None, "percent": 2.5}},
+                               "disagree_ticks": 4, "members": ["hub-b", "hub-a"]}]
     return doc
 
 
@@ -42,8 +43,10 @@ def test_a_set_and_its_offsets_survive_export_and_import_byte_for_byte():
     text = project_export(project=project, include_secrets=True)
     exported = json.loads(text)
     assert exported["redundancy_sets"] == [{"name": "line1", "mode": "master_backup", "failback_after_s": 12.5,
-                                            "threshold_abs": 0.5, "threshold_percent": None, "disagree_ticks": 4,
-                                            "members": ["hub-b", "hub-a"]}]
+                                            "threshold_abs": 0.5, "threshold_percent": None,
+                                            "key_thresholds": {"flow": {"abs": 0.2},
+                                                               "pressure": {"abs": None, "percent": 2.5}},
+                                            "disagree_ticks": 4, "members": ["hub-b", "hub-a"]}]
     assert exported["hubs"][0]["offsets"][0] == {"entity": "", "key": "state", "add": 0.0, "factor": 1.0}
     project.delete()
     again = project_import(raw=text).project
@@ -154,3 +157,15 @@ def test_disagreement_events_are_listed_read_only_for_who_may_view_them(client):
     assert "47.25" in listing and "41.5" in listing
     event = RedundancyEvent.objects.get()
     assert client.post(reverse("admin:hubs_redundancyevent_change", args=[event.pk]), {"key": "x"}).status_code == 403
+
+
+def test_per_key_thresholds_are_checked_by_one_rule_in_the_document_and_the_model():
+    doc = redundant_document()
+    doc["redundancy_sets"][0]["key_thresholds"] = {"flow": {"abs": float("inf")}}
+    assert errors_of(doc) == ["redundancy_sets[0].key_thresholds.flow: abs must be a number, 0 or more, or null"]
+    project = Project.objects.create(name="plant")
+    rset = RedundancySet(project=project, name="line1", key_thresholds={"flow": {}, "speed": {"percent": -1}})
+    with pytest.raises(ValidationError) as refused:
+        rset.full_clean()
+    assert refused.value.message_dict["key_thresholds"] == [
+        'flow: must be an object with "abs", "percent" or both', "speed: percent must be a number, 0 or more, or null"]
