@@ -550,7 +550,9 @@ def _run_script(outcome: Outcome, writable: set[tuple[int, str, str]]) -> None:
     if outcome.killed_by:  # killed after the script ended: nothing is written back
         raise ExecutionKilled("killed")
     outcome.step = "write-back"
-    bindings_write_back(hub=hub, bindings=bindings, results=result.bindings, changed=result.changed, outcome=outcome)
+    # to the member that served the reads: while a backup serves, the master may be down (docs/redundancy.md)
+    bindings_write_back(hub=outcome.served_by or hub, bindings=bindings, results=result.bindings,
+                        changed=result.changed, outcome=outcome)
     outcome.read = _read_from_bindings(bindings)
     # what the script made is measured like a hub's values (no frame bounds it): NUL, size
     limit = hub.max_value_bytes or settings.HUBSCHED_HUB_MAX_VALUE_BYTES

@@ -260,3 +260,16 @@ def test_parallel_a_keys_own_threshold_replaces_the_sets(project, make_hub):
         set_speed(backup_hub, 1600.0)
         tick(group.pk, TICK.replace(second=1))
         assert RedundancyEvent.objects.get().member_value == 1600.0
+
+
+def test_while_a_backup_serves_a_scripts_write_back_goes_to_the_backup(project, make_hub):
+    from scripts_engine.models import Script
+
+    with serve_in_thread(key=HUB_KEY, name="hub-b") as backup_hub:
+        _, _, group = redundant_pair(project, make_hub, unreachable_url(), backup_hub.url)
+        GroupKey.objects.filter(group=group, key="speed_sp").update(alias="sp")
+        group.script = Script.objects.create(project=project, name="nudge", code="sp = sp + 1")
+        group.save()
+        outcome = tick(group.pk)
+        assert served(outcome) == "hub-b"  # the master is down: a write to it would fail the tick
+        assert backup_hub.state.read(PUMP, "speed_sp") == 1451.0
