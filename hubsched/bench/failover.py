@@ -34,6 +34,15 @@ replacement starts until the survivor has run each of them again. It reports:
   executed (target at most 2 s); ``groups_resumed_s`` the same to when that execution started, and
   ``locks_freed_s`` to when the dead worker's locks lapsed (their PTTL at the kill);
 - ``ticks_skipped_by_dead_holder``: ticks of those groups the survivor skipped in between (lock held).
+
+The hub part (``--part hub``): another throwaway database with ``--hub-groups`` groups of 10 keys on a master
+reference hub in a master/backup redundancy set (docs/redundancy.md) with a backup serving the same entities; both
+hubs are real ``manage.py hubsim`` processes. A child process (``hub-tick``) executes every group's tick each
+period through ``groups.execution.execute_batch(ticks=..., expire=True)`` (the execution of the batch task; the
+outcomes are counted, not appended to the log) and writes one row per batch. ``--hub-kills`` times the master is
+killed with ``kill -9`` at a random moment; before a next kill it is started again on its port and the bench waits
+until a tick is served by it again (failback). It reports ``ticks_lost_to_hub_failover`` (ticks from a kill on that
+failed or were not executed; target 0) and ``hub`` (see ``hub_analyse``).
 """
 
 from __future__ import annotations
@@ -55,9 +64,14 @@ from pathlib import Path
 from hubsched.bench.common import ROOT, check, delete_queue, percentile, queue_consume
 
 HELP = ("Two beats on Redis, the leader killed with kill -9 three times: failover time, ticks missed, twice, lost; "
-        "two workers, one killed with kill -9 at a tick: how long its groups stay blocked.")
+        "two workers, one killed with kill -9 at a tick: how long its groups stay blocked; the master hub of a "
+        "redundancy set killed with kill -9: ticks lost to the hub failover.")
 
-PARTS = ("beat", "worker", "all")
+PARTS = ("beat", "worker", "hub", "all")
+
+HUB_KEY = "bench-failover-key"
+HUB_KEYS = 10  # keys per group of the hub part, on one entity each
+HUB_FAILBACK_S = 3.0  # the set's failback_after_s
 
 TOOK = re.compile(r"took the lead \(epoch (\d+)\): (\d+) group ticks of the gap sent late, (\d+) missed")
 
@@ -75,7 +89,8 @@ def add_arguments(parser) -> None:
                              "lease, then let it go on (SIGCONT): the old leader wakes up (default 0: kill).")
     parser.add_argument("--warmup-timeout", type=float, default=180.0, help="Longest wait for a beat to start.")
     parser.add_argument("--part", choices=PARTS, default="all",
-                        help="beat: beats killed; worker: a worker killed at a tick; all: both (default all).")
+                        help="beat: beats killed; worker: a worker killed at a tick; hub: the master hub of a "
+                             "redundancy set killed; all: the three (default all).")
     parser.add_argument("--worker-kills", type=int, default=3,
                         help="How many times a worker is killed in the worker part (default 3).")
     parser.add_argument("--worker-groups", type=int, default=1_000,
@@ -83,18 +98,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--worker-hubs", type=int, default=10, help="Hubs of the worker part (default 10).")
     parser.add_argument("--work-ms", type=float, default=50.0,
                         help="How long the stand-in workers execute one chunk of a batch, ms (default 50).")
+    parser.add_argument("--hub-groups", type=int, default=100,
+                        help="Groups of 10 keys on the master hub in the hub part (default 100).")
+    parser.add_argument("--hub-kills", type=int, default=1,
+                        help="How many times the master hub is killed in the hub part (default 1).")
+    parser.add_argument("--hub-seconds", type=float, default=20.0,
+                        help="How long the hub part executes ticks, at least, seconds (default 20).")
+    parser.add_argument("--hub-kill-offset-ms", type=float, default=None,
+                        help="Kill the master this many ms after a tick's start (its reads under way) instead of "
+                             "at a random moment of the period (default: random).")
 
 
 def run(*, groups: int, hubs: int, period: float, kills: int, broker: str, seed: int | None = None,
         warmup_timeout: float = 180.0, pause: float = 0.0, part: str = "beat", worker_kills: int = 3,
-        worker_groups: int = 1_000, worker_hubs: int = 10, work_ms: float = 50.0, log=lambda _: None) -> dict:
-    """Run the beat part, the worker part or both (``part``: beat, worker, all; the command's default is all,
-    this function's beat, as before the worker part existed).
+        worker_groups: int = 1_000, worker_hubs: int = 10, work_ms: float = 50.0, hub_groups: int = 100,
+        hub_kills: int = 1, hub_seconds: float = 20.0, hub_kill_offset_ms: float | None = None,
+        log=lambda _: None) -> dict:
+    """Run the beat part, the worker part, the hub part or all three (``part``: beat, worker, hub, all; the
+    command's default is all, this function's beat, as before the other parts existed).
 
     Returns ``{"params": {...}, "failover_ms": {"p50", "max"}, "kill_to_first_ms": {...}, "ticks_missed",
     "ticks_dispatched_twice", "ticks_lost", ...}`` for the beat part and ``"groups_blocked_s": {"min", "p50", "max"}``
     (seconds), ``"ticks_skipped_by_dead_holder"`` and ``"worker": {...}`` (see ``worker_run``) for the worker
-    part; raises ValueError for an unknown part, RuntimeError when a process does not start."""
+    part; ``"ticks_lost_to_hub_failover"`` and ``"hub": {...}`` (see ``hub_run``) for the hub part; raises
+    ValueError for an unknown part, RuntimeError when a process does not start."""
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; known: {', '.join(PARTS)}")
     result: dict = {"params": {"groups": groups, "hubs": hubs, "period": period, "kills": kills,
@@ -109,6 +136,11 @@ def run(*, groups: int, hubs: int, period: float, kills: int, broker: str, seed:
         result["groups_blocked_s"] = worker.pop("groups_blocked_s")
         result["ticks_skipped_by_dead_holder"] = worker.pop("ticks_skipped_by_dead_holder")
         result["worker"] = worker
+    if part in ("hub", "all"):
+        hub = hub_run(groups=hub_groups, period=period, kills=hub_kills, seconds=hub_seconds, seed=seed,
+                      broker=broker, kill_offset_ms=hub_kill_offset_ms, log=log)
+        result["ticks_lost_to_hub_failover"] = hub["ticks_lost_to_hub_failover"]
+        result["hub"] = hub
     return result
 
 
@@ -212,6 +244,22 @@ def report(result: dict) -> str:
         lines.append(f"{'ticks_skipped_by_dead_holder':28} {result['ticks_skipped_by_dead_holder']}")
         for key in ("groups_held", "groups_never_resumed"):
             lines.append(f"{key:28} {w[key]}")
+    if "hub" in result:
+        h = result["hub"]
+        q = h["params"]
+        lines.append(f"hub part: {q['groups']} groups of {q['keys']} keys on a master/backup set, period "
+                     f"{q['period']} s, {q['kills']} kill -9 of the master, {p['cpus']} CPUs")
+        lines.append(f"{'ticks_lost_to_hub_failover':28} {result['ticks_lost_to_hub_failover']}")
+        for key in ("ticks_expected", "ok_master", "ok_backup", "failed", "not_executed", "failover_ticks",
+                    "failed_before_kill"):
+            lines.append(f"{key:28} {h[key]}")
+        lines.append(f"{'batch_ms':28} p50 {h['batch_ms']['p50']}  max {h['batch_ms']['max']}")
+        for kill in h["kills"]:
+            where = " (in a batch)" if kill["in_batch"] else ""
+            lines.append(f"kill at +{kill['at_s']} s{where}: first backup-served tick stored {kill['first_backup_s']} "
+                         f"s after, lost {kill['lost']}, failback after {kill.get('failback_s')} s")
+        for error, n in h["errors"].items():
+            lines.append(f"  {n} x {error}")
     return "\n".join(lines) + "\n"
 
 
@@ -534,6 +582,240 @@ def _drop_keys(broker: str, prefix: str) -> None:
         client.close()
 
 
+def hub_run(*, groups: int, period: float, kills: int, seconds: float, seed: int | None = None,
+            broker: str = "redis://127.0.0.1:6379/0", kill_offset_ms: float | None = None,
+            log=lambda _: None) -> dict:
+    """The hub part: two reference hub processes (master ``hub-a`` and backup ``hub-b``, the same ``groups``
+    entities of 10 keys), ``groups`` groups on the master in a master/backup set (failback after
+    ``HUB_FAILBACK_S``), a child process executing every group's tick each ``period`` (``hub_tick``) for at least
+    ``seconds``; ``kills`` times the master is killed with ``kill -9`` (by its pid) at a random moment (``seed``),
+    and, before a next kill, started again on its port and waited for until it serves a tick again. With
+    ``kill_offset_ms`` that moment is moved to ``kill_offset_ms`` after the next tick's start (the runner starts
+    each batch on the grid of multiples of ``period``), to kill the master while a batch's reads are under way.
+
+    Returns ``{"params", **hub_analyse(...)}`` (see there); raises RuntimeError when a process does not start or
+    the master is not failed back to within 60 s."""
+    from hubsched.bench.e2e import _free_ports, _wait_for_ports, stop
+
+    work = Path(tempfile.mkdtemp(prefix="hubsched-failover-hub-"))
+    env = {**_env(work, broker, f"hubsched-bench-failover-h-{os.getpid()}"), "LOG_LEVEL": "WARNING"}
+    rng = random.Random(seed)
+    ports = _free_ports(2)
+    hubs: dict[str, subprocess.Popen] = {}
+    ticker = None
+    events, stop_file = work / "ticks.jsonl", work / "stop"
+    kill_log: list[dict] = []
+    try:
+        log(f"failover hub: migrating a throwaway database in {work}")
+        check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
+        log(f"failover hub: {groups} groups of {HUB_KEYS} keys on a master/backup set, period {period} s")
+        spec = {"groups": groups, "period": period, "ports": ports, "failback_after_s": HUB_FAILBACK_S}
+        check([sys.executable, "-m", "hubsched.bench.failover", "hub-populate", json.dumps(spec)], env)
+        for name, port in zip(("hub-a", "hub-b"), ports):
+            hubs[name] = _start_hub(env, work, name, port, groups, 0)
+        _wait_for_ports(ports, [hubs["hub-a"], hubs["hub-b"]])
+        with open(work / "ticker.log", "w") as out:
+            ticker = subprocess.Popen([sys.executable, "-m", "hubsched.bench.failover", "hub-tick", str(events),
+                                       str(stop_file), str(period)], env=env, cwd=ROOT, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        _wait(lambda: len(_events(events)) >= 3, 60, "the tick runner executed no batch", ticker)
+        started = time.time()
+        segment = seconds / max(1, kills)
+        for k in range(kills):
+            begun = time.time()
+            moment = begun + rng.uniform(0.25, 0.75) * segment
+            if kill_offset_ms is not None:
+                moment = (moment // period + 1) * period + kill_offset_ms / 1000.0
+            time.sleep(max(0.0, moment - time.time()))
+            master = hubs["hub-a"]
+            at = time.time()
+            os.kill(master.pid, signal.SIGKILL)
+            master.wait()
+            log(f"failover hub: kill -9 of the master hub (pid {master.pid})")
+            kill = {"at": at, "pid": master.pid}
+            kill_log.append(kill)
+            if k == kills - 1:
+                break
+            time.sleep(2 * period)
+            hubs["hub-a"] = _start_hub(env, work, "hub-a", ports[0], groups, k + 1)
+            _wait_for_ports(ports[:1], [hubs["hub-a"]])
+            kill["restarted_at"] = time.time()
+            _wait(lambda: any(row[3] > kill["restarted_at"] and any(o[1] == "hub-a" and not o[2] for o in row[4])
+                              for row in _events(events)), 60, "the set did not fail back to the master", ticker)
+            log(f"failover hub: failed back to the restarted master after {time.time() - kill['restarted_at']:.1f} s")
+        time.sleep(max(0.0, started + seconds - time.time(), at + 5 * period - time.time()))
+        stop_file.touch()
+        ticker.wait(60)
+        rows = _events(events)
+    finally:
+        if ticker is not None and ticker.poll() is None:
+            ticker.kill()
+            ticker.wait()
+        for process in hubs.values():
+            stop(process, group=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"params": {"groups": groups, "keys": HUB_KEYS, "period": period, "kills": kills, "seconds": seconds,
+                       "failback_after_s": HUB_FAILBACK_S, "kill_offset_ms": kill_offset_ms,
+                       "executor": "groups.execution.execute_batch(expire=True)"},
+            **hub_analyse(rows, kill_log, groups=groups, period=period, started=started)}
+
+
+def hub_analyse(rows: list[list], kills: list[dict], *, groups: int, period: float, started: float | None = None,
+                master: str = "hub-a", backup: str = "hub-b") -> dict:
+    """Count the hub part's tick outcomes.
+
+    ``rows``: the tick runner's batches, ``["batch", tick (epoch s), started, finished (epoch s), [[group id,
+    serving hub's name ("" for the group's hub), error ("" when ok)], ...]]``; ``kills``: ``[{"at": epoch s,
+    "restarted_at": epoch s (when the master was started again; absent after the last kill)}]``, in order.
+    The expected ticks are every group's tick on the grid from the first batch's tick to the last's, every
+    ``period`` s. A tick belongs to the kill it follows: an executed one when its batch finished at or after the
+    kill (and before the next kill), a tick not executed when its tick time is at or after the kill.
+
+    Returns ``{"ticks_lost_to_hub_failover": failed or not executed from a kill on, "ticks_expected",
+    "ok_master", "ok_backup", "failed", "not_executed", "failover_ticks": ok ticks served by the backup,
+    "failed_before_kill", "errors": {error text: count}, "kills": [{"at_s": seconds after ``started``, "lost",
+    "failed", "not_executed", "ok_backup", "first_backup_s": kill to when the first backup-served tick finished
+    (s), "first_backup_tick_s": that tick's time minus the kill (s, negative for a tick under way at the kill),
+    "failback_s": restart to when the first master-served tick after it finished (s), "in_batch": whether the
+    kill fell while a batch was executing}], "batch_ms": {"p50", "max"}: how long a batch took}``; times to the
+    ms, None without data."""
+    ats = [k["at"] for k in kills]
+
+    def kill_of(when: float) -> int | None:
+        index = None
+        for i, at in enumerate(ats):
+            if when >= at:
+                index = i
+        return index
+
+    per_kill = [{"lost": 0, "failed": 0, "not_executed": 0, "ok_backup": 0, "first": None, "failback": None}
+                for _ in kills]
+    counts = Counter()
+    errors: Counter = Counter()
+    seen: set[tuple[int, float]] = set()
+    for _, t, _started, finished, outcomes in rows:
+        owner = kill_of(finished)
+        for gid, served, error in outcomes:
+            seen.add((gid, round(t, 6)))
+            if error:
+                counts["failed"] += 1
+                errors[error] += 1
+                if owner is None:
+                    counts["failed_before_kill"] += 1
+                else:
+                    per_kill[owner]["failed"] += 1
+                continue
+            counts["ok_backup" if served == backup else "ok_master"] += 1
+            if owner is None:
+                continue
+            slot = per_kill[owner]
+            if served == backup:
+                slot["ok_backup"] += 1
+                if slot["first"] is None or finished < slot["first"][0]:
+                    slot["first"] = (finished, t)
+            restarted = kills[owner].get("restarted_at")
+            if served in (master, "") and restarted is not None and finished > restarted:
+                if slot["failback"] is None or finished < slot["failback"]:
+                    slot["failback"] = finished
+    grid = []
+    if rows:
+        first, last = min(r[1] for r in rows), max(r[1] for r in rows)
+        k = 0
+        while first + k * period <= last + 1e-6:
+            grid.append(round(first + k * period, 6))
+            k += 1
+    not_executed = 0
+    for t in grid:
+        owner = kill_of(t)
+        for gid in range(1, groups + 1):
+            if (gid, t) not in seen:
+                not_executed += 1
+                if owner is not None:
+                    per_kill[owner]["not_executed"] += 1
+    base = started if started is not None else (ats[0] if ats else 0.0)
+    out_kills = []
+    for kill, slot in zip(kills, per_kill):
+        lost = slot["failed"] + slot["not_executed"]
+        first = slot["first"]
+        out_kills.append({
+            "at_s": round(kill["at"] - base, 3), "lost": lost,
+            "in_batch": any(r[2] <= kill["at"] <= r[3] for r in rows), "failed": slot["failed"],
+            "not_executed": slot["not_executed"], "ok_backup": slot["ok_backup"],
+            "first_backup_s": round(first[0] - kill["at"], 3) if first else None,
+            "first_backup_tick_s": round(first[1] - kill["at"], 3) if first else None,
+            "failback_s": (round(slot["failback"] - kill["restarted_at"], 3) if slot["failback"] is not None else None)
+            if "restarted_at" in kill else None,
+        })
+    return {
+        "ticks_lost_to_hub_failover": sum(k["lost"] for k in out_kills),
+        "ticks_expected": groups * len(grid),
+        "ok_master": counts["ok_master"], "ok_backup": counts["ok_backup"], "failed": counts["failed"],
+        "not_executed": not_executed, "failover_ticks": counts["ok_backup"],
+        "failed_before_kill": counts["failed_before_kill"],
+        "errors": dict(errors.most_common(10)), "kills": out_kills,
+        "batch_ms": {"p50": percentile(sorted(((r[3] - r[2]) * 1000.0, 1) for r in rows), 0.5),
+                     "max": round(max((r[3] - r[2]) * 1000.0 for r in rows), 1) if rows else None},
+    }
+
+
+def _start_hub(env: dict, work: Path, name: str, port: int, entities: int, generation: int) -> subprocess.Popen:
+    """A reference hub process (``manage.py hubsim``, one process: its pid is the server's) with ``entities``
+    entities ``bench/e<n>`` of ``HUB_KEYS`` keys."""
+    with open(work / f"{name}-{generation}.log", "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "hubsim", "--port", str(port), "--name", name,
+             "--tree", f"bench:{entities}:{HUB_KEYS}"],
+            env={**env, "HUBSIM_KEY": HUB_KEY}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+
+def hub_populate(spec: dict) -> None:
+    """The hub part's rows: a project, a master/backup set of the two hubs on ``spec["ports"]``, and
+    ``spec["groups"]`` groups on the master, group n (from 1) reading ``HUB_KEYS`` keys of entity ``bench/e<n-1>``."""
+    from django.conf import settings
+    from django.db import transaction
+
+    from groups.models import Group, GroupKey
+    from hubs.models import Hub, Project, RedundancySet
+
+    with transaction.atomic():
+        project = Project.objects.create(name="failover", time_zone=settings.TIME_ZONE)
+        rset = RedundancySet.objects.create(project=project, name="hubs", failback_after_s=spec["failback_after_s"])
+        master, backup = (Hub.objects.create(project=project, name=name, url=f"ws://127.0.0.1:{port}/connect",
+                                             api_key=HUB_KEY, redundancy_set=rset, redundancy_priority=priority)
+                          for priority, (name, port) in enumerate(zip(("hub-a", "hub-b"), spec["ports"])))
+        Group.objects.bulk_create([Group(id=i + 1, hub=master, name=f"g{i + 1}", period=spec["period"])
+                                   for i in range(spec["groups"])])
+        GroupKey.objects.bulk_create([GroupKey(group_id=i + 1, entity=f"bench/e{i}", key=f"k{n:03d}", position=n)
+                                      for i in range(spec["groups"]) for n in range(HUB_KEYS)])
+
+
+def hub_tick(events: str, stop_file: str, period: str) -> None:
+    """Execute every group's tick each ``period`` s, on the grid of multiples of it, through
+    ``groups.execution.execute_batch(expire=True)``, until ``stop_file`` exists; one row per batch in ``events``
+    (see ``hub_analyse``), line by line. A batch that ends late does not skip ticks: the next ones run at once
+    (and fail as expired if they are)."""
+    import math
+    from datetime import timezone
+
+    from groups.execution import execute_batch
+    from groups.models import Group
+
+    step = float(period)
+    groups = list(Group.objects.select_related("hub__project", "script").prefetch_related("keys").order_by("pk"))
+    handle = open(events, "a", buffering=1)
+    t = (math.floor(time.time() / step) + 1) * step
+    while not os.path.exists(stop_file):
+        delay = t - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        begun = time.time()
+        outcomes = execute_batch(ticks=[(g, datetime.fromtimestamp(t, tz=timezone.utc)) for g in groups], expire=True)
+        handle.write(json.dumps(["batch", t, begun, time.time(), [
+            [o.group.pk, o.served_by.name if o.served_by is not None else "", o.error] for o in outcomes]]) + "\n")
+        t += step
+
+
 # --- subprocess entry point: the worker stub ---------------------------------------------------------
 
 
@@ -628,5 +910,15 @@ if __name__ == "__main__":
 
         django.setup()
         work(*rest)
+    elif command == "hub-populate":
+        import django
+
+        django.setup()
+        hub_populate(json.loads(rest[0]))
+    elif command == "hub-tick":
+        import django
+
+        django.setup()
+        hub_tick(*rest)
     else:
         raise SystemExit(f"unknown command {command!r}")
