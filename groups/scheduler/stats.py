@@ -81,12 +81,19 @@ def group_stats_update(*, where: Q, group_ids: Sequence[int], updates: dict) -> 
         update=lambda: rows.update(**updates),
         present=lambda: set(rows.values_list("group_id", flat=True)),
         group_ids=group_ids,
+        lock=lambda: list(rows.order_by("group_id").select_for_update().values_list("group_id", flat=True)),
     )
 
 
-def _update_making_rows(*, update: Callable[[], int], present: Callable[[], set[int]], group_ids: Sequence[int]) -> int:
+def _update_making_rows(*, update: Callable[[], int], present: Callable[[], set[int]], group_ids: Sequence[int],
+                        lock: Callable[[], object]) -> int:
     """Run ``update()`` (returns the rows it matched) over the GroupStats rows of ``group_ids``, making
     the missing rows of groups that still exist; returns statements run.
+
+    ``lock()`` first locks those rows in group id order (``SELECT ... ORDER BY group_id FOR UPDATE``; nothing
+    on SQLite, whose writers take the whole file): one multi-row UPDATE locks its rows in the order it scans
+    them, which two writers need not share, and PostgreSQL then broke concurrent writers with "deadlock
+    detected" (groups/tests/test_runs_record.py, four writers). In one order no two writers wait on each other.
 
     The rule that keeps concurrent writers right: an UPDATE that finds rows missing is rolled back,
     the rows are made (``ignore_conflicts``: another writer may make them at the same time), and the
@@ -95,18 +102,26 @@ def _update_making_rows(*, update: Callable[[], int], present: Callable[[], set[
     """
     from groups.models import Group, GroupStats
 
-    with transaction.atomic(using=router.db_for_write(GroupStats)):
+    using = router.db_for_write(GroupStats)
+    locks = connections[using].features.has_select_for_update
+    with transaction.atomic(using=using):
+        if locks:
+            lock()
         if update() >= len(group_ids):
-            return 1
+            return 2 if locks else 1
         transaction.set_rollback(True)
     have = present()
     missing = [g for g in group_ids if g not in have]
-    statements = 2
+    statements = 4 if locks else 2
     for start in range(0, len(missing), CHUNK):
         alive = Group.objects.filter(pk__in=missing[start : start + CHUNK]).values_list("pk", flat=True)
         GroupStats.objects.bulk_create([GroupStats(group_id=g) for g in alive], ignore_conflicts=True)
         statements += 2
-    update()
+    with transaction.atomic(using=using):
+        if locks:
+            lock()
+            statements += 1
+        update()
     return statements + 1
 
 
@@ -201,7 +216,9 @@ def group_stats_add_runs(*, totals: Mapping[int, RunTotals]) -> int:
             continue
         select = f"SELECT {group_id} FROM {table} WHERE {group_id} IN ({', '.join(['%s'] * len(chunk))})"
         statements += _update_making_rows(update=partial(_rowcount, connection, sql, params),
-                                          present=partial(_first_column, connection, select, chunk), group_ids=chunk)
+                                          present=partial(_first_column, connection, select, chunk), group_ids=chunk,
+                                          lock=partial(_first_column, connection,
+                                                       f"{select} ORDER BY {group_id} FOR UPDATE", chunk))
     return statements
 
 
