@@ -197,14 +197,7 @@ def _beat_run(*, groups: int, hubs: int, period: float, kills: int, broker: str,
         time.sleep(2 * period + 1)
         ended = time.time()
     finally:
-        for process, _ in beats.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in beats.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop_all([process for process, _ in beats.values()])
         if consumer is not None:
             time.sleep(1.5)  # what the last round sent is still on its way
             consumer.send_signal(signal.SIGTERM)
@@ -386,14 +379,7 @@ def worker_run(*, groups: int, hubs: int, period: float, kills: int, broker: str
                 beat[0].wait(30)
             except subprocess.TimeoutExpired:
                 beat[0].kill()
-        for process, _ in workers.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in workers.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop_all([process for process, _ in workers.values()])
         delete_queue(broker, tag)
         _drop_keys(broker, tag)
     try:
@@ -529,6 +515,18 @@ def _env(work: Path, broker: str, tag: str) -> dict:
         "LOG_LEVEL": "INFO",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+
+
+def _stop_all(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, then wait up to 30 s each; SIGKILL one that does not stop."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _start_beat(env: dict, work: Path, slot: int, generation: int) -> tuple[subprocess.Popen, Path]:
