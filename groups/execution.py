@@ -88,7 +88,9 @@ class Outcome:
 
 
 def client_for(hub: Hub) -> HubClient:
-    """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub), refusing
+    """The process-wide persistent client of ``hub`` (hub protocol v1: one connection per hub), with at most the
+    hub's ``max_in_flight`` calls in flight (what it accepts; HUBSCHED_HUB_MAX_IN_FLIGHT is a site-wide ceiling,
+    1024 by default; a changed limit applies to the shared client from this batch on: issue 19), refusing
     frames over the hub's ``max_frame_bytes`` (default the setting HUBSCHED_HUB_MAX_FRAME_BYTES), and reaching
     a wss:// hub with its TLS settings (``Hub.tls_options()``: CA bundle, client certificate, verification)."""
     return hub_client(

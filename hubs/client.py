@@ -629,11 +629,68 @@ class _TlsConnection:
                 pass
 
 
-class _Pending:
-    __slots__ = ("future", "deadline", "method", "on_result")
+class _Slots:
+    """A client's in-flight slots: at most ``limit`` taken at once (hub protocol v1: a hub answers 429 past its own
+    limit). Unlike a semaphore the limit can change while calls are in flight (``resize``): a larger one lets the
+    waiting calls go at once; a smaller one lets no new call go until enough answers have come back, so the calls
+    in flight never exceed the limit in force when each was sent. ``peak`` is the most ever taken at once
+    (``reset_peak()`` starts it anew). As cheap per call as ``threading.BoundedSemaphore`` (one lock, one
+    condition), and ``take_more`` takes a batch's extra slots under one lock acquisition."""
 
-    def __init__(self, future: Future, deadline: float, method: str, on_result: Callable | None):
+    __slots__ = ("_cond", "limit", "taken", "peak")
+
+    def __init__(self, limit: int):
+        self._cond = threading.Condition(threading.Lock())
+        self.limit, self.taken, self.peak = limit, 0, 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Take one slot, waiting at most ``timeout`` seconds; whether one was taken."""
+        with self._cond:
+            if self.taken >= self.limit:
+                end = time.monotonic() + timeout
+                while self.taken >= self.limit:
+                    left = end - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left) and self.taken >= self.limit:
+                        return False
+            self.taken += 1
+            if self.taken > self.peak:
+                self.peak = self.taken
+            return True
+
+    def take_more(self, wanted: int) -> int:
+        """Take up to ``wanted`` more slots without waiting; how many were taken."""
+        with self._cond:
+            n = max(0, min(wanted, self.limit - self.taken))
+            self.taken += n
+            if self.taken > self.peak:
+                self.peak = self.taken
+            return n
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            if n > self.taken:
+                raise ValueError("in-flight slots released more often than taken")
+            self.taken -= n
+            self._cond.notify(n)
+
+    def reset_peak(self) -> None:
+        with self._cond:
+            self.peak = self.taken
+
+    def resize(self, limit: int) -> None:
+        with self._cond:
+            grew = limit > self.limit
+            self.limit = limit
+            if grew:
+                self._cond.notify_all()
+
+
+class _Pending:
+    __slots__ = ("future", "deadline", "method", "on_result", "frame")
+
+    def __init__(self, future: Future, deadline: float, method: str, on_result: Callable | None, frame: str | None = None):
         self.future, self.deadline, self.method, self.on_result = future, deadline, method, on_result
+        self.frame = frame  # the request's JSON, to send it again after a 429
 
 
 def _settle(future: Future, *, result=None, error: BaseException | None = None) -> None:
@@ -723,7 +780,7 @@ class HubClient:
         self._shown = url_mask(url)  # what messages and logs name: no user:password@, no ?token=
         self._key = key
         self.timeout = timeout
-        self.max_in_flight = max_in_flight
+        self._max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.tls = tls if tls is not None else TlsOptions()
         self._secure = url.strip().lower().startswith("wss://")
@@ -736,7 +793,9 @@ class HubClient:
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()          # guards _ws, _pending, _subs, _methods
         self._connect_lock = threading.Lock()  # one connection attempt at a time
-        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._slots = _Slots(self._max_in_flight)
+        self._refused_at: int | None = None  # calls in flight when the hub last answered 429 (this connection)
+        self._refused: collections.deque = collections.deque()  # (id, _Pending, HubError) to send again after a 429
         self._ws: websocket.WebSocket | None = None
         self._pending: dict[int, _Pending] = {}
         self._subs: dict[str, tuple[Callable, Callable | None]] = {}
@@ -748,6 +807,43 @@ class HubClient:
 
     def __repr__(self) -> str:
         return f"<HubClient {self._shown}>"
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most calls waiting for answers at once on the connection (the hub's ``max_in_flight``: what it
+        accepts). Settable while calls are in flight: a larger limit lets waiting calls go at once; a smaller one
+        holds new calls until fewer than it are in flight. Raises ValueError below 1."""
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._max_in_flight = limit
+        self._slots.resize(self._in_flight_limit())
+
+    def _in_flight_limit(self) -> int:
+        refused = self._refused_at
+        return self._max_in_flight if refused is None else min(self._max_in_flight, refused)
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The limit in force: ``max_in_flight``, or less on a connection where the hub answered 429 (too many
+        requests in flight) at fewer calls than that (see ``_in_flight_refused``)."""
+        return self._slots.limit
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent and not yet answered, failed or expired (each holds a slot)."""
+        return self._slots.taken
+
+    @property
+    def in_flight_peak(self) -> int:
+        """The most calls in flight at once since the client was made (or ``in_flight_peak_reset()``)."""
+        return self._slots.peak
+
+    def in_flight_peak_reset(self) -> None:
+        self._slots.reset_peak()
 
     def __enter__(self) -> "HubClient":
         return self
@@ -845,11 +941,9 @@ class HubClient:
         method = requests[0][1]
         if self._closed:
             raise HubError(f"{method}: the client is closed", "connection")
-        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise HubError(f"{method}: {self.max_in_flight} calls already in flight to {self._shown}", "timeout")
-        slots = 1
-        while slots < len(requests) and self._slots.acquire(blocking=False):
-            slots += 1
+        if not self._slots.acquire(max(0.0, deadline - time.monotonic())):
+            raise HubError(f"{method}: {self._slots.limit} calls already in flight to {self._shown}", "timeout")
+        slots = 1 + (self._slots.take_more(len(requests) - 1) if len(requests) > 1 else 0)
         registered: list[int] = []
         try:
             ws = self._ensure_connected(deadline, method)
@@ -863,12 +957,12 @@ class HubClient:
                     _settle(future, error=exc)
                     continue
                 frames.append(frame)
-                batch.append((rid, future, method))
+                batch.append((rid, future, method, frame))
             with self._lock:
                 if self._ws is not ws:
                     raise HubError(f"{method}: connection to {self._shown} lost", "connection")
-                for rid, future, method in batch:
-                    self._pending[rid] = _Pending(future, deadline, method, on_result)
+                for rid, future, method, frame in batch:
+                    self._pending[rid] = _Pending(future, deadline, method, on_result, frame)
                     future.hub_id, future.hub_deadline = rid, deadline
                     registered.append(rid)
             if batch:
@@ -879,8 +973,8 @@ class HubClient:
                 except Exception as exc:
                     self._connection_lost(ws, exc)
         finally:
-            for _ in range(slots - len(registered)):
-                self._slots.release()
+            if slots > len(registered):
+                self._slots.release(slots - len(registered))
         return slots
 
     def _encode(self, rid: int, method: str, params: dict | None) -> str:
@@ -916,16 +1010,52 @@ class HubClient:
             if pending.method == "subscribe":
                 self._late_subscribes.add(rid)  # unsubscribe if its answer turns up after all
             _settle(pending.future, error=HubError(f"{pending.method}: no answer from {self._shown} in time", "timeout"))
+        elif self._refused:
+            with self._lock:
+                refused = next((r for r in self._refused if r[0] == rid), None)
+                if refused is not None:
+                    self._refused.remove(refused)
+            if refused is not None:
+                _settle(refused[1].future, error=refused[2])  # still refused at its deadline: the hub's 429
 
     def _expire_due(self) -> bool:
-        """Fail overdue calls; returns whether calls are still pending."""
+        """Fail overdue calls and send again those a 429 refused; returns whether calls are still pending."""
         now = time.monotonic()
         with self._lock:
             due = [rid for rid, p in self._pending.items() if p.deadline <= now]
-            busy = len(self._pending) > len(due)
+            busy = len(self._pending) > len(due) or bool(self._refused)
         for rid in due:
             self._expire(rid)
+        if self._refused:
+            self._refused_send()
         return busy
+
+    def _refused_send(self) -> None:
+        """Send again, in order, the calls the hub refused with 429 while it held others, as slots free up under
+        the lowered limit (the sweeper calls it every 50 ms while any wait); one whose deadline has passed fails with
+        its 429. The hub did not run a refused call (hub protocol v1: 429, retry later), so a write is sent again too.
+        Each keeps its id (free again: its answer came) and its deadline."""
+        now = time.monotonic()
+        late, frames = [], []
+        with self._lock:
+            ws = self._ws
+            while self._refused:
+                rid, pending, error = self._refused[0]
+                if pending.deadline <= now or ws is None:
+                    late.append(self._refused.popleft())
+                    continue
+                if not self._slots.take_more(1):
+                    break
+                self._refused.popleft()
+                self._pending[rid] = pending
+                frames.append(pending.frame)
+        for _, pending, error in late:
+            _settle(pending.future, error=error)
+        if frames:
+            try:
+                ws.send_raw(b"".join(ws_frame(frame) for frame in frames))
+            except Exception as exc:
+                self._connection_lost(ws, exc)
 
     # -- connection
 
@@ -1011,10 +1141,14 @@ class HubClient:
                 return
             self._ws = None
             pending, self._pending = self._pending, {}
+            refused, self._refused = self._refused, collections.deque()
             subs, self._subs = self._subs, {}
             self._methods = None
             self._failures += 1
             self._retry_at = time.monotonic() + self._backoff()
+            if self._refused_at is not None:  # a 429's limit is the connection's (hub protocol v1)
+                self._refused_at = None
+                self._slots.resize(self._max_in_flight)
             hub_close = getattr(ws, "hub_close", None)  # the hub's close code and reason say why
             if hub_close is not None:
                 self._last_error = self._redact(close_description(hub_close))
@@ -1032,6 +1166,9 @@ class HubClient:
                         self._shown, self._last_error, len(pending), len(subs))
         for pending_call in pending.values():
             self._slots.release()
+            _settle(pending_call.future, error=HubError(
+                f"{pending_call.method}: connection to {self._shown} lost ({self._last_error})", "connection"))
+        for _, pending_call, _ in refused:  # waiting to be sent again after a 429: they hold no slot
             _settle(pending_call.future, error=HubError(
                 f"{pending_call.method}: connection to {self._shown} lost ({self._last_error})", "connection"))
         for sub_id, (_, on_end) in subs.items():
@@ -1107,7 +1244,34 @@ class HubClient:
         else:
             error = HubError(f"{pending.method}: the answer has neither result nor error", "protocol")
         pending.future.hub_frame_bytes = frame_bytes  # bounds every value in it (groups.execution)
+        if error is not None and error.code == 429 and self._in_flight_refused(rid) and pending.frame is not None \
+                and time.monotonic() < pending.deadline:
+            with self._lock:
+                self._refused.append((rid, pending, error))  # sent again by the sweeper when a slot is free
+            _SWEEPER.watch(self)
+            return
         _settle(pending.future, result=msg.get("result"), error=error)
+
+    def _in_flight_refused(self, rid: int) -> bool:
+        """The hub answered call ``rid`` with 429 (hub protocol v1: too many requests in flight on this connection):
+        keep to the number it held then, on this connection. Every call sent before ``rid`` and not answered yet was
+        in flight at the hub when it refused ``rid`` (answers come in the order the hub sends them, and it refused at
+        once), and every call it held then was sent before ``rid``: so their number is the hub's limit (a bound below
+        it if the hub counts other clients' calls too). The limit comes back to ``max_in_flight`` on the next
+        connection. Returns whether the hub held any: a 429 with none of ours in flight says nothing of our count
+        (the limit is left alone, and the call fails with it rather than being sent again)."""
+        with self._lock:
+            held = sum(1 for other in self._pending if isinstance(other, int) and other < rid)
+        if held == 0:
+            return False
+        limit = held
+        if limit < self._slots.limit:
+            self._refused_at = limit
+            self._slots.resize(self._in_flight_limit())
+            log.warning("hub %s refused a call with 429 at %d calls in flight: keeping to %d in flight on this "
+                        "connection (its max_in_flight is %d; set it to what the hub accepts)",
+                        self._shown, held, self._slots.limit, self._max_in_flight)
+        return True
 
     def _error(self, err, method: str) -> HubError:
         """The HubError of an answer's ``error``. A malformed one keeps the code it states, so a malformed 401
@@ -1334,8 +1498,11 @@ def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int =
 
     Connections live as long as the worker process and are shared by its threads. After
     os.fork() the child starts with an empty pool (it never reuses the parent's sockets).
-    `timeout` and `max_in_flight` apply when the client is created; `max_frame_bytes` (bytes;
-    None: the setting HUBSCHED_HUB_MAX_FRAME_BYTES, 16 MiB) to every connection made after the call.
+    `timeout` applies when the client is created. `max_in_flight` (the hub's: what it accepts in flight on one
+    connection) applies from the call on, to the shared client too: a hub whose limit was raised or lowered
+    (in the admin, say) gets it at its next batch, without a worker restart (``HubClient.max_in_flight``).
+    `max_frame_bytes` (bytes; None: the setting HUBSCHED_HUB_MAX_FRAME_BYTES, 16 MiB) applies to every
+    connection made after the call.
     `tls` (`TlsOptions`, default: system CA store, verification on) is part of the pool's key: changed
     TLS settings get a new client and connection.
     """
@@ -1347,8 +1514,11 @@ def hub_client(url: str, key: str, *, timeout: float = 5.0, max_in_flight: int =
         if client is None or client._closed:
             client = _POOL[(url, key, tls)] = HubClient(url, key, timeout=timeout, max_in_flight=max_in_flight,
                                                         max_frame_bytes=max_frame_bytes, tls=tls)
-        elif client.max_frame_bytes != max_frame_bytes:
-            client.max_frame_bytes = max_frame_bytes
+        else:
+            if client.max_frame_bytes != max_frame_bytes:
+                client.max_frame_bytes = max_frame_bytes
+            if client.max_in_flight != max_in_flight:
+                client.max_in_flight = max_in_flight
         return client
 
 

@@ -203,7 +203,7 @@ def document_import(
                 "url": data["url"],
                 "api_key": data.get("api_key", ""),
                 "timeout": float(data.get("timeout", 5.0)),
-                "max_in_flight": data.get("max_in_flight", 32),
+                "max_in_flight": data.get("max_in_flight", 128),
                 "max_frame_bytes": data.get("max_frame_bytes"),
                 "max_value_bytes": data.get("max_value_bytes"),
                 "tls_ca_bundle": data.get("tls_ca_bundle", ""),

@@ -291,7 +291,7 @@ def test_optional_fields_take_the_model_defaults():
     project = project_import(raw=text(doc)).project
     assert project.time_zone == "UTC"
     hub = Hub.objects.get(project=project)
-    assert (hub.api_key, hub.timeout, hub.max_in_flight, hub.enabled) == ("", 5.0, 32, True)
+    assert (hub.api_key, hub.timeout, hub.max_in_flight, hub.enabled) == ("", 5.0, 128, True)
     group = Group.objects.get(hub=hub)
     assert (group.period, group.offset, group.enabled, group.script) == (10.0, 0.0, True, None)
 
