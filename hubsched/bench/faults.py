@@ -50,7 +50,7 @@ What is counted, for the due ticks ``[t0, t1)`` (every group, every ``period``):
 - ``held_at_kill`` (worker_kill): the dead worker's messages still unacknowledged in Redis at the restart
   (present right after the kill and at the restart; their payloads name their ticks), the ticks in them, those
   of groups it did not lock (``not_started_ticks``: never read), and its locks: they come back only after the
-  broker's ``visibility_timeout`` (kombu's default 1 h unless ``--broker-option visibility_timeout=S``).
+  broker's ``visibility_timeout`` (the shipped 30 s, hubsched/settings.py, unless ``--broker-option visibility_timeout=S``).
   ``broker_at_end``: messages of the queue still waiting or unacknowledged when the drain ended.
 - ``catch_up_s``: ``caught_at`` minus the restart (sink_outage: the moment ``pg_ctl start -w`` returned).
   ``backlog_records``: the log's last offset at the restart minus the sink's committed offset then.
