@@ -576,7 +576,8 @@ def _with_driver(url: str) -> str:
 
 
 def populate(spec: dict) -> None:
-    """Project, hubs, groups (one entity of ``keys`` keys each), a sink, and the stock path's PeriodicTasks."""
+    """Project, hubs, groups (one entity of ``keys`` keys each), a sink, and the stock path's PeriodicTasks. The hubs
+    are at ``spec["hub_host"]`` (default 127.0.0.1) on ``spec["ports"]``."""
     import django
 
     django.setup()
@@ -593,7 +594,8 @@ def populate(spec: dict) -> None:
         project = Project.objects.create(name="e2e", time_zone=settings.TIME_ZONE)
         Sink.objects.create(id=spec.get("sink_id"), project=project, name="bench", url=spec["sink"], table="e2e_pending")
         hub_rows = Hub.objects.bulk_create([
-            Hub(project=project, name=f"hub{i}", url=f"ws://127.0.0.1:{port}/connect", api_key=API_KEY)
+            Hub(project=project, name=f"hub{i}", url=f"ws://{spec.get('hub_host', '127.0.0.1')}:{port}/connect",
+                api_key=API_KEY)
             for i, port in enumerate(spec["ports"])
         ])
         if float(period).is_integer():

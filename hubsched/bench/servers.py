@@ -20,9 +20,14 @@ def postgres_program(name: str) -> str | None:
 class OwnPostgres:
     """A PostgreSQL cluster of our own in a temporary directory on ``port``, run as the postgres user when we
     are root; ``start()`` (again after ``kill()``), ``kill()`` (SIGKILL of its postmaster, by pid), ``close()``
-    (kill and remove). ``url`` is its SQLAlchemy URL. Raises RuntimeError when the programs are missing."""
+    (kill and remove). ``url`` is its SQLAlchemy URL. Raises RuntimeError when the programs are missing.
 
-    def __init__(self, *, port: int, fsync: bool = False) -> None:
+    ``host`` is the address it listens on; ``trust`` a network (``10.77.3.0/24``) whose clients it lets in without a
+    password, besides this machine; ``wrap`` a command prefix ``pg_ctl start`` runs under (``ip netns exec NS``: the
+    server then lives in that network namespace)."""
+
+    def __init__(self, *, port: int, fsync: bool = False, host: str = "127.0.0.1", trust: str | None = None,
+                 wrap: list[str] | None = None) -> None:
         self.initdb, self.pg_ctl = postgres_program("initdb"), postgres_program("pg_ctl")
         if not self.initdb or not self.pg_ctl:
             raise RuntimeError("the PostgreSQL programs initdb and pg_ctl are not installed")
@@ -33,12 +38,16 @@ class OwnPostgres:
             shutil.chown(self.data, "postgres")
         subprocess.run([*self.as_postgres, self.initdb, "-D", self.data, "-A", "trust", "-U", "postgres"],
                        check=True, capture_output=True)
+        if trust:
+            with open(f"{self.data}/pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {trust} trust\n")
+        self.host, self.wrap = host, list(wrap or [])
         self.pid: int | None = None
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        self.url = f"postgresql+psycopg2://postgres@{host}:{port}/postgres"
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1" + ("" if self.fsync else " -c fsync=off")
-        subprocess.run([*self.as_postgres, self.pg_ctl, "start", "-D", self.data, "-w", "-l", f"{self.data}/log",
+        options = f"-p {self.port} -k {self.data} -c listen_addresses={self.host}" + ("" if self.fsync else " -c fsync=off")
+        subprocess.run([*self.wrap, *self.as_postgres, self.pg_ctl, "start", "-D", self.data, "-w", "-l", f"{self.data}/log",
                         "-o", options], check=True, capture_output=True)
         with open(f"{self.data}/postmaster.pid") as pidfile:
             self.pid = int(pidfile.readline())
