@@ -46,7 +46,7 @@ class Scheduler(beat.Scheduler):
         self._stop = threading.Event()
         self.stats = StatsBuffer()
         self.subscriptions = subscriptions if subscriptions is not None else Subscriptions(self.post_event)
-        self.publisher = BatchPublisher(app, lambda: self.producer)
+        self.publisher = BatchPublisher(app, lambda: self.producer, spec_of=lambda gid: self.engine.specs.get(gid))
         self.leadership = leadership if leadership is not None else leadership_for_beat()
         self.leadership.on_change = self._leadership_changed
         self._fence: list[int] | None = None  # the round being sent

@@ -48,6 +48,26 @@ class BatchOutcome:
     requeue: list | None = None  # ticks to send again after ``countdown`` (the hub gate was full, or far too early)
     countdown: float = 0.0
     refused: bool = False  # its beat round was fenced off (``groups.scheduler.leader``): the new leader sends its ticks
+    # of the runs in ``ran``, as ``execute`` returned them (GroupRuns; an ``execute`` that returns None counts none)
+    ok: int = 0
+    failed: int = 0  # with the ticks of a chunk whose execution raised (``untaken`` "failed")
+    killed: int = 0
+    values: int = 0  # values acquired by the ok runs, durable in the log (the sinks' forwarders store them)
+
+    def summary(self) -> dict:
+        """The batch's outcome in counts of group ticks: the task's return value, which Flower shows (docs/flower.md).
+
+        ``{"ran", "ok", "failed", "killed", "skipped", "missed", "values"}`` (``ran`` = ok + failed + killed as
+        executed), plus ``"requeued"`` (ticks sent back, ``"countdown_s"`` later) or ``"refused": True``.
+        """
+        if self.refused:
+            return {"refused": True}
+        out = {"ran": len(self.ran), "ok": self.ok, "failed": self.failed, "killed": self.killed,
+               "skipped": len(self.skipped), "missed": len(self.missed), "values": self.values}
+        if self.requeue:
+            out["requeued"] = sum(len(tick[3]) for tick in self.requeue)
+            out["countdown_s"] = round(self.countdown, 3)
+        return out
 
 
 def round_robin(gids: list[int], rr: int) -> list[int]:
@@ -58,14 +78,27 @@ def round_robin(gids: list[int], rr: int) -> list[int]:
     return gids[k:] + gids[:k]
 
 
-def _execute(runs: list[tuple[int, float]]) -> None:
+def _execute(runs: list[tuple[int, float]]) -> list:
     from groups.services import group_runs_execute
 
-    group_runs_execute(runs=[(gid, datetime.fromtimestamp(t, timezone.utc)) for gid, t in runs])
+    return group_runs_execute(runs=[(gid, datetime.fromtimestamp(t, timezone.utc)) for gid, t in runs])
+
+
+def _tally(out: BatchOutcome, runs) -> None:
+    """Add the GroupRuns ``execute`` returned to the outcome's counts."""
+    for run in runs or ():
+        status = getattr(run, "status", None)
+        if status == "ok":
+            out.ok += 1
+            out.values += run.values_count or 0
+        elif status == "killed":
+            out.killed += 1
+        elif status is not None:
+            out.failed += 1
 
 
 def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | None = None, locks=None,
-                  execute: Callable[[list[tuple[int, float]]], None] | None = None,
+                  execute: Callable[[list[tuple[int, float]]], list | None] | None = None,
                   record: bool = True, fence: list | None = None, fences=None) -> BatchOutcome:
     """Run one hub's batch ``ticks = [[scheduled_for, expires_s, rr, [group_id, ...]], ...]``.
 
@@ -76,8 +109,9 @@ def hub_batch_run(*, hub_id: int, ticks: list, limit: int = 32, clock: Clock | N
 
     No tick starts before its ``scheduled_for`` (see the module docstring); expiry counts from it.
     ``execute(runs)`` runs admitted ``[(group_id, scheduled_for)]`` (default: the lead's
-    ``groups.services.group_runs_execute``). With ``record`` the skipped and missed counts go into
-    GroupStats. Never raises for one group's fault; returns what happened.
+    ``groups.services.group_runs_execute``) and may return their GroupRuns, counted in the outcome's
+    ``ok``/``failed``/``killed``/``values``. With ``record`` the skipped and missed counts go into
+    GroupStats. Never raises for one group's fault; returns what happened (``BatchOutcome.summary()``).
     """
     if fence is not None:
         if fences is None:
@@ -179,10 +213,12 @@ def _run_admitted(queue, out: BatchOutcome, *, clock: Clock, locks, execute) -> 
             out.untaken.extend((gid, t, "missed") for gid, t in late)
             if live:
                 try:
-                    execute(live)
+                    runs = execute(live)
                     out.ran.extend(live)
+                    _tally(out, runs)
                 except Exception:  # a fault outside one group's run (those are recorded as failed runs)
                     logger.exception("groups %s: execution of tick %s failed", [gid for gid, _ in live], t)
+                    out.failed += len(live)
                     # their outcome, should none have reached the log (the run recorder keeps a tick's first)
                     out.untaken.extend((gid, t, "failed") for gid, _ in live)
             locks.release(token, [gid for gid, _, _ in chunk])

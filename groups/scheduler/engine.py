@@ -74,6 +74,8 @@ class GroupSpec:
     hub_key: str = ""
     hub_timeout: float = 5.0
     hub_tls: object = None  # hubs.client.TlsOptions of an on-change group's hub (wss://), else None
+    name: str = ""  # the group's and its hub's names: the batch message's argsrepr (Flower, docs/flower.md)
+    hub_name: str = ""
 
 
 class StatsBuffer:

@@ -26,6 +26,7 @@ _FIELDS = (
     "id", "hub_id", "trigger", "period", "offset", "cron", "run_at", "expires", "deadband", "enabled",
     "hub__enabled", "hub__max_in_flight", "hub__url", "hub__api_key", "hub__timeout",
     "hub__project__time_zone", "periodic_task_id", "periodic_task__enabled", "stats__last_run_at",
+    "name", "hub__name",
 )
 
 
@@ -67,7 +68,7 @@ def group_specs(*, ids=None, changed_since: datetime | None = None, chunk: int =
                 tz=r["hub__project__time_zone"] or "UTC", active=active,
                 hub_limit=max(1, min(r["hub__max_in_flight"] or 1, cap)),
                 keys=tuple(keys.get(r["id"], ())), hub_url=r["hub__url"], hub_key=r["hub__api_key"],
-                hub_timeout=r["hub__timeout"], hub_tls=tls.get(r["hub_id"]),
+                hub_timeout=r["hub__timeout"], hub_tls=tls.get(r["hub_id"]), name=r["name"], hub_name=r["hub__name"],
             )
         )
     return specs

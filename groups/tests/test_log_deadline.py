@@ -84,7 +84,8 @@ def test_ticks_the_locked_log_cannot_take_are_recorded_failed_naming_the_log_and
     try:
         # the SQLite backend waits up to its busy timeout (30 s) for the lock before it refuses: see the test below
         refused_tick = timezone.now()
-        assert group_runs_execute(runs=[(g.pk, refused_tick) for g in groups]) == []
+        refused = group_runs_execute(runs=[(g.pk, refused_tick) for g in groups])
+        assert [(r.status, r.values_count) for r in refused] == [("failed", 0)] * len(groups)
     finally:
         holder.kill()
     runs = list(GroupRun.objects.filter(scheduled_for=refused_tick).order_by("group_id"))

@@ -271,7 +271,7 @@ def test_the_batch_publisher_sends_celerys_own_task_message_with_the_eta(broker,
     assert headers["task"] == "groups.tasks.group_batch_run" and headers["id"] == task_id
     assert body[0] == [7, [[T0 + 1, 1.0, 3, [10, 11]]], 4] and body[1] == {}
     assert datetime.fromisoformat(headers["eta"]).timestamp() == T0 + 1
-    assert headers["argsrepr"] == "hub 7: 2 groups in 1 tick"
+    assert headers["argsrepr"] == "hub #7: 2 groups #10, #11; tick 2026-06-01T12:00:01Z"  # no GroupSpecs: ids
     assert headers2["eta"] is None
 
 
