@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import connections, router, transaction
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
@@ -21,16 +23,26 @@ logger = logging.getLogger(__name__)
 GROUP_TASK = "groups.tasks.group_run"
 
 
+_INT_MAX = 2**31 - 1  # django-celery-beat's integer columns (IntervalSchedule.every, expire_seconds) on PostgreSQL
+
+
 def periodic_task_name(group: Group) -> str:
-    return f"hubsched group {group.pk}: {group.hub.name}/{group.name}"
+    # PeriodicTask.name holds 200 characters; the id before the names keeps a cut one unique
+    return f"hubsched group {group.pk}: {group.hub.name}/{group.name}"[:200]
 
 
 def _interval_for(period: float) -> IntervalSchedule:
     # IntervalSchedule.every is an integer: whole seconds stay readable, a fraction is kept in microseconds.
-    if float(period).is_integer():
+    # The entry only mirrors the group (the scheduler reads Group.period): a period too long for the column in
+    # microseconds is mirrored in whole seconds, one too long in seconds in days.
+    if float(period).is_integer() and period <= _INT_MAX:
         every, unit = int(period), IntervalSchedule.SECONDS
-    else:
+    elif round(period * 1_000_000) <= _INT_MAX:
         every, unit = round(period * 1_000_000), IntervalSchedule.MICROSECONDS
+    elif round(period) <= _INT_MAX:
+        every, unit = round(period), IntervalSchedule.SECONDS
+    else:
+        every, unit = min(_INT_MAX, round(period / 86400)), IntervalSchedule.DAYS
     schedule, _ = IntervalSchedule.objects.get_or_create(every=every, period=unit)
     return schedule
 
@@ -60,25 +72,7 @@ def group_schedule_sync(*, group: Group) -> PeriodicTask | None:
     if group.trigger == Trigger.ON_CHANGE:
         group_schedule_remove(group=group)
         return None
-    schedule_fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "one_off": False}
-    if group.trigger == Trigger.INTERVAL:
-        schedule_fields["interval"] = _interval_for(group.period)
-    elif group.trigger == Trigger.CRON:
-        schedule_fields["crontab"] = _crontab_for(group.cron, group.hub.project.time_zone)
-    elif group.trigger == Trigger.ONCE:
-        if group.run_at is None:
-            raise ValueError(f"group {group.pk}: a once trigger needs run_at")
-        schedule_fields["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=group.run_at)
-        schedule_fields["one_off"] = True
-    values = {
-        "name": periodic_task_name(group),
-        "task": GROUP_TASK,
-        "kwargs": json.dumps({"group_id": group.pk}),
-        "enabled": bool(group.enabled and group.hub.enabled),
-        "expire_seconds": max(1, round(group.expiry_seconds)) if group.trigger == Trigger.INTERVAL else None,
-        "description": "Kept in step with its hubsched group; edit the group, not this entry.",
-        **schedule_fields,
-    }
+    values = _periodic_task_values(group)
     with transaction.atomic():
         task = group.periodic_task
         if task is None:
@@ -90,6 +84,40 @@ def group_schedule_sync(*, group: Group) -> PeriodicTask | None:
                 setattr(task, name, value)
             task.save()
     return task
+
+
+def _periodic_task_values(group: Group, schedules: dict | None = None) -> dict[str, Any]:
+    """The PeriodicTask fields that mirror ``group`` (not on-change): ``group_schedule_sync``'s and
+    ``groups_create``'s one rule. ``schedules`` memoises the schedule rows across many groups (a bulk create)."""
+    memo = {} if schedules is None else schedules
+    schedule_fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "one_off": False}
+    if group.trigger == Trigger.INTERVAL:
+        key = ("interval", group.period)
+        if key not in memo:
+            memo[key] = _interval_for(group.period)
+        schedule_fields["interval"] = memo[key]
+    elif group.trigger == Trigger.CRON:
+        key = ("cron", group.cron, group.hub.project.time_zone)
+        if key not in memo:
+            memo[key] = _crontab_for(group.cron, group.hub.project.time_zone)
+        schedule_fields["crontab"] = memo[key]
+    elif group.trigger == Trigger.ONCE:
+        if group.run_at is None:
+            raise ValueError(f"group {group.pk}: a once trigger needs run_at")
+        key = ("once", group.run_at)
+        if key not in memo:
+            memo[key], _ = ClockedSchedule.objects.get_or_create(clocked_time=group.run_at)
+        schedule_fields["clocked"] = memo[key]
+        schedule_fields["one_off"] = True
+    return {
+        "name": periodic_task_name(group),
+        "task": GROUP_TASK,
+        "kwargs": json.dumps({"group_id": group.pk}),
+        "enabled": bool(group.enabled and group.hub.enabled),
+        "expire_seconds": min(_INT_MAX, max(1, round(group.expiry_seconds))) if group.trigger == Trigger.INTERVAL else None,
+        "description": "Kept in step with its hubsched group; edit the group, not this entry.",
+        **schedule_fields,
+    }
 
 
 def group_schedule_remove(*, group: Group) -> None:
@@ -114,14 +142,34 @@ def groups_schedule_sync_all() -> int:
 
 
 def groups_enabled_set(*, group_ids: list[int], enabled: bool) -> int:
-    """Enable or disable groups; saved one by one so that their PeriodicTasks follow. Returns the count."""
-    count = 0
+    """Enable or disable groups (those already so are left alone); returns how many changed.
+
+    A few statements whatever the count (the admin's action, the API's enable/disable and bulk switch):
+    the groups' ``enabled`` and ``updated_at`` (the beat scheduler's watermark), and their PeriodicTasks'
+    ``enabled`` (on only where the hub is enabled too, as ``group_schedule_sync`` sets it; ``last_run_at``
+    cleared when off, as ``PeriodicTask.save`` does), then ``PeriodicTasks.update_changed()`` once, since
+    these updates bypass the signals. One transaction."""
+    now, group_ids = timezone.now(), list(group_ids)
     with transaction.atomic():
-        for group in Group.objects.filter(pk__in=group_ids).exclude(enabled=enabled).select_related("hub__project", "periodic_task"):
-            group.enabled = enabled
-            group.save(update_fields=["enabled"])
-            count += 1
-    return count
+        ids: list[int] = []
+        tasks_on: list[int] = []
+        tasks_off: list[int] = []
+        for start in range(0, len(group_ids), BULK_CHUNK):
+            rows = (Group.objects.filter(pk__in=group_ids[start : start + BULK_CHUNK]).exclude(enabled=enabled)
+                    .values_list("pk", "periodic_task_id", "hub__enabled"))
+            for pk, task_id, hub_enabled in rows:
+                ids.append(pk)
+                if task_id is not None:
+                    (tasks_on if enabled and hub_enabled else tasks_off).append(task_id)
+        for start in range(0, len(ids), BULK_CHUNK):
+            Group.objects.filter(pk__in=ids[start : start + BULK_CHUNK]).update(enabled=enabled, updated_at=now)
+        for task_ids, on in ((tasks_on, True), (tasks_off, False)):
+            for start in range(0, len(task_ids), BULK_CHUNK):
+                fields = {"enabled": on, "date_changed": now, **({} if on else {"last_run_at": None})}
+                PeriodicTask.objects.filter(pk__in=task_ids[start : start + BULK_CHUNK]).update(**fields)
+        if ids:
+            PeriodicTasks.update_changed()
+    return len(ids)
 
 
 def groups_run_now(*, group_ids: list[int]) -> int:
@@ -135,6 +183,273 @@ def groups_run_now(*, group_ids: list[int]) -> int:
     for group_id in ids:
         transaction.on_commit(lambda group_id=group_id: group_run.delay(group_id))
     return len(ids)
+
+
+# --- the API's writes: create (one or in bulk), change, delete ----------------------------------------
+
+BULK_CHUNK = 500  # ids per IN (...) of a bulk statement (SQLite's bound-parameter limit is 999)
+GROUPS_BULK_MAX = 1000  # groups per bulk create request (the API's limit; docs/api.md)
+_FREE = object()
+
+
+@dataclass
+class GroupDraft:
+    """A group to write: ``group`` holds its fields (unsaved for a create; the saved row with the changes
+    applied for a change), ``hub`` and ``script`` attached as instances; ``keys`` ``[(entity, key, alias)]`` in
+    order, or None to keep a saved group's keys."""
+
+    group: Group
+    keys: list[tuple[str, str, str]] | None = None
+
+
+class GroupsInvalid(ValueError):
+    """Drafts that break a group rule: ``problems`` ``[(index of the draft, path within it, message)]``,
+    the path like ``keys[2].entity`` (empty for the group as a whole). Nothing was written."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]):
+        super().__init__("; ".join(f"[{i}].{path}: {message}" for i, path, message in problems[:5]))
+        self.problems = problems
+
+
+def _hub_trees(hub_ids: set[int]) -> dict[int, dict[str, set[str]]]:
+    """``{hub_id: {entity path: {parameter keys}}}`` from the saved Entity and Parameter rows (two queries):
+    the tree ``key_tree_problem`` checks a key against, which ``hub_key_problem`` (GroupKey.clean) reads
+    row by row; a hub never synced has an empty tree (nothing checked)."""
+    from hubs.models import Entity, Parameter
+
+    trees: dict[int, dict[str, set[str]]] = {hub_id: {} for hub_id in hub_ids}
+    for hub_id, path in Entity.objects.filter(hub_id__in=hub_ids).values_list("hub_id", "path").iterator(chunk_size=5000):
+        trees[hub_id].setdefault(path, set())
+    for hub_id, path, key in (Parameter.objects.filter(entity__hub_id__in=hub_ids)
+                              .values_list("entity__hub_id", "entity__path", "key").iterator(chunk_size=5000)):
+        trees[hub_id].setdefault(path, set()).add(key)
+    return trees
+
+
+def _validation_problems(exc: ValidationError, at: str = "") -> list[tuple[str, str]]:
+    out = []
+    for field, messages in (exc.message_dict.items() if hasattr(exc, "error_dict") else [("__all__", exc.messages)]):
+        path = at if field == "__all__" else (f"{at}.{field}" if at else field)
+        out += [(path, message) for message in messages]
+    return out
+
+
+def group_drafts_make(*, items: list[dict[str, Any]], saved: list[Group] | None = None) -> list[GroupDraft]:
+    """GroupDrafts from ``items``: Group field values by name (``hub`` and ``script`` as ids; ``keys`` as
+    ``[(entity, key, alias)]``, absent or None to keep), applied to ``saved`` (the rows a change changes, in
+    the same order) or to new groups. The hubs (with their projects) and scripts are read in two queries.
+    Raises GroupsInvalid for an unknown hub or script id (the messages of Django's ForeignKey checks)."""
+    from hubs.models import Hub
+    from scripts_engine.models import Script
+
+    hubs = Hub.objects.select_related("project").in_bulk({i["hub"] for i in items if i.get("hub") is not None})
+    scripts = Script.objects.in_bulk({i["script"] for i in items if i.get("script") is not None})
+    problems: list[tuple[int, str, str]] = []
+    drafts = []
+    for index, item in enumerate(items):
+        group = saved[index] if saved is not None else Group()
+        keys = item.get("keys")
+        for name, value in item.items():
+            if name == "keys":
+                continue
+            if name in ("hub", "script"):
+                field = Group._meta.get_field(name)
+                rows = hubs if name == "hub" else scripts
+                if value is None and not field.null:
+                    problems.append((index, name, str(field.error_messages["null"])))
+                elif value is not None and value not in rows:
+                    problems.append((index, name, str(field.error_messages["invalid"]) % {
+                        "model": field.remote_field.model._meta.verbose_name, "pk": value,
+                        "field": field.remote_field.field_name, "value": value}))
+                else:
+                    setattr(group, name, rows[value] if value is not None else None)
+            else:
+                setattr(group, name, value)
+        drafts.append(GroupDraft(group=group, keys=[tuple(k) for k in keys] if keys is not None else None))
+    if problems:
+        raise GroupsInvalid(problems)
+    return drafts
+
+
+def groups_check(*, drafts: list[GroupDraft]) -> list[tuple[int, str, str]]:
+    """Every problem of ``drafts`` as ``[(index, path, message)]`` (GroupsInvalid's), found with the rules the
+    admin and project import use, in a few queries for the whole batch:
+
+    - each group's fields: ``Group.clean_fields`` (the field validators of period, expiry, timeout, deadband,
+      the choices, the lengths), its hub and script being attached instances;
+    - ``Group.clean()``'s rules, called as project import calls them (groups/validators.py): the trigger and its
+      fields, a cron that parses (``group_trigger_problems``), a script of the hub's project
+      (``script_project_problem``), no wide table shared with another group of the project, saved or in the
+      batch (``wide_table_problems``, the project's wide sinks read once, not once a group as ``clean()`` does);
+    - the name unique in its hub (Django's own message for ``group_name_unique_in_hub``), against the saved
+      groups and the other drafts;
+    - each key's fields (``GroupKey.clean_fields``), its place in the hub's saved tree (``key_tree_problem``, what
+      ``GroupKey.clean`` asks row by row, on the tree read once) and the rules across keys (``group_keys_problems``,
+      the admin's key formset's): at least one, each once, bindings once, wide columns.
+    """
+    from .models import GroupKey
+    from .validators import (
+        group_keys_problems, group_trigger_problems, key_tree_problem, project_wide_sinks, script_project_problem,
+        wide_table_problems,
+    )
+
+    problems: list[tuple[int, str, str]] = []
+    hub_ids = {d.group.hub_id for d in drafts if d.group.hub_id}
+    trees = _hub_trees(hub_ids)
+    taken: dict[tuple[int, str], int | None] = {}  # (hub, name) -> the saved group's pk, or a draft's (None: new)
+    hubs = sorted(hub_ids)
+    for start in range(0, len(hubs), BULK_CHUNK):
+        for pk, hub_id, name in Group.objects.filter(hub_id__in=hubs[start : start + BULK_CHUNK]).values_list("pk", "hub_id", "name"):
+            taken[(hub_id, name)] = pk
+    saved_keys: dict[int, list[tuple[str, str, str]]] = {}
+    keep = [d.group.pk for d in drafts if d.keys is None and d.group.pk is not None]
+    if keep:
+        for group_id, entity, key, alias in (GroupKey.objects.filter(group_id__in=keep).order_by("group", "position", "pk")
+                                             .values_list("group_id", "entity", "key", "alias")):
+            saved_keys.setdefault(group_id, []).append((entity, key, alias))
+    wide: dict[int, list[tuple[str, str]]] = {}
+    named: dict[int, list[tuple[int, tuple[str, str]]]] = {}  # project -> [(draft index, (hub name, group name))]
+    for index, draft in enumerate(drafts):
+        group = draft.group
+        try:
+            group.clean_fields(exclude=["hub", "script", "periodic_task", "updated_at"])
+        except ValidationError as exc:
+            problems += [(index, path, message) for path, message in _validation_problems(exc)]
+        for field, problem in group_trigger_problems(trigger=group.trigger, cron=group.cron or "",
+                                                     has_run_at=group.run_at is not None):
+            problems.append((index, field, problem))
+        if not group.hub_id:
+            continue
+        hub = group.hub
+        if group.script_id:
+            problem = script_project_problem(script_name=group.script.name, script_project_id=group.script.project_id,
+                                             hub_name=hub.name, hub_project_id=hub.project_id)
+            if problem:
+                problems.append((index, "script", problem))
+        if hub.project_id not in wide:
+            wide[hub.project_id] = project_wide_sinks(project_id=hub.project_id)
+        if group.name:
+            owner = taken.get((hub.pk, group.name), _FREE)
+            if owner is not _FREE and (owner is None or owner != group.pk):
+                message = group.unique_error_message(Group, ("hub", "name")).messages[0]
+                problems.append((index, "name", message))
+            else:
+                taken[(hub.pk, group.name)] = group.pk
+            named.setdefault(hub.project_id, []).append((index, (hub.name, group.name)))
+        keys = draft.keys if draft.keys is not None else saved_keys.get(group.pk, [])
+        tree = trees.get(hub.pk, {})
+        for k, (entity, key, alias) in enumerate(keys):
+            try:
+                GroupKey(entity=entity, key=key, alias=alias, position=k).clean_fields(exclude=["group"])
+            except ValidationError as exc:
+                problems += [(index, path, message) for path, message in _validation_problems(exc, f"keys[{k}]")]
+                continue
+            problem = key_tree_problem(entity=entity, key=key, tree=tree)
+            if problem:
+                problems.append((index, f"keys[{k}].{'key' if entity in tree else 'entity'}", problem))
+        for k, message in group_keys_problems(keys=keys, tree=None, wide=bool(wide[hub.project_id])):
+            problems.append((index, "keys" if k is None else f"keys[{k}]", message))
+    for project_id, mine in named.items():
+        if not wide.get(project_id):
+            continue
+        changed = [drafts[i].group.pk for i, _ in mine if drafts[i].group.pk is not None]
+        others = list(Group.objects.filter(hub__project_id=project_id).exclude(pk__in=changed)
+                      .order_by("hub__name", "name").values_list("hub__name", "name"))
+        for i, message in wide_table_problems(sinks=wide[project_id], groups=[*others, *(n for _, n in mine)],
+                                              start=len(others)):
+            problems.append((mine[i - len(others)][0], "name", message))
+    problems.sort(key=lambda p: p[0])
+    return problems
+
+
+def groups_create(*, drafts: list[GroupDraft]) -> list[Group]:
+    """Create the groups of ``drafts`` (new, with their keys) and their schedules, all or none, in one
+    transaction; returns the saved groups in order.
+
+    Checked first by ``groups_check`` (raises GroupsInvalid listing every problem; nothing is written).
+    Written in bulk: the groups, their keys, and each one's PeriodicTask (built by ``_periodic_task_values``,
+    the same fields ``group_schedule_sync`` gives a group saved in the admin; none for on-change), then
+    ``PeriodicTasks.update_changed()`` once: bulk writes bypass the signals (groups/signals.py). The beat
+    scheduler finds the new groups through ``updated_at``. 1,000 groups of 10 keys: docs/api.md, "Bulk".
+    """
+    from .models import GroupKey
+
+    problems = groups_check(drafts=drafts)
+    if problems:
+        raise GroupsInvalid(problems)
+    if not drafts:
+        return []
+    with transaction.atomic():
+        groups = Group.objects.bulk_create([d.group for d in drafts], batch_size=BULK_CHUNK)
+        if any(g.pk is None for g in groups):  # a backend that returns no ids from a bulk insert (MySQL)
+            ids = {(hub_id, name): pk for pk, hub_id, name in
+                   Group.objects.filter(hub_id__in={g.hub_id for g in groups}).values_list("pk", "hub_id", "name")}
+            for group in groups:
+                group.pk = ids[(group.hub_id, group.name)]
+                group._state.adding = False
+        GroupKey.objects.bulk_create(
+            [GroupKey(group=group, entity=entity, key=key, alias=alias, position=position)
+             for group, draft in zip(groups, drafts, strict=True) for position, (entity, key, alias) in enumerate(draft.keys or [])],
+            batch_size=BULK_CHUNK,
+        )
+        _schedules_create(groups)
+    return groups
+
+
+def _schedules_create(groups: list[Group]) -> None:
+    """The PeriodicTasks of freshly created ``groups`` in a few statements, linked to them."""
+    schedules: dict = {}
+    scheduled = [g for g in groups if g.trigger != Trigger.ON_CHANGE]
+    if not scheduled:
+        return
+    tasks = PeriodicTask.objects.bulk_create(
+        [PeriodicTask(**_periodic_task_values(g, schedules)) for g in scheduled], batch_size=BULK_CHUNK
+    )
+    if any(t.pk is None for t in tasks):
+        ids = dict(PeriodicTask.objects.filter(name__in=[t.name for t in tasks]).values_list("name", "pk"))
+        for task in tasks:
+            task.pk = ids[task.name]
+    for group, task in zip(scheduled, tasks, strict=True):
+        group.periodic_task = task
+    Group.objects.bulk_update(scheduled, ["periodic_task"], batch_size=BULK_CHUNK)
+    PeriodicTasks.update_changed()
+
+
+def group_change(*, draft: GroupDraft) -> Group:
+    """Save a changed group (``draft.group``, the saved row with new values) and, when ``draft.keys`` is
+    given, replace its keys as a whole; one transaction. Checked by ``groups_check`` (raises GroupsInvalid).
+    Saved through the model, so groups/signals.py brings its PeriodicTask in step."""
+    from .models import GroupKey
+
+    problems = groups_check(drafts=[draft])
+    if problems:
+        raise GroupsInvalid(problems)
+    group = draft.group
+    with transaction.atomic():
+        group.save()
+        if draft.keys is not None and [(k.entity, k.key, k.alias) for k in group.keys.all()] != draft.keys:
+            group.keys.all().delete()
+            GroupKey.objects.bulk_create(GroupKey(group=group, entity=entity, key=key, alias=alias, position=position)
+                                         for position, (entity, key, alias) in enumerate(draft.keys))
+    return group
+
+
+def groups_delete(*, group_ids: list[int]) -> int:
+    """Delete groups with their keys, runs and counters, and their PeriodicTasks, in one transaction;
+    returns how many groups were deleted. The PeriodicTasks go first in a few statements (which clears
+    the groups' link, so the per-group signal has nothing left to remove), then ``PeriodicTasks.update_changed()``."""
+    deleted = 0
+    with transaction.atomic():
+        for start in range(0, len(group_ids), BULK_CHUNK):
+            chunk = group_ids[start : start + BULK_CHUNK]
+            task_ids = list(Group.objects.filter(pk__in=chunk).exclude(periodic_task=None).values_list("periodic_task_id", flat=True))
+            if task_ids:
+                PeriodicTask.objects.filter(pk__in=task_ids).delete()
+            _total, per_model = Group.objects.filter(pk__in=chunk).delete()
+            deleted += per_model.get(Group._meta.label, 0)
+        if deleted:
+            PeriodicTasks.update_changed()
+    return deleted
 
 
 # --- kill ------------------------------------------------------------------------------------------
@@ -206,8 +521,10 @@ def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) 
     (``streams.forwarding``). Should the log refuse the batch for longer than HUBSCHED_LOG_APPEND_DEADLINE_S,
     the ticks are recorded here as ``failed`` (nothing of them is stored), so none goes uncounted.
 
-    Without ``wait`` it returns ``[]``. With ``wait`` (one tick run now) it also writes the values to the
-    sinks and records the runs here, and returns the GroupRuns: the forwarders find them stored.
+    Returns one GroupRun per tick run (``status``, ``values_count``, ``killed_by``): without ``wait`` they are
+    not saved (the run recorder stores them from the log; the batch task reports their counts as its result,
+    docs/flower.md). With ``wait`` (one tick run now) it also writes the values to the sinks and records the
+    runs here, and returns them saved: the forwarders find them stored.
     """
     from .definitions import definitions
     from .execution import Outcome, execute_batch
@@ -234,8 +551,7 @@ def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) 
         if logged:
             _sinks_write_now(outcomes)
         group_runs_record(runs=records)
-        return [record for record, _ in records]
-    return []
+    return [record for record, _ in records]
 
 
 def _served_by(outcome) -> str:

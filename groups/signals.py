@@ -50,4 +50,7 @@ def group_key_changed(sender, instance: GroupKey, raw: bool = False, **kwargs) -
     # An on-change group subscribes to its keys: the beat scheduler sees key edits through updated_at.
     if raw:
         return
+    origin = kwargs.get("origin")  # post_delete: what the deletion started from
+    if isinstance(origin, Group) or getattr(origin, "model", None) is Group:
+        return  # the keys go with their group: no watermark to move (a bulk delete would UPDATE once a key)
     Group.objects.filter(pk=instance.group_id).update(updated_at=timezone.now())

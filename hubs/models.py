@@ -30,6 +30,15 @@ class Project(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """The project rule import checks too (hubs/validators.py): a time zone zoneinfo knows."""
+        super().clean()
+        from .validators import time_zone_problem
+
+        problem = time_zone_problem(self.time_zone)
+        if problem:
+            raise ValidationError({"time_zone": [problem]})
+
 
 class RedundancyMode(models.TextChoices):
     # SCADA redundancy: a master and standbys, or every member read at once and compared
@@ -130,7 +139,9 @@ class Hub(models.Model):
     )
     max_in_flight = models.PositiveIntegerField(
         "requests in flight",
-        default=32,
+        # 128: a batch of up to 128 reads costs one round trip (at 50 ms: 69 ms against 229 ms with 32;
+        # docs/benchmarks.md, "Pipelining"); a hub that takes fewer answers 429 and the client keeps to what it holds
+        default=128,
         validators=[MinValueValidator(1)],
         help_text="Most requests outstanding at once on this hub's connection (fairness between groups).",
     )
@@ -234,9 +245,11 @@ class Hub(models.Model):
         if self.redundancy_set_id is not None:
             from .validators import redundancy_priority_problem, redundancy_project_problem
 
-            if self.project_id and self.redundancy_set.project_id != self.project_id:
+            # a set that does not exist is the field's own error (ForeignKey.validate), reported by clean_fields
+            set_project = RedundancySet.objects.filter(pk=self.redundancy_set_id).values_list("project_id", flat=True).first()
+            if set_project is not None and self.project_id and set_project != self.project_id:
                 errors["redundancy_set"] = [redundancy_project_problem()]
-            else:
+            elif set_project is not None:
                 taken = (Hub.objects.filter(redundancy_set_id=self.redundancy_set_id,
                                             redundancy_priority=self.redundancy_priority)
                          .exclude(pk=self.pk).values_list("name", flat=True).first())

@@ -1,4 +1,5 @@
-"""Writes for projects and hubs: project documents (export, import), entity discovery, connection tests, switches."""
+"""Writes for projects and hubs: create, change, delete; project documents (export, import), entity discovery,
+connection tests, switches."""
 
 from __future__ import annotations
 
@@ -79,18 +80,33 @@ def _remote_tree(client, entities: list[dict], seen: set[str]) -> list[dict]:
     return tree
 
 
-def hub_entities_sync(*, hub: Hub) -> EntityTreeChanges:
+class _DryRunDone(Exception):
+    """Rolls a dry run's writes back, carrying what they would have been."""
+
+    def __init__(self, changes: EntityTreeChanges):
+        self.changes = changes
+
+
+def hub_entities_sync(*, hub: Hub, dry_run: bool = False) -> EntityTreeChanges:
     """Read the hub's whole entity tree (getEntities) and each entity's parameters (getParams), and make
     the hub's Entity and Parameter rows match, in one transaction.
 
     Returns what was ``added``, ``changed`` and ``gone`` (entity paths and ``path.key`` for parameters).
-    Raises HubError when the hub cannot be read; then nothing is changed. Group keys are not touched:
-    a key naming a parameter that is gone fails at the group's next run, where it is visible.
+    With ``dry_run`` the same writes are made and rolled back, so the answer is exactly what applying would
+    do at that moment, and nothing is changed. Raises HubError when the hub cannot be read; then nothing is
+    changed. Group keys are not touched: a key naming a parameter that is gone fails at the group's next
+    run, where it is visible.
     """
     client = _client(hub)
     tree = _remote_tree(client, client.get_entities(), set())  # every call before the first write
-    with transaction.atomic():
-        changes = entity_tree_write(hub=hub, tree=tree)
+    try:
+        with transaction.atomic():
+            changes = entity_tree_write(hub=hub, tree=tree)
+            if dry_run:
+                raise _DryRunDone(changes)
+    except _DryRunDone as done:
+        logger.info("hub %s: entities sync dry run, %s", hub.pk, done.changes.summary())
+        return done.changes
     logger.info("hub %s: entities synced, %s", hub.pk, changes.summary())
     return changes
 
@@ -104,6 +120,9 @@ class HubConnectionReport:
     info: dict[str, Any] = field(default_factory=dict)
     round_trip_ms: float | None = None
     error: str = ""
+    clock_offset_ms: float | None = None
+    """The hub's clock (its answer's ``time``) minus ours at the call's midpoint, in ms; uncertain by up to
+    half the round trip. None when the hub sent no readable time."""
 
     def summary(self) -> str:
         if not self.ok:
@@ -120,17 +139,109 @@ class HubConnectionReport:
 def hub_connection_test(*, hub: Hub) -> HubConnectionReport:
     """Call getInfo (falling back to ping when the hub has no getInfo) and report; never raises HubError."""
     client = _client(hub)
-    started = time.perf_counter()
+    started_wall, started = time.time(), time.perf_counter()
     try:
         try:
             info = client.get_info()
         except HubError as exc:
             if exc.code != -32601:  # hub protocol v1: getInfo is optional, ping is not
                 raise
+            started_wall, started = time.time(), time.perf_counter()  # the clock is read from ping's answer
             info = client.ping()
     except HubError as exc:
         return HubConnectionReport(ok=False, error=str(exc))
-    return HubConnectionReport(ok=True, info=info, round_trip_ms=(time.perf_counter() - started) * 1000)
+    elapsed = time.perf_counter() - started
+    hub_clock = _rfc3339_seconds(info.get("time"))
+    offset = None if hub_clock is None else (hub_clock - (started_wall + elapsed / 2)) * 1000
+    return HubConnectionReport(ok=True, info=info, round_trip_ms=elapsed * 1000, clock_offset_ms=offset)
+
+
+def _rfc3339_seconds(value) -> float | None:
+    """A hub's RFC 3339 timestamp (hub protocol v1: UTC with milliseconds) as POSIX seconds, else None."""
+    from datetime import datetime, timezone
+
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+# --- projects and hubs: create, change, delete (the API's; the rules are the models' clean()) -------------
+
+PROJECT_FIELDS = frozenset({"name", "description", "time_zone"})
+HUB_FIELDS = frozenset({
+    "name", "url", "api_key", "timeout", "max_in_flight", "max_frame_bytes", "max_value_bytes", "tls_ca_bundle",
+    "tls_client_cert", "tls_client_key", "tls_verify", "enabled", "redundancy_set_id", "redundancy_priority",
+})
+
+
+def _validated_save(row, values: Mapping[str, Any], allowed: frozenset[str]):
+    """Set ``values`` on ``row``, run the model's full validation (the admin's and import's rules: fields,
+    ``clean()``, unique constraints) and save, in one transaction. Raises Django's ValidationError by field;
+    TypeError for a field that is not in ``allowed``."""
+    unknown = set(values) - allowed
+    if unknown:
+        raise TypeError(f"not a field that can be set here: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        setattr(row, name, value)
+    with transaction.atomic():
+        row.full_clean()
+        row.save()
+    return row
+
+
+def project_create(*, name: str, description: str = "", time_zone: str = "UTC") -> Project:
+    """A new, empty project. Raises ValidationError (a name taken, an unknown time zone)."""
+    project = _validated_save(Project(), {"name": name, "description": description, "time_zone": time_zone},
+                              PROJECT_FIELDS)
+    logger.info("project %s created", project.pk)
+    return project
+
+
+def project_change(*, project: Project, **changes: Any) -> Project:
+    """Change ``project``'s ``name``, ``description`` or ``time_zone`` (its groups' schedules follow:
+    groups/signals.py). Raises ValidationError, and then nothing is saved."""
+    return _validated_save(project, changes, PROJECT_FIELDS)
+
+
+def _deleted_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Django's ``delete()`` counts (``{"hubs.Hub": 2}``) as ``{"hubs.hub": 2}``, rows of every model that went."""
+    return {label.lower(): n for label, n in sorted(counts.items()) if n}
+
+
+def project_delete(*, project: Project) -> dict[str, int]:
+    """Delete ``project`` and everything in it (hubs, their entities and groups with their runs, scripts,
+    sinks, data sources); returns how many rows of each model went, ``{"hubs.hub": 2, "groups.group": 4, ...}``."""
+    with transaction.atomic():
+        _total, counts = project.delete()
+    logger.info("project deleted: %s", counts)
+    return _deleted_counts(counts)
+
+
+def hub_create(*, project: Project, **fields: Any) -> Hub:
+    """A new hub of ``project`` with ``fields`` (``HUB_FIELDS``; the model's defaults for the rest).
+    Raises ValidationError by field (a bad URL, TLS settings that do not parse, a name taken in the project)."""
+    hub = _validated_save(Hub(project=project), fields, HUB_FIELDS)
+    logger.info("hub %s created in project %s", hub.pk, project.pk)
+    return hub
+
+
+def hub_change(*, hub: Hub, **changes: Any) -> Hub:
+    """Change fields of ``hub`` (``HUB_FIELDS``); a key or TLS key left out stays, ``""`` clears it. Its groups'
+    schedules follow (groups/signals.py). Raises ValidationError, and then nothing is saved."""
+    return _validated_save(hub, changes, HUB_FIELDS)
+
+
+def hub_delete(*, hub: Hub) -> dict[str, int]:
+    """Delete ``hub`` with its entities, parameters, offsets and groups (and their runs); returns the rows of
+    each model that went, ``{"hubs.hub": 1, "hubs.entity": 12, "groups.group": 3, ...}``."""
+    with transaction.atomic():
+        _total, counts = hub.delete()
+    logger.info("hub deleted: %s", counts)
+    return _deleted_counts(counts)
 
 
 # --- switches and "run now" --------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 
 from django.urls import path
 
-from groups.views import api_group_kill
-
-from . import views
+from api.aliases import alias
 
 urlpatterns = [
-    path("projects/<int:project_id>/export", views.api_project_export, name="api-project-export"),
-    path("projects/import", views.api_project_import, name="api-project-import"),
-    path("groups/<int:group_id>/kill", api_group_kill, name="api-group-kill"),  # groups' API, routed under api/ here
+    # deprecated aliases of /api/v1/ (one release): the v1 views, with Deprecation and Link headers
+    path("projects/<int:project_id>/export", alias("/api/v1/projects/{project_id}/export"), name="api-project-export"),
+    path("projects/import", alias("/api/v1/projects/import"), name="api-project-import"),
+    path("groups/<int:group_id>/kill", alias("/api/v1/groups/{group_id}/kill"), name="api-group-kill"),  # groups' API
 ]

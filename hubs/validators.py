@@ -8,6 +8,19 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+def time_zone_problem(name) -> str | None:
+    """Why ``name`` is not a project's time zone (an IANA name Python's zoneinfo knows, e.g. Europe/Berlin),
+    or None."""
+    import json
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        return "unknown time zone " + json.dumps(name)
+    return None
+
+
 HUB_URL_MESSAGE = "must be a WebSocket URL: ws:// or wss:// (TLS) and a host, e.g. ws://10.10.20.8/connect"
 
 

@@ -2,10 +2,10 @@
 
 | role | holds |
 |---|---|
-| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups and streams; ``streams.read_stream`` |
+| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups, streams and api; ``streams.read_stream``; adding and revoking their own API tokens |
 | ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``groups.kill_group``, ``hubs.enable_hub``; retry and delete quarantined executions |
 | ``integrator`` | operator + add/change/delete of projects, hubs, entities, parameters, groups, group keys, scripts, sinks, data sources; ``scripts_engine.debug_script``, ``hubs.write_hub`` |
-| ``admin`` | every permission of those four apps, ``hubs.export_secrets`` among them |
+| ``admin`` | every permission of those five apps, ``hubs.export_secrets`` and ``api.manage_apitoken`` (every user's tokens) among them |
 
 Exporting secrets (``hubs.export_secrets``) and writing to a hub (``hubs.write_hub``) are permissions of
 their own, so that editing a project never implies reading its keys. The groups are written by
@@ -18,11 +18,12 @@ from __future__ import annotations
 from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-ROLE_APPS = ("hubs", "scripts_engine", "groups", "streams")
+ROLE_APPS = ("hubs", "scripts_engine", "groups", "streams", "api")
 VIEWER, OPERATOR, INTEGRATOR, ADMIN = "viewer", "operator", "integrator", "admin"
 ROLES = (VIEWER, OPERATOR, INTEGRATOR, ADMIN)
 
-VIEWER_EXTRA = ("streams.read_stream",)  # the values a viewer sees in the admin, as an event stream
+VIEWER_EXTRA = ("streams.read_stream",  # the values a viewer sees in the admin, as an event stream
+                "api.add_apitoken", "api.delete_apitoken")  # every user makes and revokes their own API tokens
 OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
                   "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution")
 # the models an integrator builds a project from (runs and counters are written by workers only)

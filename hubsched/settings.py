@@ -165,6 +165,8 @@ ALLOWED_HOSTS = [h.strip() for h in env_required("ALLOWED_HOSTS", "127.0.0.1,loc
 
 # HTTPS (Django's deployment checklist): on by default in production, where a TLS proxy is expected in front.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# the container health check asks over plain HTTP inside the container (docker-compose.yml, web): no redirect
+SECURE_REDIRECT_EXEMPT = [r"^api/health$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
@@ -194,6 +196,8 @@ INSTALLED_APPS = [
     "scripts_engine",
     "groups",
     "streams",
+    "api",
+    "ninja",  # serves the API docs' Swagger UI files from the package (no CDN)
 ]
 
 MIDDLEWARE = [
@@ -206,6 +210,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # every error under /api/ in the API's one shape, also Django's own 404/405/413 (api/errors.py)
+    "api.errors.ApiErrorShapeMiddleware",
 ]
 
 ROOT_URLCONF = "hubsched.urls"
@@ -303,16 +309,27 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # the transport looks for new messages this often (kombu's default, 1 s, delays every tick by up to 1 s)
         "polling_interval": env_float("HUBSCHED_FILESYSTEM_BROKER_POLL_S", 0.1, minimum=0.01),
     }
+    # kombu's transport with whole-message writes (a reader could take a file still empty: Flower's
+    # "Failed to capture events", a lost task) and dead event queues unbound: hubsched/broker_files.py
+    CELERY_BROKER_TRANSPORT = "hubsched.broker_files:Transport"
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # A message taken by a worker that dies unacknowledged (acks late: the tick's outcome was not yet in the log)
     # goes back to the queue this long after it was taken; kombu's default is an hour, during which its ticks have
     # no outcome. Its ticks have expired by then and are recorded as missed (docs/streams.md, "Every tick").
-    # A task still running this long would be delivered twice: the run recorder keeps a tick's first outcome.
-    # kombu looks for such messages every 10 s but, by default, acts on one look in ten: every look counts here, so
-    # they come back within about 40 s of the death (measured: docs/benchmarks.md, "Faults").
+    # A message a live worker holds longer than this is delivered twice, so it must outlast the longest hold: the
+    # eta (beat's lead, 0.25 s), a wait for a thread behind the prefetched others, the batch (its reads end at the
+    # tick's expiry or the hub's call timeout, 5 s; a script at Group.execution_timeout) and a log append retried for
+    # up to HUBSCHED_LOG_APPEND_DEADLINE_S (10 s). A shorter one gains nothing for 1 s ticks: they have expired long
+    # before either value, and come back as missed (docs/scheduler.md, "A worker killed mid-tick").
+    # Every worker looks for such messages every second and acts on every look (kombu: every 10 s, one look in ten),
+    # so they come back within the timeout plus 1 s of their delivery (groups/tests/test_redelivery_killed_worker.py).
+    # A worker killed during a look holds kombu's look mutex until it expires: 10 s here (kombu: 300 s). Each message
+    # is put back in a transaction watching the hash, so two workers looking at once do not put one back twice.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_float("HUBSCHED_BROKER_VISIBILITY_TIMEOUT_S", 30.0, minimum=5.0),
+        "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 10,
     }
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_IGNORE_RESULT = True
@@ -320,7 +337,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
+# Messages a worker process takes beyond its threads: a kill costs them (they come back as missed), but with no
+# credit left kombu's Redis transport leaves a BRPOP reply unread, a message a kill then loses for good; with 4
+# that takes 24 batches waiting behind 8 running (docs/scheduler.md, "A worker killed mid-tick").
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
+# Acknowledged once the batch's outcomes are in the log: a dead worker's messages are delivered again.
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
@@ -331,8 +352,12 @@ CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "groups.scheduler:Sched
 # --- hubsched -----------------------------------------------------------------------------------
 # Where values go when a project names no sink of its own (any SQLAlchemy URL).
 HUBSCHED_SINK_URL = env_str("HUBSCHED_SINK_URL", f"sqlite:///{VAR_DIR / 'values.sqlite3'}")
-# Per-hub limit of requests in flight on its one connection (hub protocol v1: 429 beyond the hub's own).
-HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 32, minimum=1)
+# API requests per user (or token's user) and time unit, django-ninja's rate syntax ("6000/m"); 429 beyond it.
+HUBSCHED_API_RATE = env_str("HUBSCHED_API_RATE", "6000/m")
+# A ceiling over every hub's own limit of requests in flight on its one connection (Hub.max_in_flight is the
+# limit: hub protocol v1, 429 beyond the hub's own). It was 32, which cut any hub's larger limit to 32: a batch
+# of 100 reads then cost 4 round trips (issue 19; docs/benchmarks.md "Pipelining"). Lower it to cap every hub.
+HUBSCHED_HUB_MAX_IN_FLIGHT = env_int("HUBSCHED_HUB_MAX_IN_FLIGHT", 1024, minimum=1)
 # A sink's forwarder writes a batch when it holds this many values or its oldest record is this old (streams.forwarding).
 HUBSCHED_SINK_BATCH_SIZE = env_int("HUBSCHED_SINK_BATCH_SIZE", 20000, minimum=1)
 HUBSCHED_SINK_BATCH_AGE_S = env_float("HUBSCHED_SINK_BATCH_AGE_S", 0.2, minimum=0.0)

@@ -3,11 +3,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from groups.views import api_status
+from api.aliases import alias
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/status", api_status, name="api-status"),
+    path("api/", include("api.urls")),
+    path("api/status", alias("/api/v1/status"), name="api-status"),  # deprecated: GET /api/v1/status answers
     path("api/", include("hubs.urls")),
     path("api/", include("scripts_engine.urls")),
     path("api/streams/", include("streams.urls")),

@@ -1,13 +1,16 @@
-"""Writes and runs for scripts: debug sessions (optionally on live values, with write-back and storage)."""
+"""Writes and runs for scripts: create, change and delete scripts, sinks and data sources; debug sessions
+(optionally on live values, with write-back and storage)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.utils import timezone
 
-from .models import DataSource, Script
+from .models import DataSource, Script, Sink
 from .sandbox import DebugRun, ScriptError, script_debug_run
 
 
@@ -157,4 +160,114 @@ def result_payload(result) -> dict[str, Any]:
     return {"bindings": result.bindings, "changed": sorted(result.changed), "output": result.output}
 
 
-__all__ = ["DebugSession", "ScriptDebugError", "ScriptError", "debug_payload", "script_debug"]
+# --- create, change, delete ----------------------------------------------------------------------
+# One validation for the admin, the project import and the API: the model's full_clean (field limits,
+# choices, the project's existence, unique names, Script.clean's compile check, Sink.clean's wide-layout
+# names) and, for a URL, the admin form's rule for a masked secret (forms.url_secrets_keep).
+
+
+def _saved(row):
+    """``row`` after ``full_clean`` and ``save`` in one transaction. Raises ValidationError (per field).
+
+    A text holding a NUL character is refused first, with the admin form's message (Django's
+    ProhibitNullCharactersValidator, which form fields have and model fields lack): PostgreSQL cannot store it."""
+    from django.core.validators import ProhibitNullCharactersValidator
+
+    nul = ProhibitNullCharactersValidator()
+    errors = {}
+    for model_field in row._meta.concrete_fields:
+        value = getattr(row, model_field.attname)
+        if isinstance(value, str) and "\x00" in value:
+            errors[model_field.name] = [nul.message]
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        row.full_clean()
+        row.save()
+    return row
+
+
+def _changed(row, changes: dict[str, Any]):
+    for name, value in changes.items():
+        setattr(row, name, value)
+    return _saved(row)
+
+
+def _url_kept(*, submitted: str, stored: str) -> str:
+    """``submitted`` with each ``***`` standing for a secret of ``stored`` filled in (forms.url_secrets_keep:
+    the admin's rule); raises ValidationError on ``url``."""
+    from .forms import url_secrets_keep
+
+    try:
+        return url_secrets_keep(submitted=(submitted or "").strip(), stored=stored)
+    except ValidationError as exc:
+        raise ValidationError({"url": exc.messages}) from None
+
+
+def script_create(*, project_id: int, name: str, code: str = "", description: str = "", timeout: float = 2.0,
+                  memory_limit_mb: int = 256) -> Script:
+    """A new script of the project. Raises ValidationError: ``code`` that does not compile under the sandbox
+    policy (the message gives line and column: ``line 2, column 5: SyntaxError: ...``), a name taken in the
+    project, an unknown project, limits below their minimum (timeout 0.01 s, memory 16 MB)."""
+    return _saved(Script(project_id=project_id, name=name, code=code, description=description, timeout=timeout,
+                         memory_limit_mb=memory_limit_mb))
+
+
+def script_change(*, script: Script, changes: dict[str, Any]) -> Script:
+    """``script`` with ``changes`` (field name -> value: name, code, description, timeout, memory_limit_mb)
+    applied and saved; the rules of ``script_create``."""
+    return _changed(script, changes)
+
+
+def script_delete(*, script: Script) -> None:
+    """Delete ``script``; its groups keep running without a script (Group.script is SET_NULL)."""
+    script.delete()
+
+
+def sink_create(*, project_id: int, name: str, url: str, layout: str = "tall", table: str = "hubsched_values",
+                local_infile: bool = False, enabled: bool = True) -> Sink:
+    """A new sink of the project (a SQLAlchemy ``url``, stored encrypted). Raises ValidationError: an empty
+    URL or one holding ``***`` (no stored secret to fill in), an unknown layout, a wide layout whose table
+    names would lose values (Sink.clean), a name taken in the project, an unknown project."""
+    url = _url_kept(submitted=url, stored="")
+    return _saved(Sink(project_id=project_id, name=name, url=url, layout=layout, table=table,
+                       local_infile=local_infile, enabled=enabled))
+
+
+def sink_change(*, sink: Sink, changes: dict[str, Any]) -> Sink:
+    """``sink`` with ``changes`` applied (name, url, layout, table, local_infile, enabled). A ``url`` may carry
+    ``***`` where the stored one has a secret: that secret is kept, as in the admin, when the host, port and
+    user stay the same. The rules of ``sink_create``."""
+    if "url" in changes:
+        changes = {**changes, "url": _url_kept(submitted=changes["url"], stored=sink.url)}
+    return _changed(sink, changes)
+
+
+def sink_delete(*, sink: Sink) -> None:
+    """Delete ``sink`` (and its forwarders' rows); the values it holds stay in its database."""
+    sink.delete()
+
+
+def data_source_create(*, project_id: int, name: str, url: str, writable: bool = False,
+                       allow_ddl: bool = False) -> DataSource:
+    """A new data source of the project; the URL rules of ``sink_create``. Raises ValidationError."""
+    url = _url_kept(submitted=url, stored="")
+    return _saved(DataSource(project_id=project_id, name=name, url=url, writable=writable, allow_ddl=allow_ddl))
+
+
+def data_source_change(*, data_source: DataSource, changes: dict[str, Any]) -> DataSource:
+    """``data_source`` with ``changes`` applied (name, url, writable, allow_ddl); the URL rule of ``sink_change``."""
+    if "url" in changes:
+        changes = {**changes, "url": _url_kept(submitted=changes["url"], stored=data_source.url)}
+    return _changed(data_source, changes)
+
+
+def data_source_delete(*, data_source: DataSource) -> None:
+    data_source.delete()
+
+
+__all__ = [
+    "DebugSession", "ScriptDebugError", "ScriptError", "data_source_change", "data_source_create", "data_source_delete",
+    "debug_payload", "script_change", "script_create", "script_debug", "script_delete", "sink_change", "sink_create",
+    "sink_delete",
+]

@@ -1,9 +1,10 @@
-"""HTTP API routes of the streams app (included under api/streams/)."""
+"""HTTP API routes of the streams app before /api/v1 (included under api/streams/): aliases for one release."""
 
 from django.urls import path
 
-from . import views
+from api.aliases import alias
 
 urlpatterns = [
-    path("<str:name>", views.api_stream_replay, name="api-stream-replay"),
+    # deprecated: GET /api/v1/streams/{name} (streams/api.py) answers; see docs/api.md
+    path("<str:name>", alias("/api/v1/streams/{name}", is_async=True), name="api-stream-replay"),
 ]

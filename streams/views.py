@@ -1,11 +1,9 @@
-"""Replay of the log's streams over HTTP as Server-Sent Events (issue 12, item 5): ``GET /api/streams/<name>``.
+"""Replay of the log's streams over HTTP as Server-Sent Events (issue 12, item 5): the replay itself, served by
+``GET /api/v1/streams/{name}`` (streams/api.py: the request, its checks and errors; ``/api/streams/<name>`` is
+its alias for one release).
 
-JSON errors ``{"errors": [...]}`` like the rest of the API: 401 for an anonymous caller, 403 naming the
-permission missing (``streams.read_stream``; the viewer role and up hold it, hubsched/roles.py), 404 for
-a stream that is not replayable, 400 for a bad ``from``, ``consumer`` or ``Last-Event-ID``, 503 when the
-log cannot be opened. Once the 200 is sent, a log failure ends the stream (logged); the client
-reconnects after ``retry`` with its ``Last-Event-ID``. docs/streams.md, "Replay over HTTP", is the
-user's side.
+Once the 200 is sent, a log failure ends the stream (logged); the client reconnects after ``retry`` with
+its ``Last-Event-ID``. docs/streams.md, "Replay over HTTP", is the user's side.
 
 Served by uvicorn (ASGI): the response is an *async* iterator (Django's ASGI handler would read a sync one
 whole into a list), and every blocking call on the log runs in a worker thread (``asyncio.to_thread``).
@@ -20,13 +18,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple, TypeVar
 
-from asgiref.sync import sync_to_async
-from django.db import connections
-from django.http import JsonResponse, StreamingHttpResponse
-from django.views.decorators.http import require_GET
+from django.http import StreamingHttpResponse
 
-from hubsched.roles import permissions_missing
-from streams.log import EXECUTIONS, Log, LogError, Reader, Record, Start, consumer_name_check, log, start_parse
+from streams.log import EXECUTIONS, Log, LogError, Reader, Record, Start, consumer_name_check, log
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +153,7 @@ def sse_events(records: Sequence[Record]) -> bytes:
     return bytes(out)
 
 
-def _last_event_id(value: str | None) -> int | None:
+def last_event_id_parse(value: str | None) -> int | None:
     """The ``Last-Event-ID`` header as an offset (None when absent or empty, as EventSource sends it).
     Raises LogError (permanent) for anything else than an offset."""
     value = (value or "").strip()
@@ -171,7 +165,7 @@ def _last_event_id(value: str | None) -> int | None:
     return int(value)
 
 
-def _consumer(value: str | None) -> str | None:
+def consumer_check(value: str | None) -> str | None:
     """The ``consumer`` parameter, checked (None when absent). Raises LogError (permanent)."""
     if value is None:
         return None
@@ -211,74 +205,22 @@ async def _in_thread_closing(open_: Callable[[], T], close: Callable[[T], None])
         raise
 
 
-async def _caller(request):
-    """Who asks: the session login (Django's auth middleware), for now. API tokens (issue 15) resolve
-    their header to a user here, before the session; the permission check below stays as it is."""
-    return await request.auser()
-
-
-async def _refused(user) -> JsonResponse | None:
-    """The 401/403 answer when ``user`` may not read streams, else None (texts as hubs/views.py)."""
-    if not user.is_authenticated:
-        return JsonResponse({"errors": ["authentication required: log in to the admin first"]}, status=401)
-    missing = await sync_to_async(permissions_missing)(user, READ_PERMISSION)
-    if missing:
-        return JsonResponse({"errors": [f"permission required: {perm}" for perm in missing]}, status=403)
-    return None
-
-
-@require_GET
-async def api_stream_replay(request, name: str):
-    """``GET /api/streams/<name>?from=first|last|next|offset:N|time:<ISO 8601>[&consumer=NAME]``: the
-    stream's records as Server-Sent Events (``text/event-stream``), for as long as the client stays.
-
-    Each record is one event: ``id:`` its offset, ``data:`` its body as it is (``sse_events``). The stream
-    opens with ``retry: 5000``; a ``: keep-alive`` comment follows every 15 s of silence. Records are read
-    and written CHUNK_RECORDS at a time, never the backlog at once.
-
-    Where it starts (``replay_start``): after the ``Last-Event-ID`` header when sent (it overrides ``from``
-    and a stored offset); else, for a named ``consumer``, after the offset it last stored; else at ``from``
-    (default ``next``: only what is appended from now).
-
-    ``consumer=NAME`` (streams.log.CONSUMER_NAME, at most 195 characters) makes the replay a durable
-    consumer: after each chunk has been handed to the connection, its last offset is stored as
-    ``http.NAME`` in the log's consumer offsets (never one of hubsched's own consumers). That is at least
-    once: a replay that ends between the write and the store sends that chunk again next time. The server
-    cannot see what the client read: records still in transit when a connection breaks count as delivered,
-    so a client that must not miss one also sends ``Last-Event-ID`` (EventSource does on its reconnects).
-
-    Needs a login with ``streams.read_stream``. 401/403/404/400/503 as the module docstring says.
-    """
-    user = await _caller(request)
-    refused = await _refused(user)
-    if refused:
-        return refused
-    if name not in STREAMS:
-        known = ", ".join(sorted(STREAMS))
-        return JsonResponse({"errors": [f"stream {name[:200]!r}: not replayable (streams: {known})"]}, status=404)
-    try:
-        requested = start_parse(request.GET.get("from", "next"))
-        consumer = _consumer(request.GET.get("consumer"))
-        last_event_id = _last_event_id(request.headers.get("Last-Event-ID"))
-    except LogError as exc:
-        return JsonResponse({"errors": [exc.message]}, status=400)
-    # a replay may run for hours: it keeps no database connection from the login check
-    await sync_to_async(connections.close_all)()
+async def replay_respond(*, name: str, requested: Start, last_event_id: int | None, consumer: str | None,
+                         user: str) -> StreamingHttpResponse:
+    """Open a replay of stream ``name`` (where: ``replay_start``) for ``user`` (a user name, for monitoring)
+    and answer it as ``text/event-stream``; the answer's iterator owns the reader. Raises LogError when the log
+    cannot be opened (nothing is left open then). Call it holding no database connection: a replay may run
+    for hours."""
 
     def open_() -> _Replay:
         source = log()
         start = replay_start(source=source, stream=name, requested=requested, last_event_id=last_event_id,
                              consumer=consumer)
         return _Replay(source=source, reader=source.reader(name, start), stream=name, start=start,
-                       consumer=consumer, user=user.get_username())
+                       consumer=consumer, user=user)
 
-    try:
-        replay = await _in_thread_closing(open_, _Replay.close)
-    except LogError as exc:
-        logger.warning("replay of %s refused: the log: %s", name, exc.message)
-        return JsonResponse({"errors": [f"the log is not available: {exc.message}"]}, status=503)
+    replay = await _in_thread_closing(open_, _Replay.close)
     response = StreamingHttpResponse(replay, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a reverse proxy (nginx) passes each event on at once
     return response
-

@@ -207,8 +207,8 @@ def test_a_kill_with_nothing_running_says_so(project, make_hub, reference_hub, m
     group = make_group(make_hub(reference_hub.url))
     response = kill(api(user_with("olga", "kill_group", "view_group")), group)
     assert response.status_code == 409
-    assert response.json()["outcome"] == "nothing_running"
-    assert response.json()["errors"] == [f"nothing was running: no worker was executing group {group.pk}"]
+    assert response.json()["error"]["code"] == "conflict"
+    assert response.json()["error"]["message"] == f"nothing was running: no worker was executing group {group.pk}"
     assert KillRequest.objects.get().outcome == KillOutcome.NOTHING_RUNNING
 
 
@@ -216,7 +216,7 @@ def test_a_user_without_the_kill_permission_gets_403(project, make_hub, referenc
     group = make_group(make_hub(reference_hub.url))
     response = kill(api(user_with("vera", "view_group", "run_group")), group)
     assert response.status_code == 403
-    assert response.json() == {"errors": ["permission required: groups.kill_group"]}
+    assert response.json()["error"]["message"] == "permission required: groups.kill_group"
     assert not KillRequest.objects.exists()
 
 

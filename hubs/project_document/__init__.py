@@ -4,7 +4,7 @@ The entry points are the services in ``hubs.services`` (``project_export``, ``pr
 this package holds the format itself. See docs/projects.md.
 """
 
-from .errors import ProjectDocumentError, ProjectExistsError
+from .errors import ProjectDocumentError, ProjectDocumentUnreadable, ProjectExistsError
 from .export import document_build, document_dumps
 from .importer import ProjectImport, document_import
 from .validation import FORMAT, document_parse, document_validate, schema
@@ -12,6 +12,7 @@ from .validation import FORMAT, document_parse, document_validate, schema
 __all__ = [
     "FORMAT",
     "ProjectDocumentError",
+    "ProjectDocumentUnreadable",
     "ProjectExistsError",
     "ProjectImport",
     "document_build",

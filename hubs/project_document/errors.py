@@ -17,3 +17,12 @@ class ProjectDocumentError(Exception):
 
 class ProjectExistsError(ProjectDocumentError):
     """A project of the document's name exists and the import was not asked to replace it."""
+
+
+class ProjectDocumentUnreadable(ProjectDocumentError):
+    """The document could not be read at all (too large, not UTF-8, not JSON, nested too deeply), so none of
+    its content was checked. ``too_large``: refused for its size alone (the API answers 413 then, else 400)."""
+
+    def __init__(self, errors: list[str], *, too_large: bool = False):
+        super().__init__(errors)
+        self.too_large = too_large

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import re
-import zoneinfo
 from collections import Counter
 from datetime import datetime
 from functools import cache
@@ -26,9 +25,10 @@ from hubs.validators import (
     hub_tls_problems,
     hub_url_problem,
     redundancy_members_problems,
+    time_zone_problem,
 )
 
-from .errors import ProjectDocumentError
+from .errors import ProjectDocumentError, ProjectDocumentUnreadable
 
 FORMAT = "hubsched.project/1"
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -97,7 +97,7 @@ def nesting_depth_exceeds(text: str, limit: int) -> bool:
 
 
 def document_parse(*, raw: bytes | str) -> Any:
-    """Parse a document's text (UTF-8 bytes or str) into Python values; raises ProjectDocumentError.
+    """Parse a document's text (UTF-8 bytes or str) into Python values; raises ProjectDocumentUnreadable (a ProjectDocumentError).
 
     Refuses, before parsing, a text larger than ``max_bytes()`` bytes and one nesting brackets deeper
     than ``max_depth()`` levels, so that neither memory nor the parser's recursion can be exhausted.
@@ -105,23 +105,23 @@ def document_parse(*, raw: bytes | str) -> Any:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     limit = max_bytes()
     if size > limit:
-        raise ProjectDocumentError([f"document: {size} bytes is larger than the limit of {limit} bytes"])
+        raise ProjectDocumentUnreadable([f"document: {size} bytes is larger than the limit of {limit} bytes"], too_large=True)
     if isinstance(raw, bytes):
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise ProjectDocumentError([f"document: not UTF-8 text (byte {exc.start})"]) from None
+            raise ProjectDocumentUnreadable([f"document: not UTF-8 text (byte {exc.start})"]) from None
     else:
         text = raw
     depth = max_depth()
     if nesting_depth_exceeds(text, depth):
-        raise ProjectDocumentError([f"document: nested deeper than {depth} levels"])
+        raise ProjectDocumentUnreadable([f"document: nested deeper than {depth} levels"])
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProjectDocumentError([f"document: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+        raise ProjectDocumentUnreadable([f"document: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
     except RecursionError:  # not reached below the depth limit; kept so that a low recursion limit fails cleanly
-        raise ProjectDocumentError(["document: nested too deeply"]) from None
+        raise ProjectDocumentUnreadable(["document: nested too deeply"]) from None
 
 
 # --- the schema -------------------------------------------------------------------------------------------
@@ -196,10 +196,9 @@ def _walk_entities(entities: list[dict], where: list, ancestors: tuple[str, ...]
 
 def _semantic_errors(doc: dict) -> list[str]:
     errors: list[str] = []
-    try:
-        zoneinfo.ZoneInfo(doc.get("time_zone", "UTC"))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        errors.append("time_zone: unknown time zone " + json.dumps(doc.get("time_zone")))
+    problem = time_zone_problem(doc.get("time_zone", "UTC"))
+    if problem:
+        errors.append(f"time_zone: {problem}")
     for section in ("hubs", "scripts", "sinks", "data_sources"):
         errors.extend(_duplicates(doc.get(section, []), "name", [section]))
     script_names = {script["name"] for script in doc.get("scripts", [])}

@@ -31,6 +31,8 @@ VIEWER_EXPECTED = {
     "groups.view_killrequest", "hubs.view_redundancyset", "hubs.view_huboffset", "hubs.view_redundancyevent",
     "scripts_engine.view_script", "scripts_engine.view_sink", "scripts_engine.view_datasource",
     "streams.view_consumeroffset", "streams.view_forwarder", "streams.view_quarantinedexecution", "streams.read_stream",
+    # every user keeps their own API tokens (the admin and the API show them only their own)
+    "api.view_apitoken", "api.add_apitoken", "api.delete_apitoken",
 }
 OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
                                        "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution"}
@@ -101,11 +103,12 @@ def test_each_role_holds_exactly_what_it_should():
     assert held("integrator") == INTEGRATOR_EXPECTED
     every = {
         f"{app}.{codename}"
-        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups", "streams"])
+        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups", "streams", "api"])
         .values_list("content_type__app_label", "codename")
     }
     assert held("admin") == every
-    assert {"hubs.export_secrets", "hubs.write_hub", "groups.delete_grouprun"} <= held("admin")
+    assert {"hubs.export_secrets", "hubs.write_hub", "groups.delete_grouprun", "api.manage_apitoken"} <= held("admin")
+    assert "api.manage_apitoken" not in held("integrator")
     # secrets and hub writes are not implied by editing
     assert "hubs.export_secrets" not in held("integrator")
     assert "hubs.write_hub" not in held("operator")
@@ -140,13 +143,13 @@ def test_export_with_secrets_is_refused_to_a_staff_user_without_permissions(proj
     # the attack: a staff account without permissions exported every hub key
     response = client_of(user_with()).get(f"/api/projects/{project.pk}/export?include_secrets=1")
     assert response.status_code == 403 and KEY_A.encode() not in response.content
-    assert response.json() == {"errors": ["permission required: hubs.view_project", "permission required: hubs.export_secrets"]}
+    assert denied_perms(response) == ["permission required: hubs.view_project", "permission required: hubs.export_secrets"]
 
 
 def test_export_with_secrets_is_refused_to_a_viewer_never_downgraded(project):
     response = client_of(user_with(role="integrator")).get(f"/api/projects/{project.pk}/export?include_secrets=1")
     assert response.status_code == 403
-    assert response.json() == {"errors": ["permission required: hubs.export_secrets"]}
+    assert denied_perms(response) == ["permission required: hubs.export_secrets"]
 
 
 def test_export_without_secrets_is_a_viewers_and_with_them_an_admins(project):
@@ -164,7 +167,12 @@ def test_export_of_an_unknown_project_says_401_or_403_before_404():
 
 def test_export_is_401_for_an_anonymous_caller(project):
     response = client_of().get(f"/api/projects/{project.pk}/export?include_secrets=1")
-    assert response.status_code == 401 and "errors" in response.json()
+    assert response.status_code == 401 and response.json()["error"]["code"] == "not_authenticated"
+
+
+def denied_perms(response) -> list[str]:
+    """The permissions a 403 in the API's error shape names, one detail each."""
+    return [detail["message"] for detail in response.json()["error"]["details"]]
 
 
 def import_post(client, doc=None, query="", **extra):
@@ -177,15 +185,15 @@ def test_import_needs_the_add_permission_of_everything_a_document_holds(role, st
     response = import_post(client_of(user_with(role=role)))
     assert response.status_code == status
     if status == 403:
-        assert "permission required: hubs.add_project" in response.json()["errors"]
+        assert "permission required: hubs.add_project" in denied_perms(response)
         assert not Project.objects.exists()
 
 
 def test_add_project_alone_does_not_import_hubs_scripts_and_sinks():
     response = import_post(client_of(user_with(perms=("hubs.add_project",))))
     assert response.status_code == 403
-    assert response.json() == {"errors": [f"permission required: {p}" for p in project_import_permissions(replace=False)
-                                          if p != "hubs.add_project"]}
+    assert denied_perms(response) == [f"permission required: {p}" for p in project_import_permissions(replace=False)
+                                      if p != "hubs.add_project"]
     assert not Project.objects.exists()
 
 
@@ -199,8 +207,8 @@ def test_import_with_replace_also_needs_change_and_delete(project):
     doc["description"] = "replaced"
     response = import_post(adder, doc, "?replace=1")
     assert response.status_code == 403
-    assert "permission required: hubs.change_project" in response.json()["errors"]
-    assert "permission required: groups.delete_group" in response.json()["errors"]
+    assert "permission required: hubs.change_project" in denied_perms(response)
+    assert "permission required: groups.delete_group" in denied_perms(response)
     assert Project.objects.get().description == "Pumps and boiler"
     assert import_post(client_of(user_with(role="integrator")), doc, "?replace=1").status_code == 201
     assert Project.objects.get().description == "replaced"
@@ -218,7 +226,7 @@ def debug_post(client, script, body=None, **extra):
 
 def test_debug_is_401_for_an_anonymous_caller(script):
     response = debug_post(client_of(), script)
-    assert response.status_code == 401 and response.json()["error"]["kind"] == "request"
+    assert response.status_code == 401 and response.json()["error"]["code"] == "not_authenticated"
 
 
 @pytest.mark.parametrize("role, status", [(None, 403), ("viewer", 403), ("operator", 403), ("integrator", 200)])
@@ -244,6 +252,7 @@ def test_each_part_of_a_debug_request_that_writes_or_reads_a_hub_needs_its_permi
     body = {"bindings": {"p1": 1}, part: True, "group": Group.objects.get(name="pumps").pk}
     response = debug_post(client_of(user), script, body)
     assert response.status_code == 403 and response.json()["error"]["message"] == f"permission required: {perm}"
+    assert response.json()["error"]["details"] == [{"path": "", "message": f"permission required: {perm}"}]
 
 
 def test_an_integrator_gets_past_the_permission_checks_of_write_back_and_store(script):
@@ -257,7 +266,7 @@ def test_status_needs_a_login_and_view_group(project):
     response = client_of().get("/api/status")
     assert response.status_code == 401 and "groups" not in response.json()
     response = client_of(user_with()).get("/api/status")
-    assert response.status_code == 403 and response.json() == {"errors": ["permission required: groups.view_group"]}
+    assert response.status_code == 403 and response.json()["error"]["message"] == "permission required: groups.view_group"
     response = client_of(user_with(role="viewer")).get("/api/status")
     assert response.status_code == 200 and {g["name"] for g in response.json()["groups"]} >= {"pumps", "nightly"}
 
@@ -275,7 +284,7 @@ def test_a_cross_site_import_without_the_csrf_token_is_refused():
     client = client_of(user_with(role="integrator"), csrf=True)
     refused = import_post(client)
     assert refused.status_code == 403
-    assert "X-CSRFToken" in refused.json()["errors"][0]  # the API's error shape, saying what is missing
+    assert "X-CSRFToken" in refused.json()["error"]["message"]  # the API's error shape, saying what is missing
     assert import_post(client, HTTP_ORIGIN="http://evil.example").status_code == 403
     assert not Project.objects.exists()
 
@@ -304,7 +313,7 @@ def test_no_view_of_hubsched_is_csrf_exempt():
                 yield pattern.callback
 
     ours = [view for view in walk(get_resolver().url_patterns)
-            if view.__module__.split(".")[0] in ("hubs", "groups", "scripts_engine", "hubsched")]
+            if view.__module__.split(".")[0] in ("hubs", "groups", "scripts_engine", "hubsched", "streams", "api")]
     assert ours and not [view for view in ours if getattr(view, "csrf_exempt", False)]
 
 

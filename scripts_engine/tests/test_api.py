@@ -1,4 +1,5 @@
-"""POST /api/scripts/<id>/debug: by permission (scripts_engine.debug_script), JSON in and out, nothing written unless asked."""
+"""POST /api/scripts/<id>/debug, the deprecated alias of POST /api/v1/scripts/{id}/debug: by permission
+(scripts_engine.debug_script), JSON in and out, nothing written unless asked, errors in the API's one shape."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import pytest
 
+from api.testing import assert_error
 from scripts_engine.models import Script
 
 CODE = "a = p1 + 1\nb = a * 2\np1 = b\nnote = 'done'\n"
@@ -23,6 +25,8 @@ def post(client, script_id, body):
 def test_a_debug_session_returns_the_stops_at_two_breakpoints_and_the_result(staff_client, script):
     response = post(staff_client, script.pk, {"bindings": {"p1": 1, "p2": "x"}, "breakpoints": [2, 4]})
     assert response.status_code == 200
+    assert response["Deprecation"] == "true"
+    assert response["Link"] == f'</api/v1/scripts/{script.pk}/debug>; rel="successor-version"'
     body = response.json()
     assert [(s["event"], s["line"]) for s in body["stops"]] == [("breakpoint", 2), ("breakpoint", 4), ("end", None)]
     assert body["stops"][0] == {"event": "breakpoint", "line": 2, "function": "<module>",
@@ -46,26 +50,28 @@ def test_a_failing_script_answers_with_the_error_and_its_position(staff_client, 
 
 
 def test_an_anonymous_caller_or_one_without_debug_script_is_refused(client, django_user_model, script):
-    assert post(client, script.pk, {}).status_code == 401
+    assert_error(post(client, script.pk, {}), 401, "not_authenticated")
     for username, staff in (("plain", False), ("staff", True)):
         user = django_user_model.objects.create_user(username=username, password="pw-123456", is_staff=staff)
         client.force_login(user)
         response = post(client, script.pk, {})
-        assert response.status_code == 403
-        assert response.json()["error"]["message"] == "permission required: scripts_engine.debug_script"
+        error = assert_error(response, 403, "permission_denied")
+        assert error["message"] == "permission required: scripts_engine.debug_script"
 
 
-def test_bad_input_is_a_400_naming_the_field(staff_client, script):
-    assert "breakpoints" in post(staff_client, script.pk, {"breakpoints": "3"}).json()["error"]["message"]
-    assert "actions" in post(staff_client, script.pk, {"actions": ["jump"]}).json()["error"]["message"]
+def test_bad_input_is_a_422_naming_the_field(staff_client, script):
+    error = assert_error(post(staff_client, script.pk, {"breakpoints": "3"}), 422, "invalid")
+    assert [d["path"] for d in error["details"]] == ["breakpoints"]
+    error = assert_error(post(staff_client, script.pk, {"actions": ["jump"]}), 422, "invalid")
+    assert [d["path"] for d in error["details"]] == ["actions[0]"]
     response = staff_client.post(f"/api/scripts/{script.pk}/debug", data="{", content_type="application/json")
-    assert response.status_code == 400
+    assert_error(response, 400, "bad_request")
 
 
 def test_an_unknown_script_is_a_404(staff_client, db):
-    assert post(staff_client, 999999, {}).status_code == 404
+    assert_error(post(staff_client, 999999, {}), 404, "not_found")
 
 
 def test_write_back_without_live_values_is_refused(staff_client, script):
     response = post(staff_client, script.pk, {"bindings": {"p1": 1}, "write_back": True})
-    assert response.status_code == 400 and "live" in response.json()["error"]["message"]
+    assert "live" in assert_error(response, 400, "bad_request")["message"]

@@ -257,7 +257,7 @@ def test_a_client_that_goes_away_closes_the_reader_on_the_server(server, viewer)
 def test_an_anonymous_caller_gets_401(server):
     with Stream(server, path(), {}) as stream:
         assert stream.status == 401
-        assert stream.json() == {"errors": ["authentication required: log in to the admin first"]}
+        assert stream.json()["error"]["code"] == "not_authenticated"
 
 
 def test_staff_without_the_permission_gets_403(server):
@@ -266,7 +266,7 @@ def test_staff_without_the_permission_gets_403(server):
     staff = User.objects.create_user("staff", password="x", is_staff=True)
     with Stream(server, path(), login(staff)) as stream:
         assert stream.status == 403
-        assert stream.json() == {"errors": ["permission required: streams.read_stream"]}
+        assert stream.json()["error"]["message"] == "permission required: streams.read_stream"
 
 
 @pytest.mark.parametrize(("query", "said"), [
@@ -276,24 +276,25 @@ def test_staff_without_the_permission_gets_403(server):
     ({"consumer": ".hidden"}, "consumer name '.hidden': expected"),
     ({"consumer": "x" * 196}, "at most 195 characters"),  # 201 with the http. prefix
 ])
-def test_a_bad_parameter_gets_400_saying_what_was_expected(server, viewer, query, said):
+def test_a_bad_parameter_gets_422_saying_what_was_expected(server, viewer, query, said):
     with Stream(server, path(**query), viewer) as stream:
-        assert stream.status == 400
-        [error] = stream.json()["errors"]
-    assert said in error
+        assert stream.status == 422
+        error = stream.json()["error"]
+    assert said in error["message"]
+    assert [d["path"] for d in error["details"]] == list(query)
     assert not views.replays_open()
 
 
-def test_a_bad_last_event_id_gets_400(server, viewer):
+def test_a_bad_last_event_id_gets_422(server, viewer):
     with Stream(server, path(), {**viewer, "Last-Event-ID": "abc"}) as stream:
-        assert stream.status == 400
-        assert "Last-Event-ID" in stream.json()["errors"][0]
+        assert stream.status == 422
+        assert "Last-Event-ID" in stream.json()["error"]["message"]
 
 
 def test_an_unknown_stream_gets_404(server, viewer):
     with Stream(server, path("runs"), viewer) as stream:
         assert stream.status == 404
-        assert "not replayable" in stream.json()["errors"][0]
+        assert "not replayable" in stream.json()["error"]["message"]
 
 
 def test_the_user_is_checked_before_the_stream_so_an_anonymous_caller_learns_no_names(server):

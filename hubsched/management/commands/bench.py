@@ -10,7 +10,10 @@ from django.core.management.base import BaseCommand
 from hubsched.bench import BENCHES as _BENCHES
 
 # hubsched/bench/__init__.py lists the others; the fault (issue 12) and failover (issue 13) benchmarks are added here
-BENCHES = {**_BENCHES, "faults": "hubsched.bench.faults", "failover": "hubsched.bench.failover"}
+BENCHES = {**_BENCHES, "faults": "hubsched.bench.faults", "failover": "hubsched.bench.failover",
+           "multihost": "hubsched.bench.multihost"}
+BENCHES["pipeline"] = "hubsched.bench.pipeline"  # issue 19: batch reads across a round trip
+BENCHES["api_bulk"] = "hubsched.bench.api_bulk"  # issue 15: the API's bulk group writes
 
 
 class Command(BaseCommand):

@@ -1,0 +1,9 @@
+"""The api app: API tokens, authentication and the one error shape of /api/."""
+
+from django.apps import AppConfig
+
+
+class ApiConfig(AppConfig):
+    name = "api"
+    verbose_name = "API"
+    default_auto_field = "django.db.models.BigAutoField"
