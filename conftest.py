@@ -19,6 +19,17 @@ def secrets_key(settings):
 
 
 @pytest.fixture(autouse=True)
+def _hubsched_celery_app():
+    """hubsched's Celery app is the current one in every test: an app a test makes (``Celery()`` makes itself
+    current unless ``set_as_current=False``) must not receive a later test's ``.delay()``."""
+    from hubsched.celery import app
+
+    app.set_current()
+    app.set_default()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _own_log(settings, tmp_path):
     """Each test appends to a log of its own (an embedded SQLite one in its temporary directory): the workers'
     path writes every outcome there (docs/streams.md)."""

@@ -342,7 +342,7 @@ def test_the_publisher_puts_the_fence_after_the_limit_and_leaves_it_out_without_
     from groups.scheduler.publish import BatchPublisher
 
     queue = f"hubsched-test-ha-publish-{uuid.uuid4().hex[:8]}"
-    celery = Celery("t", broker=redis_url())
+    celery = Celery("t", broker=redis_url(), set_as_current=False)
     celery.conf.task_default_queue = queue
     with celery.connection_for_write() as conn:
         producer = celery.amqp.Producer(conn, auto_declare=False)

@@ -243,11 +243,11 @@ def test_the_batch_publisher_sends_celerys_own_task_message_with_the_eta(broker,
 
     queue = f"hubsched-test-publish-{tmp_path.name}"
     if broker == "redis":
-        celery = Celery("t", broker=redis_url())
+        celery = Celery("t", broker=redis_url(), set_as_current=False)
     else:
         folder = tmp_path / "broker"
         folder.mkdir()
-        celery = Celery("t", broker="filesystem://", broker_transport_options={
+        celery = Celery("t", broker="filesystem://", set_as_current=False, broker_transport_options={
             "data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
             "control_folder": str(tmp_path / "control")})
     celery.conf.task_default_queue = queue

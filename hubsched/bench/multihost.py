@@ -496,7 +496,7 @@ class Events:
     def _run(self) -> None:
         from celery import Celery
 
-        app = Celery("multihost-events", broker=self.broker)
+        app = Celery("multihost-events", broker=self.broker, set_as_current=False)
         with app.connection_for_read() as conn:
             self._receiver = app.events.Receiver(conn, handlers={"*": self._on_event})
             # kombu's ConsumerMixin calls this once the event queue is bound
