@@ -30,7 +30,7 @@ def alias(successor: str, *, is_async: bool = False, deprecated: bool = True):
             match = resolve(path)
             return _mark(match.func(request, *match.args, **match.kwargs), path, deprecated)
 
-    # not csrf_exempt: Django's CSRF middleware checks an old path as it always did (they took a session only;
-    # a program with a token calls the /api/v1/ path)
+    # Django's CSRF middleware checks an old path as it always did (they took a session only; a program with a
+    # token calls the /api/v1/ path)
     view.successor = successor
     return view
