@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from django.core.exceptions import PermissionDenied, ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -161,6 +160,3 @@ class ApiErrorShapeMiddleware:
             return shaped
         return response
 
-
-def problem_json(status: int, message: str | None = None, **kw) -> bytes:
-    return orjson.dumps(error_body(status, message, **kw))

@@ -70,10 +70,6 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
-"""``response=`` entries for the error answers of an endpoint (merged with its success answer)."""
-
-
 def responses(ok: dict[int, Any] | Any, *codes: int) -> dict[int, Any]:
     """``{200: OkSchema, 401: ErrorOut, ...}``: ``ok`` (a schema for 200, or a dict) plus the errors named by
     ``codes`` (default 400, 401, 403, 404, 409, 422), and 429 (the throttle) always."""

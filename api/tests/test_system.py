@@ -17,7 +17,7 @@ import pytest
 from celery import Celery
 from django.test import Client
 
-from api.testing import assert_error, token_client, user_with
+from api.testing import assert_error, token_client
 from groups.models import Group, GroupRun, GroupStats, RunStatus, Trigger
 from groups.scheduler.leader import FileLeadership
 from groups.selectors import scheduler_summary

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group as AuthGroup, Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -17,6 +16,7 @@ from django.urls import reverse
 
 from groups.models import Group
 from hubs.models import Hub, Project
+from api.testing import user_with
 from hubsched.roles import ROLES, project_import_permissions, role_permissions, roles_sync
 from scripts_engine.models import DataSource, Script, Sink
 
@@ -48,17 +48,6 @@ INTEGRATOR_EXPECTED = OPERATOR_EXPECTED | {
 def held(role: str) -> set[str]:
     group = AuthGroup.objects.get(name=role)
     return {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
-
-
-def user_with(*, role: str | None = None, perms: tuple[str, ...] = (), name: str | None = None):
-    """A staff user (never a superuser) in ``role`` and holding ``perms`` besides."""
-    user = get_user_model().objects.create_user(name or f"u-{role or 'none'}-{len(perms)}", password="pw-123456", is_staff=True)
-    if role:
-        user.groups.add(AuthGroup.objects.get(name=role))
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
 
 
 def client_of(user=None, *, csrf: bool = False) -> Client:
