@@ -39,6 +39,13 @@ def worker_argv() -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "hubsched", "worker", "--pool", "threads", "--concurrency", "8", "-l", "INFO"]
 
 
+def jobs_worker_argv() -> list[str]:
+    """The jobs' worker (their own queue, so a long job never holds a worker that polls hubs; its own node name beside
+    the first worker's): also the `jobs-worker` service of docker-compose.yml."""
+    return [sys.executable, "-m", "celery", "-A", "hubsched", "worker", "-Q", settings.HUBSCHED_JOBS_QUEUE, "-n", "jobs@%h",
+            "--pool", "threads", "--concurrency", "4", "-l", "INFO"]
+
+
 def beat_argv() -> list[str]:
     """The beat command line: also the `beat` service of docker-compose.yml."""
     return [sys.executable, "-m", "celery", "-A", "hubsched", "beat", "-S", settings.CELERY_BEAT_SCHEDULER, "-l", "INFO"]
@@ -47,6 +54,11 @@ def beat_argv() -> list[str]:
 def forwarder_argv() -> list[str]:
     """The log's consumers (each sink's forwarder, the run recorder): also the `forwarder` service of docker-compose.yml."""
     return [sys.executable, "manage.py", "forward"]
+
+
+def alarms_argv() -> list[str]:
+    """The alarms' process (system checks, notifications: docs/alarms.md): also the `alarms` service of docker-compose.yml."""
+    return [sys.executable, "manage.py", "alarms"]
 
 
 def web_argv(*, host: str, port: int) -> list[str]:
@@ -114,8 +126,10 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.parts = local_hub_parts() + [
             Part("worker", worker_argv()),
+            Part("jobs-worker", jobs_worker_argv()),
             Part("beat", beat_argv()),
             Part("forwarder", forwarder_argv()),
+            Part("alarms", alarms_argv()),
             Part("web", web_argv(host="127.0.0.1", port=port)),
         ]
         self.flower_credentials_source = None

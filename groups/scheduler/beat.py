@@ -57,6 +57,9 @@ class Scheduler(beat.Scheduler):
                              subscriptions=self.subscriptions, batch=self._batch, commit=self._commit,
                              lead=settings.HUBSCHED_DISPATCH_LEAD_S if lead is None else lead)
         self.source = GroupSource(self.engine)
+        from jobs.scheduling import JobSource
+
+        self.jobs = JobSource(self.engine)  # jobs ride the same engine, with negative ids (jobs/scheduling.py)
         self._next_poll = 0.0
         self._last_flush = 0.0
         self._flush_now = threading.Event()
@@ -69,8 +72,9 @@ class Scheduler(beat.Scheduler):
         if isinstance(self.leadership, FileLeadership):
             self.leadership.acquire()  # raises BeatAlreadyRunning: one beat on the embedded broker
         count = self.source.load()
+        jobs = self.jobs.load()
         self._next_poll = self.clock.now() + self.poll_s
-        logger.info("hubsched scheduler: %d groups in %d cohorts", count, len(self.engine.cohorts))
+        logger.info("hubsched scheduler: %d groups in %d cohorts, with %d jobs", count, len(self.engine.cohorts), jobs)
         if isinstance(self.clock, SystemClock) and self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="hubsched-stats", daemon=True)
             self._flusher.start()
@@ -93,6 +97,7 @@ class Scheduler(beat.Scheduler):
         if now >= self._next_poll and (due is None or due - now > 0.02 or now >= self._next_poll + 2 * self.poll_s):
             try:
                 self.source.poll()
+                self.jobs.poll()
             except Exception:  # a database hiccup: keep ticking on what we know, try again next poll
                 logger.exception("hubsched scheduler: reading changes failed")
             self._next_poll = now + self.poll_s
@@ -131,7 +136,8 @@ class Scheduler(beat.Scheduler):
 
     @property
     def info(self) -> str:
-        return f"    . hubsched: {len(self.engine.specs)} groups, {len(self.engine.cohorts)} cohorts"
+        groups = len(self.engine.specs) - self.engine.jobs
+        return f"    . hubsched: {groups} groups, {self.engine.jobs} jobs, {len(self.engine.cohorts)} cohorts"
 
     # --- ours ----------------------------------------------------------------------------------
 
@@ -172,6 +178,9 @@ class Scheduler(beat.Scheduler):
         self._wake.set()  # from the lease thread: take over (or stand by) now, not at the next tick
 
     def _publish(self, hub_id: int, ticks: list, limit: int, eta: float | None) -> None:
+        if hub_id < 0:  # a job's ticks (jobs/scheduling.py): jobs.tasks.job_tick_run on the jobs queue
+            self.publisher.send_job(-hub_id, ticks, eta, self._fence)
+            return
         self.publisher.send(hub_id, ticks, limit, eta, self._fence)
 
     def _batch(self):
@@ -196,6 +205,8 @@ class Scheduler(beat.Scheduler):
 
         with self._untaken_lock:
             untaken, self._untaken = self._untaken, []
+        if any(tick[0] < 0 for tick in untaken):  # the jobs' (negative ids) go to their own runs
+            untaken = self._jobs_untaken_log(untaken)
         if untaken:
             from groups.services import ticks_untaken_log
 
@@ -210,6 +221,7 @@ class Scheduler(beat.Scheduler):
                         self._untaken[:0] = untaken[start:]
                     break
         counts = self.stats.take()
+        counts = self._jobs_stats_add(counts)
         if not counts:
             return
         try:
@@ -221,6 +233,37 @@ class Scheduler(beat.Scheduler):
                     self.stats.add(field, [gid], n)
         finally:
             close_old_connections()
+
+    def _jobs_untaken_log(self, untaken: list) -> list:
+        """Record the jobs' missed gap ticks (``jobs.services.job_ticks_untaken_log``); returns the groups' ones."""
+        from jobs.services import job_ticks_untaken_log
+
+        jobs = [(-sid, t, status) for sid, t, status in untaken if sid < 0]
+        try:
+            job_ticks_untaken_log(untaken=jobs)
+        except Exception:
+            logger.exception("hubsched scheduler: could not record %d missed job ticks; kept for the next flush", len(jobs))
+            with self._untaken_lock:
+                self._untaken.extend((-jid, t, status) for jid, t, status in jobs)
+        return [tick for tick in untaken if tick[0] > 0]
+
+    def _jobs_stats_add(self, counts: dict) -> dict:
+        """Add the jobs' counters (negative ids) to JobStats; returns the groups' counters."""
+        jobs = {field: {-sid: n for sid, n in per.items() if sid < 0} for field, per in counts.items()}
+        jobs = {field: per for field, per in jobs.items() if per}
+        if not jobs:
+            return counts
+        from jobs.services import job_stats_add
+
+        try:
+            job_stats_add(counts=jobs)
+        except Exception:
+            logger.exception("hubsched scheduler: could not write job counters; they are kept for the next flush")
+            for field, per_job in jobs.items():
+                for jid, n in per_job.items():
+                    self.stats.add(field, [-jid], n)
+        groups = {field: {gid: n for gid, n in per.items() if gid > 0} for field, per in counts.items()}
+        return {field: per for field, per in groups.items() if per}
 
     def _flush_loop(self) -> None:
         from django.db import connection

@@ -226,6 +226,7 @@ class Engine:
         self.stats = stats or StatsBuffer()
         self.subscriptions = subscriptions
         self.specs: dict[int, GroupSpec] = {}
+        self.jobs = 0  # specs with a negative id: jobs (jobs.scheduling), held beside the groups
         self.cohorts: dict[tuple, Cohort] = {}
         self._where: dict[int, tuple[tuple, int]] = {}  # group -> (cohort key, hub)
         self._heap: list[tuple[float, int, tuple, int]] = []
@@ -243,6 +244,8 @@ class Engine:
             return
         self.remove(spec.id)
         self.specs[spec.id] = spec
+        if spec.id < 0:
+            self.jobs += 1
         self._hub_limits[spec.hub_id] = spec.hub_limit
         if not spec.active:
             return
@@ -275,6 +278,8 @@ class Engine:
 
     def remove(self, group_id: int) -> None:
         spec = self.specs.pop(group_id, None)
+        if spec is not None and group_id < 0:
+            self.jobs -= 1
         place = self._where.pop(group_id, None)
         if place is not None:
             key, hub_id = place

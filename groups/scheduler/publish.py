@@ -94,6 +94,7 @@ class BatchPublisher:
         self.app = app
         self._producer = producer  # a callable: beat's producer is made lazily and remade after errors
         self._route: dict | None = None
+        self._job_route: dict | None = None
         self.spec_of = spec_of
 
     def route(self) -> dict:
@@ -115,6 +116,27 @@ class BatchPublisher:
             kwargsrepr="{}",
         )
         amqp.send_task_message(self._producer(), BATCH_TASK, message, **self.route())
+        return task_id
+
+    def send_job(self, job_id: int, ticks: list, eta: float | None = None, fence: list[int] | None = None) -> str:
+        """Send one job's ticks as ``jobs.tasks.job_tick_run(job_id, ticks, fence)`` (jobs/scheduling.py), routed to
+        the jobs queue by ``CELERY_TASK_ROUTES``; otherwise as ``send``. Returns the task id."""
+        from jobs.tasks import TICK_TASK
+
+        amqp, task_id = self.app.amqp, uuid()
+        spec = self.spec_of(-job_id) if self.spec_of is not None else None
+        name = getattr(spec, "name", "") or f"#{job_id}"
+        when = f"tick {_tick_time(ticks[-1][0])}" if len(ticks) == 1 else f"{len(ticks)} ticks to {_tick_time(ticks[-1][0])}"
+        message = amqp.create_task_message(
+            task_id, TICK_TASK, (job_id, ticks) if fence is None else (job_id, ticks, fence), {},
+            eta=datetime.fromtimestamp(eta, timezone.utc) if eta is not None else None,
+            create_sent_event=self.app.conf.task_send_sent_event, ignore_result=True,
+            argsrepr=f"job {name} (#{job_id}): {when}", kwargsrepr="{}",
+        )
+        if self._job_route is None:
+            task = self.app.tasks.get(TICK_TASK)
+            self._job_route = self.app.amqp.router.route({}, TICK_TASK, None, None, task)
+        amqp.send_task_message(self._producer(), TICK_TASK, message, **self._job_route)
         return task_id
 
     def batch(self) -> AbstractContextManager:

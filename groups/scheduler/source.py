@@ -125,9 +125,10 @@ class GroupSource:
                 changed += group_specs(ids=ids)
         for spec in changed:
             self.engine.upsert(spec)
-        if count != self._count or count != len(self.engine.specs):  # a deletion (maybe hidden by an insert)
+        held = len(self.engine.specs) - self.engine.jobs  # the engine holds the jobs too (negative ids)
+        if count != self._count or count != held:  # a deletion (maybe hidden by an insert)
             alive = set(Group.objects.values_list("pk", flat=True))
-            for gid in [g for g in self.engine.specs if g not in alive]:
+            for gid in [g for g in self.engine.specs if g > 0 and g not in alive]:
                 self.engine.remove(gid)
             missing = alive - set(self.engine.specs)
             if missing:

@@ -137,6 +137,8 @@ def test_the_stack_runs_every_demo_group_stores_values_and_writes_back(tmp_path,
 def test_docker_compose_runs_the_same_commands_as_the_stack():
     compose = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
     assert compose["worker"]["command"] == ["python", *stack.worker_argv()[1:]]
+    assert compose["jobs-worker"]["command"] == ["python", *stack.jobs_worker_argv()[1:]]
+    assert compose["alarms"]["command"] == ["python", *stack.alarms_argv()[1:]]
     # the stack's beat uses settings.CELERY_BEAT_SCHEDULER, whose default is hubsched's scheduler
     assert compose["beat"]["command"] == ["python", *stack.beat_argv()[1:]]
     assert "groups.scheduler:Scheduler" in compose["beat"]["command"]
@@ -146,5 +148,5 @@ def test_docker_compose_runs_the_same_commands_as_the_stack():
     assert compose["flower"]["command"] == ["python", *stack.flower_argv(address="0.0.0.0", port=5555)[1:]]
     # published on this machine only, where the stack binds 127.0.0.1
     assert compose["web"]["ports"] == ["127.0.0.1:8000:8000"] and compose["flower"]["ports"] == ["127.0.0.1:5555:5555"]
-    expected = {"web", "worker", "beat", "flower", "redis", "postgres", "hub-a", "hub-b"}
+    expected = {"web", "worker", "jobs-worker", "alarms", "beat", "flower", "redis", "postgres", "hub-a", "hub-b"}
     assert expected <= set(compose)
