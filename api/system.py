@@ -146,6 +146,20 @@ class BeatLeaderOut(Schema):
     error: str | None = Field(None, description="The lease store did not answer")
 
 
+class SchedulerJobTickOut(Schema):
+    at: str = Field(..., description="RFC 3339 UTC")
+    job: int
+    name: str
+    project_id: int | None
+
+
+class SchedulerJobsOut(Schema):
+    next_fire_at: str | None = Field(None, description="The earliest tick of an enabled job (RFC 3339 UTC)")
+    next_job: dict[str, Any] | None = Field(None, description="That job: id, name, project_id")
+    ticks: list[SchedulerJobTickOut] = Field(..., description="The jobs' ticks due within the window")
+    ticks_truncated: bool
+
+
 class SchedulerOut(Schema):
     now: str
     within_s: float
@@ -156,6 +170,8 @@ class SchedulerOut(Schema):
     groups: SchedulerGroupsOut
     counters: SchedulerCountersOut
     leader: BeatLeaderOut | None = Field(None, description="The leading beat; null while none leads")
+    jobs: SchedulerJobsOut | None = Field(None, description="The jobs' next tick and ticks due within the window "
+                                          "(jobs.selectors.jobs_due); null without jobs.view_job")
 
 
 @router.get("/scheduler", response=responses(SchedulerOut, 401, 403, 422),
@@ -165,7 +181,18 @@ def scheduler(request, query: Query[SchedulerQuery]):
     from groups.selectors import scheduler_summary
 
     require(request, "groups.view_group")
-    return scheduler_summary(within_s=query.within)
+    summary = scheduler_summary(within_s=query.within)
+    if request.user.has_perm("jobs.view_job"):
+        from jobs.selectors import jobs_due
+
+        def iso(t):
+            return t.isoformat().replace("+00:00", "Z") if t else None
+
+        due = jobs_due(within_s=query.within)
+        summary["jobs"] = {"next_fire_at": iso(due["next_fire_at"]), "next_job": due["next_job"],
+                           "ticks": [{**t, "at": iso(t["at"])} for t in due["ticks"]],
+                           "ticks_truncated": due["truncated"]}
+    return summary
 
 
 # --- workers --------------------------------------------------------------------------------------------------------

@@ -213,6 +213,40 @@ def _read_plan(group: Group) -> ReadPlan:
     return plan
 
 
+def outcome_bindings(outcome: Outcome, names: frozenset | set) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({binding: value}, {binding: quality})`` of an ok outcome for the bindings ``names`` (those its alarm rules
+    read: alarms.evaluation): the script's final bindings, or for a group without a script its reads. Quality
+    ``good`` is left out. Built only when asked, and only for those names."""
+    values: dict[str, Any] = {}
+    quality: dict[str, str] = {}
+    if outcome.bindings:
+        for name in names:
+            b = outcome.bindings.get(name)
+            if b is not None:
+                values[name] = b.value
+                if b.quality != "good":
+                    quality[name] = b.quality
+        return values, quality
+    wanted = outcome.group.__dict__.get("_rule_keys")
+    if wanted is None or wanted[0] != names:  # (names, {entity: {key: binding}}), kept on the Group instance
+        by_entity: dict[str, dict[str, str]] = defaultdict(dict)
+        for binding, entity, key in _read_plan(outcome.group)[0]:
+            if binding in names:
+                by_entity[entity][key] = binding
+        wanted = outcome.group.__dict__["_rule_keys"] = (names, dict(by_entity))
+    for entity, items in outcome.read:
+        keys = wanted[1].get(entity)
+        if not keys:
+            continue
+        for item in items:
+            name = keys.get(item.get("key"))
+            if name is not None:
+                values[name] = item.get("value")
+                if item.get("quality") not in (None, "good"):
+                    quality[name] = item["quality"]
+    return values, quality
+
+
 def _send_reads(outcome: Outcome) -> None:
     """One pipelined ``getEntityParams`` per entity of the group."""
     _send_batch_reads([outcome])

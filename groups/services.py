@@ -547,11 +547,33 @@ def group_runs_execute(*, runs: list[tuple[int, datetime]], wait: bool = False) 
         outcomes = [Outcome(group=g, scheduled_for=t, started_at=now, finished_at=now, error=error) for g, t in ticks]
     records = _runs_of(outcomes)
     logged = outcomes_log(outcomes=outcomes, runs=records)
+    if logged:
+        _alarm_rules_evaluate(outcomes)
     if wait:
         if logged:
             _sinks_write_now(outcomes)
         group_runs_record(runs=records)
     return [record for record, _ in records]
+
+
+def _alarm_rules_evaluate(outcomes) -> None:
+    """Value alarm rules on the values just made durable (alarms.evaluation); a group without a rule costs one set
+    look-up, and the bindings are built only for groups with rules."""
+    from alarms.evaluation import groups_with_rules, rules_bindings, rules_evaluate
+
+    from .execution import outcome_bindings
+
+    ruled = groups_with_rules()
+    if not ruled:
+        return
+    for outcome in outcomes:
+        if outcome.error or outcome.group.pk not in ruled:
+            continue
+        try:
+            values, quality = outcome_bindings(outcome, rules_bindings(outcome.group.pk))
+            rules_evaluate(group_id=outcome.group.pk, bindings=values, quality=quality, at=outcome.scheduled_for)
+        except Exception:  # an alarm rule must never cost a group its values: they are durable already
+            logger.exception("group %s: alarm rules failed", outcome.group.pk)
 
 
 def _served_by(outcome) -> str:

@@ -23,6 +23,7 @@ from scripts_engine.models import Script
 from .client import HubError
 from .models import Entity, Hub, HubOffset, Parameter, Project, RedundancyEvent, RedundancySet
 from .project_document import ProjectDocumentError
+from .project_document.importer import document_import_permissions
 from .project_document.validation import max_bytes
 from .selectors import hub_entity_tree
 from .services import hub_connection_test, hub_entities_sync, hubs_enabled_set, project_export, project_import
@@ -127,7 +128,11 @@ class ProjectAdmin(admin.ModelAdmin):
         elif request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["document"]
             raw = upload.read(max_bytes() + 1)
+            jobs_missing = permissions_missing(  # a shell job in the document also takes jobs.shell_job
+                request.user, *document_import_permissions(raw=raw, replace=form.cleaned_data["replace"]))
             try:
+                if jobs_missing:
+                    raise ProjectDocumentError([f"permission required: {', '.join(jobs_missing)}"])
                 result = project_import(raw=raw, replace=form.cleaned_data["replace"])
             except ProjectDocumentError as exc:
                 errors = exc.errors

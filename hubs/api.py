@@ -294,6 +294,9 @@ def projects_import(request, replace: bool = Query(False, description="Update th
     require(request, *project_import_permissions(replace=replace))
     # read the stream ourselves: request.body would stop at DATA_UPLOAD_MAX_MEMORY_SIZE; never past the limit
     raw = request.read(max_bytes() + 1)
+    from .project_document.importer import document_import_permissions
+
+    require(request, *document_import_permissions(raw=raw, replace=replace))  # a shell job: jobs.shell_job too
     try:
         result = services.project_import(raw=raw, replace=replace)
     except ProjectDocumentError as exc:

@@ -2,10 +2,10 @@
 
 | role | holds |
 |---|---|
-| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups, streams and api; ``streams.read_stream``; adding and revoking their own API tokens |
-| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``groups.kill_group``, ``hubs.enable_hub``; retry and delete quarantined executions |
-| ``integrator`` | operator + add/change/delete of projects, hubs, entities, parameters, groups, group keys, scripts, sinks, data sources; ``scripts_engine.debug_script``, ``hubs.write_hub`` |
-| ``admin`` | every permission of those five apps, ``hubs.export_secrets`` and ``api.manage_apitoken`` (every user's tokens) among them |
+| ``viewer`` | ``view_*`` of every model of hubs, scripts_engine, groups, streams, api, jobs and alarms; ``streams.read_stream``; adding and revoking their own API tokens |
+| ``operator`` | viewer + ``groups.run_group``, ``groups.enable_group``, ``groups.kill_group``, ``hubs.enable_hub``, ``jobs.run_job``, ``jobs.kill_job``, ``jobs.enable_job``, ``alarms.acknowledge_alarm``, ``alarms.shelve_alarm``; retry and delete quarantined executions |
+| ``integrator`` | operator + add/change/delete of projects, hubs, entities, parameters, groups, group keys, scripts, sinks, data sources, alarm rules, jobs (HTTP and script jobs: a shell job also needs ``jobs.shell_job``); ``scripts_engine.debug_script``, ``hubs.write_hub``; add/change/delete of notification routes |
+| ``admin`` | every permission of those six apps, ``hubs.export_secrets``, ``api.manage_apitoken`` (every user's tokens) and ``jobs.shell_job`` (commands run on the workers) among them |
 
 Exporting secrets (``hubs.export_secrets``) and writing to a hub (``hubs.write_hub``) are permissions of
 their own, so that editing a project never implies reading its keys. The groups are written by
@@ -18,20 +18,25 @@ from __future__ import annotations
 from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-ROLE_APPS = ("hubs", "scripts_engine", "groups", "streams", "api")
+ROLE_APPS = ("hubs", "scripts_engine", "groups", "streams", "api", "jobs", "alarms")
 VIEWER, OPERATOR, INTEGRATOR, ADMIN = "viewer", "operator", "integrator", "admin"
 ROLES = (VIEWER, OPERATOR, INTEGRATOR, ADMIN)
 
 VIEWER_EXTRA = ("streams.read_stream",  # the values a viewer sees in the admin, as an event stream
                 "api.add_apitoken", "api.delete_apitoken")  # every user makes and revokes their own API tokens
 OPERATOR_EXTRA = ("groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
+                  "jobs.run_job", "jobs.kill_job", "jobs.enable_job",
+                  "alarms.acknowledge_alarm", "alarms.shelve_alarm",
                   "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution")
 # the models an integrator builds a project from (runs and counters are written by workers only)
 INTEGRATOR_MODELS = (
     "hubs.project", "hubs.hub", "hubs.entity", "hubs.parameter", "groups.group", "groups.groupkey",
     "scripts_engine.script", "scripts_engine.sink", "scripts_engine.datasource", "hubs.redundancyset", "hubs.huboffset",
+    "jobs.job", "alarms.alarmrule",
 )
-INTEGRATOR_EXTRA = ("scripts_engine.debug_script", "hubs.write_hub")
+INTEGRATOR_EXTRA = ("scripts_engine.debug_script", "hubs.write_hub",
+                    # where alarms are sent (not part of a project document: a webhook's headers are secrets)
+                    "alarms.add_notificationroute", "alarms.change_notificationroute", "alarms.delete_notificationroute")
 
 
 def _model_permissions(opts) -> list[str]:
@@ -100,12 +105,15 @@ def roles_sync_after_migrate(sender, using=DEFAULT_DB_ALIAS, apps=global_apps, *
     roles_sync(using=using)
 
 
-def project_import_permissions(*, replace: bool) -> tuple[str, ...]:
+def project_import_permissions(*, replace: bool, shell: bool = False) -> tuple[str, ...]:
     """What importing a project document takes: adding every kind of row a document holds (its hubs,
-    entities, groups, scripts, sinks and data sources, not just the project), and with ``replace`` also
-    changing and deleting them (a replace updates rows in place and deletes what the document dropped)."""
+    entities, groups, scripts, sinks, data sources and jobs, not just the project), and with ``replace`` also
+    changing and deleting them (a replace updates rows in place and deletes what the document dropped).
+    ``shell``: the document holds a shell job, which also takes ``jobs.shell_job`` (a shell job runs a program on
+    the workers; ``hubs.project_document.importer.document_import_permissions`` reads the document for it)."""
     actions = ("add", "change", "delete") if replace else ("add",)
-    return tuple(f"{m.split('.')[0]}.{a}_{m.split('.')[1]}" for m in INTEGRATOR_MODELS for a in actions)
+    perms = tuple(f"{m.split('.')[0]}.{a}_{m.split('.')[1]}" for m in INTEGRATOR_MODELS for a in actions)
+    return (*perms, "jobs.shell_job") if shell else perms
 
 
 def permissions_missing(user, *perms: str) -> list[str]:

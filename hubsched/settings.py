@@ -197,6 +197,8 @@ INSTALLED_APPS = [
     "groups",
     "streams",
     "api",
+    "jobs",
+    "alarms",
     "ninja",  # serves the API docs' Swagger UI files from the package (no CDN)
 ]
 
@@ -347,6 +349,19 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # hubsched's own beat scheduler: batched dispatch, one message per hub per tick (docs/scheduler.md).
+# jobs (jobs/): their runs go to a queue of their own, so that a long job never holds a worker that polls hubs
+HUBSCHED_JOBS_QUEUE = env_str("HUBSCHED_JOBS_QUEUE", "jobs")
+CELERY_TASK_ROUTES = {"jobs.tasks.*": {"queue": HUBSCHED_JOBS_QUEUE}}
+# where shell jobs run (a job's working_directory is relative to it); off: a worker refuses shell jobs (recorded failed)
+HUBSCHED_JOBS_DIR = Path(env_str("HUBSCHED_JOBS_DIR", str(VAR_DIR / "jobs")))
+HUBSCHED_JOBS_SHELL = env_bool("HUBSCHED_JOBS_SHELL", True)
+# a killed, replaced or timed-out command gets SIGTERM, then SIGKILL this many seconds later (its whole process group)
+HUBSCHED_JOBS_KILL_GRACE_S = env_float("HUBSCHED_JOBS_KILL_GRACE_S", 5.0, minimum=0.0)
+# a running job run whose worker has not beaten for this long is recorded lost (its worker was killed or cut off)
+HUBSCHED_JOBS_LOST_AFTER_S = env_float("HUBSCHED_JOBS_LOST_AFTER_S", 30.0, minimum=2.0)
+# the project whose jobs the ruqi-compatible endpoints (/ruqi/) list, add and remove (made on the first add_job)
+HUBSCHED_RUQI_PROJECT = env_str("HUBSCHED_RUQI_PROJECT", "ruqi")
+
 CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "groups.scheduler:Scheduler")
 
 # --- hubsched -----------------------------------------------------------------------------------
@@ -354,6 +369,12 @@ CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "groups.scheduler:Sched
 HUBSCHED_SINK_URL = env_str("HUBSCHED_SINK_URL", f"sqlite:///{VAR_DIR / 'values.sqlite3'}")
 # API requests per user (or token's user) and time unit, django-ninja's rate syntax ("6000/m"); 429 beyond it.
 HUBSCHED_API_RATE = env_str("HUBSCHED_API_RATE", "6000/m")
+# GET /metrics (docs/metrics.md): per-group series for at most this many groups (the most failed, missed, skipped
+# or killed ticks; 0 = none); the recent-runs histograms read the last minute's runs of this many groups, at most
+# this many runs.
+HUBSCHED_METRICS_GROUPS_MAX = env_int("HUBSCHED_METRICS_GROUPS_MAX", 100, minimum=0)
+HUBSCHED_METRICS_RUNS_GROUPS = env_int("HUBSCHED_METRICS_RUNS_GROUPS", 500, minimum=1)
+HUBSCHED_METRICS_RUNS_SAMPLE = env_int("HUBSCHED_METRICS_RUNS_SAMPLE", 5000, minimum=0)
 # A ceiling over every hub's own limit of requests in flight on its one connection (Hub.max_in_flight is the
 # limit: hub protocol v1, 429 beyond the hub's own). It was 32, which cut any hub's larger limit to 32: a batch
 # of 100 reads then cost 4 round trips (issue 19; docs/benchmarks.md "Pipelining"). Lower it to cap every hub.
@@ -415,3 +436,21 @@ HUBSCHED_LOG_BACKLOG_ALARM_PERCENT = env_float("HUBSCHED_LOG_BACKLOG_ALARM_PERCE
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 if not PRODUCTION:  # whitenoise looks at STATIC_ROOT at start (and warns when it is missing); finders serve the files
     Path(STATIC_ROOT).mkdir(exist_ok=True)
+
+# alarms (alarms/): the system checks of ``python manage.py alarms`` (alarms/system.py) and how often they run
+HUBSCHED_ALARMS_CHECK_S = env_float("HUBSCHED_ALARMS_CHECK_S", 10.0, minimum=0.5)
+HUBSCHED_ALARM_GROUP_FAILURES = env_int("HUBSCHED_ALARM_GROUP_FAILURES", 10, minimum=1)
+HUBSCHED_ALARM_MISSED_RATIO = env_float("HUBSCHED_ALARM_MISSED_RATIO", 0.1, minimum=0.0)
+HUBSCHED_ALARM_HUB_UNREACHABLE_S = env_float("HUBSCHED_ALARM_HUB_UNREACHABLE_S", 60.0, minimum=0.0)
+HUBSCHED_ALARM_SINK_BACKLOG_S = env_float("HUBSCHED_ALARM_SINK_BACKLOG_S", 60.0, minimum=0.0)
+# alarm notifications by e-mail (alarms/notifications): Django's mail settings, from the environment
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "hubsched@localhost")
+# the address people reach the web server at, for links in notifications (https://scada.example.com); empty: paths only
+HUBSCHED_BASE_URL = env_str("HUBSCHED_BASE_URL", "").rstrip("/")

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from api.aliases import alias
+from hubsched.metrics.views import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,4 +13,6 @@ urlpatterns = [
     path("api/", include("hubs.urls")),
     path("api/", include("scripts_engine.urls")),
     path("api/streams/", include("streams.urls")),
+    path("ruqi/", include("jobs.urls")),
+    path("metrics", metrics, name="metrics"),  # Prometheus (docs/metrics.md)
 ]

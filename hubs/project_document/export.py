@@ -12,6 +12,7 @@ from groups.models import Group
 from hubsched.secrets import url_has_password
 from hubs.models import Hub, HubOffset, Project, RedundancySet
 from hubs.selectors import hub_entity_tree
+from jobs.models import Job
 from scripts_engine.models import DataSource, Script, Sink
 
 from .validation import FORMAT
@@ -98,6 +99,26 @@ def _group(group: Group) -> dict:
         "enabled": group.enabled,
         "keys": [{"entity": k.entity, "key": k.key, "alias": k.alias} for k in group.keys.all()],
     }
+
+
+def _job(job: Job) -> dict:
+    return {
+        "name": job.name, "title": job.title, "trigger": job.trigger, "period": job.period, "offset": job.offset,
+        "cron": job.cron, "run_at": _iso(job.run_at), "kind": job.kind, "argv": job.argv,
+        "working_directory": job.working_directory, "environment": job.environment, "method": job.method,
+        "url": job.url, "headers": job.headers, "body": job.body, "success_codes": job.success_codes,
+        "script": job.script.name if job.script_id else None, "timeout": job.timeout, "retries": job.retries,
+        "retry_backoff": job.retry_backoff, "overlap": job.overlap, "misfire": job.misfire,
+        "misfire_grace": job.misfire_grace, "output_limit_kib": job.output_limit_kib, "enabled": job.enabled,
+    }
+
+
+def _alarm_rules(project: Project) -> list[dict]:
+    from alarms.models import AlarmRule
+    from alarms.selectors import alarm_rule_document
+
+    rules = AlarmRule.objects.filter(project=project).select_related("group__hub").prefetch_related("routes")
+    return [alarm_rule_document(rule) for rule in sorted(rules, key=_by_name)]
 
 
 def document_build(*, project: Project, include_secrets: bool = False) -> dict:
@@ -206,6 +227,8 @@ def document_build(*, project: Project, include_secrets: bool = False) -> dict:
             for d in sources
         ],
         "redundancy_sets": redundancy_sets,
+        "jobs": [_job(job) for job in sorted(Job.objects.filter(project=project).select_related("script"), key=_by_name)],
+        "alarm_rules": _alarm_rules(project),
     }
 
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from groups.models import Group, GroupKey
 from hubs.models import Entity, Hub, HubOffset, Parameter, Project, RedundancySet
+from jobs.models import Job
 from scripts_engine.models import DataSource, Script, Sink
 
 from .errors import ProjectDocumentError, ProjectExistsError
-from .validation import document_parse, document_validate, hub_tls_errors, references_resolve, run_at_parse
+from .validation import (
+    document_shell_held,
+    document_parse,
+    document_validate,
+    hub_tls_errors,
+    references_resolve,
+    run_at_parse,
+)
 
 # Database column limits of the fields a reference may fill (checked after the environment is read).
 _SECRET_LIMITS = {"api_key": 500, "url": 1000, "tls_client_key": 100000}
@@ -164,6 +173,19 @@ def _with_secrets(doc: dict, resolved: dict[tuple, str]) -> dict:
     return doc
 
 
+def document_import_permissions(*, raw: bytes | str, replace: bool) -> tuple[str, ...]:
+    """What importing ``raw`` takes (``hubsched.roles.project_import_permissions``), the document read for its jobs:
+    ``jobs.shell_job`` too when it holds a shell job. The import does not know the user: its callers check these
+    (hubs/api.py, hubs/admin.py). A document that cannot be read takes the others only; the import refuses it."""
+    from hubsched.roles import project_import_permissions
+
+    try:
+        data = document_parse(raw=raw)
+    except ProjectDocumentError:
+        data = None
+    return project_import_permissions(replace=replace, shell=document_shell_held(data=data))
+
+
 def document_import(
     *, raw: bytes | str, replace: bool = False, environ: Mapping[str, str] | None = None
 ) -> ProjectImport:
@@ -192,6 +214,7 @@ def document_import(
             project = Project.objects.create(name=doc["name"], **values)
         elif _assign(project, values):
             project.save()
+        _jobs_release(project, doc)  # before the scripts: a job's script is protected from deletion
         scripts = _named(
             Script, project, doc.get("scripts", []), {"code": "", "description": "", "timeout": 2.0, "memory_limit_mb": 256}
         )
@@ -219,7 +242,57 @@ def document_import(
         for gone in hubs.values():
             gone.delete()
         _redundancy_sets_write(project, doc.get("redundancy_sets", []))
+        _jobs_write(project, doc.get("jobs", []), scripts)
+        _alarm_rules_write(project, doc.get("alarm_rules", []))
     return ProjectImport(project=project, created=created)
+
+
+# a job's fields in a document and their defaults (the model's); run_at and script are converted
+JOB_FIELDS = {
+    "title": "", "trigger": "interval", "period": 60.0, "offset": 0.0, "cron": "", "kind": "shell", "argv": [],
+    "working_directory": "", "environment": {}, "method": "POST", "url": "", "headers": {}, "body": None,
+    "success_codes": "200-299", "timeout": 3600.0, "retries": 0, "retry_backoff": 10.0, "overlap": "forbid",
+    "misfire": "skip", "misfire_grace": 60.0, "output_limit_kib": 64, "enabled": True,
+}
+_JOB_FLOATS = ("period", "offset", "timeout", "retry_backoff", "misfire_grace")
+
+
+def _jobs_release(project: Project, doc: dict) -> None:
+    """Delete the jobs the document dropped (``jobs.services.job_delete``: a running run is killed first), and let
+    the kept ones go of scripts the document drops (they get their new script, or none, in ``_jobs_write``)."""
+    from jobs.services import job_delete
+
+    for job in Job.objects.filter(project=project).exclude(name__in=[j["name"] for j in doc.get("jobs", [])]):
+        job_delete(job=job)
+    kept = [s["name"] for s in doc.get("scripts", [])]
+    Job.objects.filter(project=project, script__isnull=False).exclude(script__name__in=kept).update(script=None)
+
+
+def _jobs_write(project: Project, jobs: list[dict], scripts: dict[str, Script]) -> None:
+    """Upsert the document's jobs by name through ``jobs.services`` (``Job.full_clean``: the admin's rules); only
+    changed jobs are saved, so the beat scheduler's ``updated_at`` watermark sees only real changes. Raises
+    ProjectDocumentError with each refused field at its path (validation has checked the same rules already)."""
+    from jobs.services import job_change, job_create
+
+    existing = {job.name: job for job in Job.objects.filter(project=project).select_related("script")}
+    errors: list[str] = []
+    for index, data in enumerate(jobs):
+        values = {name: data.get(name, default) for name, default in JOB_FIELDS.items()}
+        values.update({name: float(values[name]) for name in _JOB_FLOATS if values[name] is not None})
+        values["run_at"] = run_at_parse(data["run_at"]) if data.get("run_at") else None
+        values["script"] = scripts[data["script"]] if data.get("script") is not None else None
+        job = existing.pop(data["name"], None)
+        try:
+            if job is None:
+                job_create(project_id=project.pk, name=data["name"], **values)
+            elif any(getattr(job, name) != value for name, value in values.items()):
+                job_change(job=job, changes=values)
+        except ValidationError as exc:
+            for field_name, messages in exc.message_dict.items():
+                where = f"jobs[{index}]" + ("" if field_name == "__all__" else f".{field_name}")
+                errors.extend(f"{where}: {message}" for message in messages)
+    if errors:
+        raise ProjectDocumentError(errors)
 
 
 def _offsets_write(hub: Hub, offsets: list[dict]) -> None:
@@ -229,6 +302,28 @@ def _offsets_write(hub: Hub, offsets: list[dict]) -> None:
         values = {"add": float(data.get("add", 0.0)), "factor": float(data.get("factor", 1.0))}
         _save(HubOffset, existing, natural, values, hub=hub, entity=natural[0], key=natural[1])
     HubOffset.objects.filter(pk__in=[o.pk for o in existing.values()]).delete()
+
+
+def _alarm_rules_write(project: Project, rules: list[dict]) -> None:
+    """Rules by name (``alarms.services.alarm_rule_save``: the API's rule), written after the groups they watch;
+    the rules the document dropped are deleted (their open alarms cleared). A rule refused (a route the project
+    lacks) refuses the document: the transaction rolls back."""
+    from alarms.models import AlarmRule
+    from alarms.services import RuleInvalid, alarm_rule_delete, alarm_rule_save
+
+    existing = {rule.name: rule for rule in AlarmRule.objects.filter(project=project)}
+    wanted = {rule["name"] for rule in rules}
+    for name, rule in existing.items():
+        if name not in wanted:
+            alarm_rule_delete(rule=rule)
+    errors = []
+    for index, doc in enumerate(rules):
+        try:
+            alarm_rule_save(project=project, doc=doc, rule=existing.get(doc["name"]), where=f"alarm_rules[{index}]")
+        except RuleInvalid as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ProjectDocumentError(errors)
 
 
 def _redundancy_sets_write(project: Project, sets: list[dict]) -> None:

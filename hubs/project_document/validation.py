@@ -233,7 +233,67 @@ def _semantic_errors(doc: dict) -> list[str]:
     for index, message in wide_table_problems(sinks=wide_sinks, groups=tables):
         errors.append(f"{json_path(at_groups[index])}: {message}")
     errors.extend(_redundancy_errors(doc))
+    errors.extend(_job_errors(doc, script_names))
+    errors.extend(_alarm_rule_errors(doc))
     return errors
+
+
+def _alarm_rule_errors(doc: dict) -> list[str]:
+    """Each alarm rule against the rule schema (alarms.rules, the API's and the admin's rule), at its JSON path;
+    duplicate names; a hub and group the document lacks. Routes are the project's rows: checked at import."""
+    from alarms.rules import rule_document_errors
+
+    rules = doc.get("alarm_rules", [])
+    errors = list(_duplicates(rules, "name", ["alarm_rules"])) if all(isinstance(r, dict) and "name" in r for r in rules) else []
+    groups = {(hub["name"], group["name"]) for hub in doc.get("hubs", []) for group in hub.get("groups", [])}
+    hubs = {hub["name"] for hub in doc.get("hubs", [])}
+    for index, rule in enumerate(rules):
+        where = f"alarm_rules[{index}]"
+        problems = rule_document_errors(rule, where)
+        errors.extend(problems)
+        if problems:
+            continue
+        if rule["hub"] not in hubs:
+            errors.append(f"{where}.hub: no hub {rule['hub']!r} in the document")
+        elif (rule["hub"], rule["group"]) not in groups:
+            errors.append(f"{where}.group: no group {rule['group']!r} on hub {rule['hub']!r} in the document")
+    return errors
+
+
+def _job_errors(doc: dict, script_names: set[str]) -> list[str]:
+    """The job rules of jobs/validators.py (the admin's and the API's too), each at its JSON path
+    (``jobs[1].argv[0]: the program is empty``); duplicate names; scripts named that the document lacks."""
+    from jobs.validators import job_command_problems, job_trigger_problems
+
+    jobs = doc.get("jobs", [])
+    errors = list(_duplicates(jobs, "name", ["jobs"]))
+    for j, job in enumerate(jobs):
+        at = ["jobs", j]
+        found: list[tuple[str, str]] = []
+        if period_problem(job.get("period", 60.0)):  # the model's field rule, whatever the trigger
+            found.append(("period", period_problem(job.get("period", 60.0))))
+        run_at = job.get("run_at")
+        found += job_trigger_problems(trigger=job["trigger"], period=job.get("period", 60.0), cron=job.get("cron", ""),
+                                      has_run_at=run_at is not None)
+        if run_at is not None and run_at_parse(run_at) is None:
+            found.append(("run_at", "must be an RFC 3339 date and time with an offset (2026-01-31T08:00:00Z)"))
+        script = job.get("script")
+        found += job_command_problems(
+            kind=job["kind"], argv=job.get("argv", []), environment=job.get("environment", {}),
+            method=job.get("method", "POST"), url=job.get("url", ""), headers=job.get("headers", {}),
+            success_codes=job.get("success_codes", "200-299"), has_script=script is not None,
+        )
+        if script is not None and script not in script_names:
+            found.append(("script", f"no script named {json.dumps(script)} in this document"))
+        errors.extend(dict.fromkeys(f"{json_path(at)}.{field}: {message}" for field, message in found))
+    return errors
+
+
+def document_shell_held(*, data: Any) -> bool:
+    """Whether a parsed document holds a shell job, for the permission check made before an import
+    (``importer.document_import_permissions``); a document of another shape holds none (import refuses it)."""
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    return isinstance(jobs, list) and any(isinstance(job, dict) and job.get("kind") == "shell" for job in jobs)
 
 
 def _redundancy_errors(doc: dict) -> list[str]:

@@ -106,6 +106,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hub-processes", type=int, default=1, help="Processes per reference hub (default 1).")
     parser.add_argument("--broker", default=os.environ.get("HUBSCHED_BENCH_BROKER", "redis://127.0.0.1:6379/13"),
                         help="Redis URL of the broker and locks (default db 13).")
+    parser.add_argument("--rules", action="store_true",
+                        help="One alarm rule on every group (a threshold and a quality test that never hold: every "
+                             "execution evaluates it, no alarm is written; docs/alarms.md).")
     parser.add_argument("--warmup", type=float, default=5.0, help="Seconds after the first stored row before the window.")
     parser.add_argument("--drain", type=float, default=5.0,
                         help="Seconds after the window in which rows of its ticks may still arrive (default 5).")
@@ -120,7 +123,7 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
         paths: str = "stock,hubsched", pool: str | None = None, concurrency: int | None = None, workers: int = 1,
         hub_processes: int = 1, broker: str = "redis://127.0.0.1:6379/13", warmup: float = 5.0, drain: float = 5.0,
         warmup_timeout: float = 120.0, worker_env: list[str] | None = None, py_spy: str = "",
-        log_url: str | None = None, log=lambda _: None) -> dict:
+        log_url: str | None = None, rules: bool = False, log=lambda _: None) -> dict:
     """Returns ``{"params": {...}, "stock": {...}, "hubsched": {...}, "ratio": float | None}``.
 
     Raises RuntimeError when a part does not start or no row reaches the sink, ValueError for an unknown path
@@ -139,12 +142,12 @@ def run(*, groups: int, keys: int, hubs: int, period: float, seconds: float, sin
             "groups": groups, "keys": keys, "hubs": hubs, "period": period, "seconds": seconds,
             "sink": url_mask(sink), "log": url_mask(log_url_used), "pool": pool, "concurrency": concurrency,
             "workers": workers, "hub_processes": hub_processes, "broker": broker.split("@")[-1],
-            "cpus": os.cpu_count(), "worker_env": worker_env or [],
+            "cpus": os.cpu_count(), "worker_env": worker_env or [], "rules": rules,
         }}
         log(f"e2e: migrating a throwaway database in {work}")
         log(f"e2e: {groups} groups of {keys} keys on {hubs} hubs at {period} s")
         hub_procs = workload_setup(work=work, env=env, groups=groups, keys=keys, hubs=hubs, period=period, sink=sink,
-                                   hub_processes=hub_processes)
+                                   hub_processes=hub_processes, rules=rules)
         paths_measure(result, paths=paths, log=log, name="e2e", measure=lambda path: _measure(
             path, env=env, work=work, sink=sink, groups=groups, keys=keys, period=period, seconds=seconds,
             broker=broker, pool=pool, concurrency=concurrency, workers=workers, warmup=warmup, drain=drain,
@@ -222,14 +225,14 @@ def log_prepare(url: str | None, work: Path) -> tuple[str, Callable[[], None]]:
 
 
 def workload_setup(*, work: Path, env: dict, groups: int, keys: int, hubs: int, period: float, sink: str,
-                   hub_processes: int = 1) -> list[subprocess.Popen]:
+                   hub_processes: int = 1, rules: bool = False) -> list[subprocess.Popen]:
     """Migrate the throwaway database, fill it (``populate``: its Sink's pk is ``sink_id()``) and start the
     reference hubs; returns their processes (stop them with ``stop``). Raises RuntimeError."""
     per_hub = math.ceil(groups / hubs)
     ports = _free_ports(hubs)
     check([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env)
     spec = {"groups": groups, "keys": keys, "hubs": hubs, "period": period, "ports": ports, "sink": sink,
-            "sink_id": sink_id()}
+            "sink_id": sink_id(), "rules": rules}
     check([sys.executable, "-m", "hubsched.bench.e2e", "populate", json.dumps(spec)], env)
     hub_procs = []
     try:
@@ -617,6 +620,13 @@ def populate(spec: dict) -> None:
         PeriodicTask.objects.bulk_create(tasks, batch_size=2000)
         Group.objects.bulk_create(rows, batch_size=2000)
         GroupKey.objects.bulk_create(key_rows, batch_size=5000)
+        if spec.get("rules"):
+            from alarms.models import AlarmRule
+
+            condition = {"any": [{"binding": "k000", "op": ">", "value": 1e12}, {"binding": "k001", "op": "quality_bad"}]}
+            AlarmRule.objects.bulk_create([AlarmRule(project=project, name=f"r{row.id}", group_id=row.id,
+                                                     condition=condition, severity="low") for row in rows],
+                                          batch_size=2000)
     PeriodicTasks.update_changed()
 
 

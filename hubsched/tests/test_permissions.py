@@ -33,16 +33,23 @@ VIEWER_EXPECTED = {
     "streams.view_consumeroffset", "streams.view_forwarder", "streams.view_quarantinedexecution", "streams.read_stream",
     # every user keeps their own API tokens (the admin and the API show them only their own)
     "api.view_apitoken", "api.add_apitoken", "api.delete_apitoken",
+    "jobs.view_job", "jobs.view_jobrun", "jobs.view_jobstats",
+    "alarms.view_alarmrule", "alarms.view_rulestate", "alarms.view_alarm", "alarms.view_alarmevent",
+    "alarms.view_notificationroute", "alarms.view_notification", "alarms.view_notificationattempt",
 }
 OPERATOR_EXPECTED = VIEWER_EXPECTED | {"groups.run_group", "groups.enable_group", "groups.kill_group", "hubs.enable_hub",
-                                       "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution"}
+                                       "streams.change_quarantinedexecution", "streams.delete_quarantinedexecution",
+                                       "jobs.run_job", "jobs.kill_job", "jobs.enable_job",
+                                       "alarms.acknowledge_alarm", "alarms.shelve_alarm"}
 INTEGRATOR_EXPECTED = OPERATOR_EXPECTED | {
     f"{app}.{action}_{model}"
     for app, model in [("hubs", "project"), ("hubs", "hub"), ("hubs", "entity"), ("hubs", "parameter"), ("groups", "group"),
                        ("groups", "groupkey"), ("scripts_engine", "script"), ("scripts_engine", "sink"),
-                       ("scripts_engine", "datasource"), ("hubs", "redundancyset"), ("hubs", "huboffset")]
+                       ("scripts_engine", "datasource"), ("hubs", "redundancyset"), ("hubs", "huboffset"), ("jobs", "job"),
+                       ("alarms", "alarmrule")]
     for action in ("add", "change", "delete")
-} | {"scripts_engine.debug_script", "hubs.write_hub"}
+} | {"scripts_engine.debug_script", "hubs.write_hub", "alarms.add_notificationroute", "alarms.change_notificationroute",
+     "alarms.delete_notificationroute"}
 
 
 def held(role: str) -> set[str]:
@@ -92,12 +99,14 @@ def test_each_role_holds_exactly_what_it_should():
     assert held("integrator") == INTEGRATOR_EXPECTED
     every = {
         f"{app}.{codename}"
-        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups", "streams", "api"])
+        for app, codename in Permission.objects.filter(content_type__app_label__in=["hubs", "scripts_engine", "groups", "streams", "api", "jobs", "alarms"])
         .values_list("content_type__app_label", "codename")
     }
     assert held("admin") == every
     assert {"hubs.export_secrets", "hubs.write_hub", "groups.delete_grouprun", "api.manage_apitoken"} <= held("admin")
     assert "api.manage_apitoken" not in held("integrator")
+    # a shell job runs a program on the workers: only the admin role makes one
+    assert "jobs.shell_job" in held("admin") and "jobs.shell_job" not in held("integrator")
     # secrets and hub writes are not implied by editing
     assert "hubs.export_secrets" not in held("integrator")
     assert "hubs.write_hub" not in held("operator")
@@ -302,7 +311,8 @@ def test_no_view_of_hubsched_is_csrf_exempt():
                 yield pattern.callback
 
     ours = [view for view in walk(get_resolver().url_patterns)
-            if view.__module__.split(".")[0] in ("hubs", "groups", "scripts_engine", "hubsched", "streams", "api")]
+            if view.__module__.split(".")[0] in ("hubs", "groups", "scripts_engine", "hubsched", "streams", "api", "jobs",
+                                                     "alarms")]
     assert ours and not [view for view in ours if getattr(view, "csrf_exempt", False)]
 
 

@@ -14,6 +14,8 @@ BENCHES = {**_BENCHES, "faults": "hubsched.bench.faults", "failover": "hubsched.
            "multihost": "hubsched.bench.multihost"}
 BENCHES["pipeline"] = "hubsched.bench.pipeline"  # issue 19: batch reads across a round trip
 BENCHES["api_bulk"] = "hubsched.bench.api_bulk"  # issue 15: the API's bulk group writes
+BENCHES["metrics"] = "hubsched.bench.metrics"  # issue 16: the cost of a GET /metrics scrape
+BENCHES["rules"] = "hubsched.bench.rules"  # issue 16: alarm rule evaluation in the worker
 
 
 class Command(BaseCommand):
