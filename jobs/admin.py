@@ -66,7 +66,26 @@ class JobForm(forms.ModelForm):
         return cleaned
 
 
-class JobRunInline(admin.TabularInline):
+class _RunColumns:
+    """The columns a run shows in the job's inline and in the runs' list."""
+
+    error_shown = 120
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        return f"{obj.duration_s:.3f} s" if obj.duration_s is not None else "-"
+
+    @admin.display(description="exit code / HTTP status")
+    def outcome(self, obj):
+        return _outcome(obj)
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return obj.error[:self.error_shown] + ("…" if len(obj.error) > self.error_shown else "")
+
+
+class JobRunInline(_RunColumns, admin.TabularInline):
+    error_shown = 200
     """The job's latest runs, read-only; each links to its own page (stdout, stderr)."""
 
     model = JobRun
@@ -99,17 +118,6 @@ class JobRunInline(admin.TabularInline):
     def run(self, obj):
         return format_html('<a href="{}">{}</a>', reverse("admin:jobs_jobrun_change", args=[obj.pk]), f"#{obj.pk}")
 
-    @admin.display(description="duration")
-    def duration(self, obj):
-        return f"{obj.duration_s:.3f} s" if obj.duration_s is not None else "-"
-
-    @admin.display(description="exit code / HTTP status")
-    def outcome(self, obj):
-        return _outcome(obj)
-
-    @admin.display(description="error")
-    def short_error(self, obj):
-        return obj.error[:200] + ("…" if len(obj.error) > 200 else "")
 
 
 def _outcome(run: JobRun) -> str:
@@ -216,7 +224,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(JobRun)
-class JobRunAdmin(admin.ModelAdmin):
+class JobRunAdmin(_RunColumns, admin.ModelAdmin):
     """Records written by workers: looked at, never edited by hand; a running one may be killed."""
 
     list_display = ("job", "scheduled_for", "status", "requested_by", "started_at", "finished_at", "duration",
@@ -237,17 +245,6 @@ class JobRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="duration")
-    def duration(self, obj):
-        return f"{obj.duration_s:.3f} s" if obj.duration_s is not None else "-"
-
-    @admin.display(description="exit code / HTTP status")
-    def outcome(self, obj):
-        return _outcome(obj)
-
-    @admin.display(description="error")
-    def short_error(self, obj):
-        return obj.error[:120] + ("…" if len(obj.error) > 120 else "")
 
     def _stream(self, kept: str, total: int):
         return format_html('<p>{}</p><pre style="white-space:pre-wrap;max-height:40em;overflow:auto">{}</pre>',

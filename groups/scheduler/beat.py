@@ -60,6 +60,7 @@ class Scheduler(beat.Scheduler):
         from jobs.scheduling import JobSource
 
         self.jobs = JobSource(self.engine)  # jobs ride the same engine, with negative ids (jobs/scheduling.py)
+        self._had_jobs = False  # once a job was scheduled, the flush splits the jobs' counters off
         self._next_poll = 0.0
         self._last_flush = 0.0
         self._flush_now = threading.Event()
@@ -221,7 +222,9 @@ class Scheduler(beat.Scheduler):
                         self._untaken[:0] = untaken[start:]
                     break
         counts = self.stats.take()
-        counts = self._jobs_stats_add(counts)
+        self._had_jobs = self._had_jobs or bool(self.engine.jobs)
+        if self._had_jobs:  # no pass over every group's counters on a site that never scheduled a job
+            counts = self._jobs_stats_add(counts)
         if not counts:
             return
         try:
