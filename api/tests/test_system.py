@@ -74,7 +74,9 @@ def filesystem_app(folder: Path) -> Celery:
     for sub in ("in", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     # set_as_current=False: a test's app must not become Celery's current app (later tests' .delay() would use it)
-    return Celery("health-test", broker="filesystem://", set_as_current=False, broker_transport_options={
+    # hubsched's embedded broker, as the settings name it (kombu's own garbles an exchange's table: hubsched/broker_files.py)
+    return Celery("health-test", broker="filesystem://", broker_transport="hubsched.broker_files:Transport",
+                  set_as_current=False, broker_transport_options={
         "data_folder_in": str(folder / "in"), "data_folder_out": str(folder / "in"),
         "processed_folder": str(folder / "processed"), "control_folder": str(folder / "control"),
         "polling_interval": 0.05})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import time
 from queue import Empty
@@ -81,6 +83,56 @@ def test_binding_an_event_queue_unbinds_the_event_queues_nobody_has_consumed_for
     assert sorted(q.queue for q in channel.get_table("celeryev")) == ["celeryev.alive", "celeryev.new", "other"]
     left = sorted(n.partition(".")[2] for n in os.listdir(folders["data_folder_in"]))
     assert left == ["celeryev.alive.msg", "other.msg"]  # a task queue's old message is never touched
+
+
+def bind_at_once(transport: str, folders: dict, barrier, worker: int, exchanges: list[str]) -> None:
+    """One binder: after the barrier, binds queues of several name lengths to each (new) exchange."""
+    with Connection("filesystem://", transport=transport, transport_options=folders) as conn:
+        channel = conn.channel()
+        barrier.wait(120)
+        for exchange in exchanges:
+            for n in range(3):
+                channel._queue_bind(exchange, "", "", f"q{worker}-{n}" + "x" * (worker * 7 + n))
+
+
+def binding_race(transport: str, folders: dict, *, binders: int = 4, exchanges: int = 100) -> dict[str, object]:
+    """Each exchange's table (or the error reading it) after ``binders`` processes bound to it at once."""
+    ctx = multiprocessing.get_context("spawn")  # not fork: a forked child of a process with threads can hang on their locks
+    barrier = ctx.Barrier(binders)
+    names = [f"new-{e}" for e in range(exchanges)]
+    procs = [ctx.Process(target=bind_at_once, args=(transport, folders, barrier, w, names)) for w in range(binders)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
+    tables: dict[str, object] = {}
+    for name in names:
+        raw = open(os.path.join(folders["control_folder"], f"{name}.exchange")).read()
+        try:
+            tables[name] = sorted(row[2] for row in json.loads(raw))
+        except ValueError as exc:
+            tables[name] = f"{type(exc).__name__}: {exc}"
+    return tables
+
+
+def test_processes_binding_to_a_new_exchange_at_once_leave_its_table_whole_with_every_binding(folders):
+    # kombu's transport (kombu.transport.filesystem:Transport) fails this: tables garbled ("Extra data") or bindings lost
+    tables = binding_race("hubsched.broker_files:Transport", folders)
+    every = sorted(f"q{w}-{n}" + "x" * (w * 7 + n) for w in range(4) for n in range(3))
+    assert tables == {name: every for name in tables}
+
+
+def test_a_table_garbled_by_kombus_transport_is_read_to_its_first_table_and_rewritten_whole_by_the_next_bind(connection, folders):
+    channel = connection.channel()
+    path = os.path.join(folders["control_folder"], "garbled.exchange")
+    with open(path, "w") as f:
+        f.write('[["", "", "short"]]' + 'x.celery.pidbox"]]')  # a shorter table written over a longer one
+    assert [q.queue for q in channel.get_table("garbled")] == ["short"]
+    channel._queue_bind("garbled", "", "", "other")
+    assert json.loads(open(path).read()) == [["", "", "other"], ["", "", "short"]]
+    channel._delete("other", "garbled", "", "")
+    assert json.loads(open(path).read()) == [["", "", "short"]]
 
 
 def test_the_embedded_broker_of_the_settings_uses_this_transport(settings):
