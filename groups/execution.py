@@ -25,6 +25,7 @@ import orjson
 from django.conf import settings
 from django.utils import timezone
 
+from hubsched.metrics.reports import hub_client_watch
 from hubs.client import HubClient, HubError, hub_client
 from hubs.models import Hub
 from scripts_engine.sinks.values import ESTIMATED_VALUE_BYTES, STORABLE_TS, ts_storable, value_json
@@ -93,7 +94,7 @@ def client_for(hub: Hub) -> HubClient:
     1024 by default; a changed limit applies to the shared client from this batch on: issue 19), refusing
     frames over the hub's ``max_frame_bytes`` (default the setting HUBSCHED_HUB_MAX_FRAME_BYTES), and reaching
     a wss:// hub with its TLS settings (``Hub.tls_options()``: CA bundle, client certificate, verification)."""
-    return hub_client(
+    client = hub_client(
         hub.url,
         hub.api_key,
         timeout=hub.timeout,
@@ -101,6 +102,8 @@ def client_for(hub: Hub) -> HubClient:
         max_frame_bytes=hub.max_frame_bytes or settings.HUBSCHED_HUB_MAX_FRAME_BYTES,
         tls=hub.tls_options(),
     )
+    hub_client_watch(hub.pk, client)  # its connection state, calls in flight and latency in /metrics
+    return client
 
 
 def execute_batch(*, ticks: list[tuple[Group, datetime]], expire: bool = False) -> list[Outcome]:

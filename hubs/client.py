@@ -49,6 +49,7 @@ import orjson
 import websocket
 from websocket._abnf import frame_buffer
 
+from hubsched.metrics.histogram import Histogram
 from hubsched.secrets import text_mask, url_mask
 
 
@@ -686,11 +687,13 @@ class _Slots:
 
 
 class _Pending:
-    __slots__ = ("future", "deadline", "method", "on_result", "frame")
+    __slots__ = ("future", "deadline", "method", "on_result", "frame", "sent")
 
-    def __init__(self, future: Future, deadline: float, method: str, on_result: Callable | None, frame: str | None = None):
+    def __init__(self, future: Future, deadline: float, method: str, on_result: Callable | None, frame: str | None = None,
+                 sent: float = 0.0):
         self.future, self.deadline, self.method, self.on_result = future, deadline, method, on_result
         self.frame = frame  # the request's JSON, to send it again after a 429
+        self.sent = sent  # time.monotonic() when its batch was sent: the answer's latency is measured from it
 
 
 def _settle(future: Future, *, result=None, error: BaseException | None = None) -> None:
@@ -804,6 +807,27 @@ class HubClient:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        # stats() for the metrics (docs/metrics.md): each counter has one writing thread, so none is locked
+        self._latency = Histogram()  # seconds from a call's send to its answer (the reader thread)
+        self._hub_errors = 0  # answers with an error (the reader thread)
+        self._timeouts = 0  # calls not answered in time (the sweeper thread)
+        self._lost = 0  # calls failed because the connection was lost (under _lock)
+        self._connects = 0  # connections made (under _connect_lock)
+        self._connect_failures = 0  # connection attempts that failed (under _connect_lock)
+
+    def stats(self) -> dict:
+        """What ``/metrics`` reports of this client, as this process sees it (hubsched/metrics/reports.py)::
+
+            {"connected": bool, "in_flight": int (calls waiting for answers), "in_flight_limit": int,
+             "latency": Histogram.snapshot() (seconds, every answered call), "errors": {"hub": int (answered with
+             an error), "timeout": int (no answer in time), "connection": int (failed by a lost connection)},
+             "connects": int (connections made), "connect_failures": int (attempts that failed)}
+
+        Counters only grow while the client lives."""
+        return {"connected": self._ws is not None, "in_flight": self.in_flight, "in_flight_limit": self.in_flight_limit,
+                "latency": self._latency.snapshot(),
+                "errors": {"hub": self._hub_errors, "timeout": self._timeouts, "connection": self._lost},
+                "connects": self._connects, "connect_failures": self._connect_failures}
 
     def __repr__(self) -> str:
         return f"<HubClient {self._shown}>"
@@ -958,11 +982,12 @@ class HubClient:
                     continue
                 frames.append(frame)
                 batch.append((rid, future, method, frame))
+            sent = time.monotonic()
             with self._lock:
                 if self._ws is not ws:
                     raise HubError(f"{method}: connection to {self._shown} lost", "connection")
                 for rid, future, method, frame in batch:
-                    self._pending[rid] = _Pending(future, deadline, method, on_result, frame)
+                    self._pending[rid] = _Pending(future, deadline, method, on_result, frame, sent)
                     future.hub_id, future.hub_deadline = rid, deadline
                     registered.append(rid)
             if batch:
@@ -1007,6 +1032,7 @@ class HubClient:
     def _expire(self, rid) -> None:
         pending = self._take(rid)
         if pending is not None:
+            self._timeouts += 1
             if pending.method == "subscribe":
                 self._late_subscribes.add(rid)  # unsubscribe if its answer turns up after all
             _settle(pending.future, error=HubError(f"{pending.method}: no answer from {self._shown} in time", "timeout"))
@@ -1048,6 +1074,7 @@ class HubClient:
                     break
                 self._refused.popleft()
                 self._pending[rid] = pending
+                pending.sent = now  # its latency is the answer to this send
                 frames.append(pending.frame)
         for _, pending, error in late:
             _settle(pending.future, error=error)
@@ -1086,6 +1113,7 @@ class HubClient:
                 self._failures += 1
                 self._retry_at = time.monotonic() + self._backoff()
                 self._last_error = self._redact(f"{type(exc).__name__}: {exc}")
+                self._connect_failures += 1
                 log.warning("cannot connect to hub %s: %s (attempt %d)", self._shown, self._last_error, self._failures)
                 raise HubError(f"{method}: cannot connect to hub {self._shown}: {self._last_error}", "connection") from None
             if ws.is_ssl():
@@ -1094,6 +1122,7 @@ class HubClient:
                                       name=self._shown)
                 with self._lock:
                     self._ws = conn
+                self._connects += 1
                 threading.Thread(target=conn.run, args=(self._on_message, functools.partial(self._on_end, conn)),
                                  name=f"hub-tls-io {self._shown}", daemon=True).start()
                 if not self.tls.verify:
@@ -1105,6 +1134,7 @@ class HubClient:
             ws.settimeout(self.io_timeout)
             with self._lock:
                 self._ws = ws
+            self._connects += 1
             threading.Thread(target=self._read_loop, args=(ws,), name=f"hub-reader {self._shown}", daemon=True).start()
             log.info("connected to hub %s", self._shown)
             return ws
@@ -1141,6 +1171,7 @@ class HubClient:
                 return
             self._ws = None
             pending, self._pending = self._pending, {}
+            self._lost += len(pending)
             refused, self._refused = self._refused, collections.deque()
             subs, self._subs = self._subs, {}
             self._methods = None
@@ -1232,7 +1263,9 @@ class HubClient:
                 log.info("hub %s answered unknown or forgotten id %r; dropped", self._shown, rid)
             return
         self._failures = 0
+        self._latency.observe(time.monotonic() - pending.sent)
         if "error" in msg:
+            self._hub_errors += 1
             error = self._error(msg["error"], pending.method)
         elif "result" in msg:
             error = None

@@ -11,7 +11,7 @@ class HubschedConfig(AppConfig):
     def ready(self):
         from .roles import ROLE_APPS, roles_sync_after_migrate
 
-        # post_migrate is sent once per app with models, and this app has none: hang the role sync on the
-        # last of the apps whose permissions the roles hold, so it runs once per migrate (and per test flush).
+        # post_migrate is sent once per app with models: hang the role sync on the last of the apps whose
+        # permissions the roles hold, so it runs once per migrate (and per test flush), after their permissions.
         last = [config for config in apps.get_app_configs() if config.label in ROLE_APPS][-1]
         post_migrate.connect(roles_sync_after_migrate, sender=last, dispatch_uid="hubsched.roles_sync")

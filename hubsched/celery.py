@@ -9,3 +9,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsched.settings")
 app = Celery("hubsched")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Every worker process reports its hub clients' state and latency for /metrics (hubsched/metrics/reports.py).
+from hubsched.metrics.reports import worker_signals_connect  # noqa: E402
+
+worker_signals_connect()

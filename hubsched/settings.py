@@ -375,6 +375,10 @@ HUBSCHED_API_RATE = env_str("HUBSCHED_API_RATE", "6000/m")
 HUBSCHED_METRICS_GROUPS_MAX = env_int("HUBSCHED_METRICS_GROUPS_MAX", 100, minimum=0)
 HUBSCHED_METRICS_RUNS_GROUPS = env_int("HUBSCHED_METRICS_RUNS_GROUPS", 500, minimum=1)
 HUBSCHED_METRICS_RUNS_SAMPLE = env_int("HUBSCHED_METRICS_RUNS_SAMPLE", 5000, minimum=0)
+# worker and beat processes write what only they hold (hub connections, call latency, dispatch lag) this often
+# for /metrics (hubsched/metrics/reports.py; 0 = not reported); rows not reported for RETAIN_S are deleted
+HUBSCHED_METRICS_REPORT_S = env_float("HUBSCHED_METRICS_REPORT_S", 15.0, minimum=0.0)
+HUBSCHED_METRICS_REPORT_RETAIN_S = env_float("HUBSCHED_METRICS_REPORT_RETAIN_S", 3600.0, minimum=60.0)
 # A ceiling over every hub's own limit of requests in flight on its one connection (Hub.max_in_flight is the
 # limit: hub protocol v1, 429 beyond the hub's own). It was 32, which cut any hub's larger limit to 32: a batch
 # of 100 reads then cost 4 round trips (issue 19; docs/benchmarks.md "Pipelining"). Lower it to cap every hub.

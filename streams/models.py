@@ -77,6 +77,8 @@ class Forwarder(models.Model):
     records_out_rate = models.FloatField("out (records/s)", default=0.0, help_text="Records it committed per second.")
     dropped_records = models.BigIntegerField("dropped", default=0,
                                              help_text="Records retention dropped before it read them (lost to this sink).")
+    write_seconds = models.JSONField("write seconds", default=dict, blank=True,
+                                     help_text="Seconds each committed batch took (hubsched.metrics.histogram snapshot).")
     last_error = models.TextField("last error", blank=True, help_text="The last write or read error, masked.")
     reported_at = models.DateTimeField("reported", null=True, blank=True, help_text="When the leader last reported.")
 

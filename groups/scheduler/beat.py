@@ -20,6 +20,9 @@ import threading
 
 from celery import beat
 
+from hubsched.metrics.histogram import Histogram
+from hubsched.metrics.reports import report_source, reporting_start, reporting_stop
+
 from .clock import Clock, SystemClock
 from .engine import Engine, NotLeading, StatsBuffer
 from .leader import FileLeadership, leadership_for_beat
@@ -65,6 +68,7 @@ class Scheduler(beat.Scheduler):
         self._last_flush = 0.0
         self._flush_now = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._dispatch_lag: dict[int, Histogram] = {}  # hub id -> seconds from a tick's time to its send (0: ahead)
         super().__init__(app, *args, **kwargs)
 
     # --- celery.beat.Scheduler ---------------------------------------------------------------
@@ -79,6 +83,8 @@ class Scheduler(beat.Scheduler):
         if isinstance(self.clock, SystemClock) and self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="hubsched-stats", daemon=True)
             self._flusher.start()
+            report_source("beat", self.metrics_snapshot)  # dispatch lag and leading for /metrics
+            reporting_start("beat")
         if not isinstance(self.leadership, FileLeadership):
             try:
                 self.leadership.try_acquire()  # at once, so that a lone beat leads from its first tick
@@ -126,6 +132,7 @@ class Scheduler(beat.Scheduler):
         self.flush()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
+            reporting_stop()
 
     def get_schedule(self) -> dict:
         return {}
@@ -183,6 +190,21 @@ class Scheduler(beat.Scheduler):
             self.publisher.send_job(-hub_id, ticks, eta, self._fence)
             return
         self.publisher.send(hub_id, ticks, limit, eta, self._fence)
+        now = self.clock.now()
+        lag = self._dispatch_lag.get(hub_id)
+        if lag is None:
+            lag = self._dispatch_lag[hub_id] = Histogram()
+        for tick in ticks:
+            lag.observe(max(0.0, now - tick[0]), len(tick[3]))
+
+    def metrics_snapshot(self) -> dict:
+        """This beat's part of its process report (hubsched/metrics/reports.py)::
+
+            {"dispatch_lag": {hub id: Histogram.snapshot()}}
+
+        ``dispatch_lag``: per group tick sent, seconds from the tick's time to its message being sent (0 for a tick
+        sent ahead, with its ETA: ``HUBSCHED_DISPATCH_LEAD_S``); jobs' ticks are not in it."""
+        return {"dispatch_lag": {str(hub_id): h.snapshot() for hub_id, h in list(self._dispatch_lag.items())}}
 
     def _batch(self):
         self._fence = self.leadership.next_round()

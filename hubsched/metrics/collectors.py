@@ -17,8 +17,10 @@ from typing import Iterator
 from django.conf import settings
 from django.db.models import Count, F, Sum
 from django.utils import timezone
-from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from hubsched.metrics.histogram import add_snapshots
 
 OUTCOMES = ("ok", "failed", "skipped", "missed", "killed")
 _OUTCOME_FIELD = {"ok": "done", "failed": "failed", "skipped": "skipped", "missed": "missed", "killed": "killed"}
@@ -56,6 +58,7 @@ class HubschedCollector(Collector):
         yield from self._groups()
         yield from self._runs_window()
         yield from self._hubs()
+        yield from self._reported()
         yield from self._forwarders()
         yield from self._beat()
         yield from self._redundancy()
@@ -155,6 +158,79 @@ class HubschedCollector(Collector):
             family.add_metric([project, name], 1 if enabled else 0)
         yield family
 
+    # --- what worker and beat processes reported (hubsched/metrics/reports.py) -------------------------
+    def _reported(self):
+        from hubs.models import Hub
+
+        from .models import ProcessReport
+        from .reports import report_interval_s
+
+        hubs = {str(pk): [project, name] for pk, project, name in Hub.objects.values_list("pk", "project__name", "name")}
+        fresh_after = timezone.now() - timedelta(seconds=3 * (report_interval_s() or 15.0))
+        labels = ["project", "hub"]
+        connected = GaugeMetricFamily("hubsched_hub_connected", "1 when a worker process reporting in the last three "
+                                      "intervals holds an open connection to the hub, 0 when they use it and none does.", labels=labels)
+        connections = GaugeMetricFamily("hubsched_hub_connections", "Worker processes with an open connection to the hub "
+                                        "(one per process: hub protocol v1).", labels=labels)
+        in_flight = GaugeMetricFamily("hubsched_hub_calls_in_flight", "Calls sent to the hub and not answered yet, every "
+                                      "worker process.", labels=labels)
+        latency = HistogramMetricFamily("hubsched_hub_call_duration_seconds", "Seconds from sending a call to the hub to "
+                                        "its answer (answered calls, errors included), every worker process.", labels=labels)
+        errors = CounterMetricFamily("hubsched_hub_call_errors", "Calls that failed, by kind: hub (answered with an "
+                                     "error), timeout (no answer in time), connection (the connection was lost).", labels=labels + ["kind"])
+        connects = CounterMetricFamily("hubsched_hub_connects", "Connections made to the hub, every worker process.", labels=labels)
+        connect_failures = CounterMetricFamily("hubsched_hub_connect_failures", "Connection attempts to the hub that failed.", labels=labels)
+        lag = HistogramMetricFamily("hubsched_beat_dispatch_lag_seconds", "Seconds from a group tick's time to the beat "
+                                    "sending it (0: sent ahead with its ETA), per group tick, every beat process.", labels=labels)
+        processes = GaugeMetricFamily("hubsched_processes_reporting", "Worker and beat processes that reported in the last "
+                                      "three intervals (HUBSCHED_METRICS_REPORT_S).", labels=["program"])
+        per_hub: dict[str, dict] = defaultdict(lambda: {"procs": 0, "up": 0, "in_flight": 0, "latency": [], "errors":
+                                                        defaultdict(int), "connects": 0, "failures": 0})
+        lags: dict[str, list] = defaultdict(list)
+        programs: dict[str, int] = defaultdict(int)
+        for program, data, reported_at in ProcessReport.objects.values_list("program", "data", "reported_at").order_by():
+            fresh = reported_at >= fresh_after
+            if fresh:
+                programs[program] += 1
+            data = data if isinstance(data, dict) else {}
+            for hub_id, stats in (data.get("hubs") or {}).items():
+                if hub_id not in hubs or not isinstance(stats, dict):
+                    continue
+                agg = per_hub[hub_id]
+                if fresh:  # gauges: what live processes say now
+                    agg["procs"] += 1
+                    agg["up"] += 1 if stats.get("connected") else 0
+                    agg["in_flight"] += int(stats.get("in_flight") or 0)
+                if stats.get("latency"):  # counters: every report kept, a process's last one included
+                    agg["latency"].append(stats["latency"])
+                for kind, n in (stats.get("errors") or {}).items():
+                    agg["errors"][kind] += int(n or 0)
+                agg["connects"] += int(stats.get("connects") or 0)
+                agg["failures"] += int(stats.get("connect_failures") or 0)
+            for hub_id, snap in ((data.get("beat") or {}).get("dispatch_lag") or {}).items():
+                if hub_id in hubs:
+                    lags[hub_id].append(snap)
+        for hub_id, agg in sorted(per_hub.items(), key=lambda item: hubs[item[0]]):
+            key = hubs[hub_id]
+            if agg["procs"]:
+                connected.add_metric(key, 1 if agg["up"] else 0)
+                connections.add_metric(key, agg["up"])
+                in_flight.add_metric(key, agg["in_flight"])
+            summed = add_snapshots(agg["latency"])
+            if summed is not None:
+                latency.add_metric(key, summed[0], sum_value=summed[1])
+            for kind in ("hub", "timeout", "connection"):
+                errors.add_metric(key + [kind], agg["errors"].get(kind, 0))
+            connects.add_metric(key, agg["connects"])
+            connect_failures.add_metric(key, agg["failures"])
+        for hub_id, snaps in sorted(lags.items(), key=lambda item: hubs[item[0]]):
+            summed = add_snapshots(snaps)
+            if summed is not None:
+                lag.add_metric(hubs[hub_id], summed[0], sum_value=summed[1])
+        for program in ("worker", "beat"):
+            processes.add_metric([program], programs.get(program, 0))
+        yield from (connected, connections, in_flight, latency, errors, connects, connect_failures, lag, processes)
+
     # --- sinks' forwarders and the quarantine --------------------------------------------------------
     def _forwarders(self):
         from streams.models import Forwarder, QuarantinedExecution
@@ -171,6 +247,8 @@ class HubschedCollector(Collector):
             "lead": GaugeMetricFamily("hubsched_sink_leading", "1 when a process leads the forwarder (its lease holds).", labels=labels),
             "quar": GaugeMetricFamily("hubsched_sink_quarantined_executions", "Executions set aside because the sink refused them.", labels=labels),
             "age": GaugeMetricFamily("hubsched_sink_report_age_seconds", "Seconds since the forwarder's leader last reported.", labels=labels),
+            "write": HistogramMetricFamily("hubsched_sink_write_duration_seconds", "Seconds each batch's commit to the sink "
+                                           "took (its values and the offset, one transaction), since its leader started.", labels=labels),
         }
         now = timezone.now()
         for row in Forwarder.objects.annotate(q=Count("quarantine")).order_by("name"):
@@ -185,6 +263,9 @@ class HubschedCollector(Collector):
             f["quar"].add_metric(key, row.q)
             if row.reported_at:
                 f["age"].add_metric(key, max(0.0, (now - row.reported_at).total_seconds()))
+            summed = add_snapshots([row.write_seconds]) if row.write_seconds else None
+            if summed is not None:
+                f["write"].add_metric(key, summed[0], sum_value=summed[1])
         yield from f.values()
         total = GaugeMetricFamily("hubsched_quarantine_executions", "Executions in the quarantine, every sink.")
         total.add_metric([], QuarantinedExecution.objects.count())

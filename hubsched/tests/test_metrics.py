@@ -31,8 +31,10 @@ def promtool() -> str:
 
 def site(*, groups: int = 3):
     """A project with two hubs, ``groups`` groups with stats on hub-a, runs of the last minute, a forwarder with a
-    quarantined execution, an open redundancy disagreement."""
+    quarantined execution and write times, an open redundancy disagreement, a worker's and a beat's process report."""
     from groups.models import Group, GroupRun, GroupStats
+    from hubsched.metrics.histogram import Histogram
+    from hubsched.metrics.models import ProcessReport
     from hubs.models import Hub, Project, RedundancyEvent, RedundancySet
     from streams.models import Forwarder, QuarantinedExecution
 
@@ -48,9 +50,18 @@ def site(*, groups: int = 3):
                             finished_at=tick + timedelta(milliseconds=240), status="ok", values_count=7)
     GroupRun.objects.create(group=rows[1], scheduled_for=tick, started_at=tick + timedelta(seconds=2),
                             finished_at=tick + timedelta(seconds=3), status="failed")
+    three_ms = Histogram()
+    three_ms.observe(0.003, n=3)
     fwd = Forwarder.objects.create(name="sink:1", kind="sink", stream="executions", state="running", reported_at=now,
                                    lease_until=now + timedelta(seconds=30), lag_records=12, lag_values=240,
-                                   lag_seconds=3.5, backlog_percent=10.0, executions_total=100, values_total=700)
+                                   lag_seconds=3.5, backlog_percent=10.0, executions_total=100, values_total=700,
+                                   write_seconds=three_ms.snapshot())
+    client = {"connected": True, "in_flight": 2, "latency": three_ms.snapshot(), "connects": 1, "connect_failures": 0,
+              "errors": {"hub": 1, "timeout": 0, "connection": 0}}
+    ProcessReport.objects.create(host="w1", pid=1, program="worker", data={"hubs": {str(hub.pk): client}},
+                                 started_at=now, reported_at=now)
+    ProcessReport.objects.create(host="b1", pid=2, program="beat", started_at=now, reported_at=now,
+                                 data={"beat": {"dispatch_lag": {str(hub.pk): three_ms.snapshot()}}})
     QuarantinedExecution.objects.create(forwarder=fwd, stream="executions", offset=1, group_id=rows[0].pk, tick=tick,
                                         project="plant", hub="hub-a", group="g0", values_count=2, body=b"x", error="e")
     rset = RedundancySet.objects.create(project=project, name="pair")
@@ -118,6 +129,11 @@ def test_metrics_say_what_the_database_holds_and_promtool_accepts_them(tmp_path)
     assert sample(text, "hubsched_sink_leading", forwarder="sink:1") == 1
     assert sample(text, "hubsched_quarantine_executions") == 1
     assert sample(text, "hubsched_redundancy_disagreements", set="pair") == 1
+    assert sample(text, "hubsched_hub_connected", hub="hub-a") == 1 and sample(text, "hubsched_hub_calls_in_flight", hub="hub-a") == 2
+    assert sample(text, "hubsched_hub_call_duration_seconds_bucket", hub="hub-a", le="0.0025") == 0
+    assert sample(text, "hubsched_hub_call_duration_seconds_bucket", hub="hub-a", le="0.005") == 3
+    assert sample(text, "hubsched_beat_dispatch_lag_seconds_count", hub="hub-a") == 3
+    assert sample(text, "hubsched_sink_write_duration_seconds_sum", forwarder="sink:1") == pytest.approx(0.009)
     assert "hubsched_beat_lease_store_up" in metric_names(text)
     assert all(name.startswith("hubsched_") for name in metric_names(text))
     result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)

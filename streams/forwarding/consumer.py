@@ -38,6 +38,7 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
+from hubsched.metrics.histogram import Histogram
 from hubsched.secrets import text_mask
 from streams.log import Log, LogError, Record, Start, log
 
@@ -187,6 +188,7 @@ class ConsumerLoop:
         self.values = 0
         self.committed_records = 0
         self.committed_at: datetime | None = None
+        self.write_seconds = Histogram()  # each batch's commit to the sink (write and offset, one transaction)
         self.pending: Batch | None = None  # taken from the reader, not yet committed
         self._prefetch: _Prefetch | None = None
         self._reported = 0.0
@@ -250,12 +252,14 @@ class ConsumerLoop:
                 self._reader_stop()
                 raise got
             batch = self.pending = got
+        started = time.monotonic()
         try:
             self.consumer.commit(batch, self.position)
         except CommitConflict as exc:
             logger.warning("%s: %s; reading from the committed offset", self.consumer.name, exc)
             self._reader_stop()
             return False
+        self.write_seconds.observe(time.monotonic() - started)
         self.position = batch.last_offset
         self.pending = None
         self.state, self.error = "running", ""
@@ -313,7 +317,9 @@ class ConsumerLoop:
                     continue
                 if isinstance(got, BaseException):
                     raise got
+                started = time.monotonic()
                 self.consumer.commit(got, self.position)
+                self.write_seconds.observe(time.monotonic() - started)
                 self.position = got.last_offset
                 done += got.records
         finally:
@@ -355,7 +361,8 @@ class ConsumerLoop:
         if not self.leading:
             return
         fields = {"state": self.state, "last_error": self.error[:2000], "reported_at": timezone.now(),
-                  "dropped_records": self.dropped, "executions_total": self.executions, "values_total": self.values}
+                  "dropped_records": self.dropped, "executions_total": self.executions, "values_total": self.values,
+                  "write_seconds": self.write_seconds.snapshot()}
         if self.position is not None:
             fields["position"] = self.position
         if self.committed_at is not None:

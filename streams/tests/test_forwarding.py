@@ -116,6 +116,24 @@ def test_a_standby_takes_over_once_the_leader_stops(sink, settings):
     assert sorted(stored(sink.url, sink.table)) == sorted({(100 + n, k) for n in range(6) for k in ("flow", "pressure")})
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_forwarder_reports_how_long_each_commit_to_its_sink_took(sink, settings):
+    settings.HUBSCHED_FORWARDER_REPORT_S = 0.2
+    loop = ConsumerLoop(forwarder_of(sink))
+    try:
+        loop.start()
+        wait_until(lambda: loop.leading)
+        append(sink.project_id, range(3))
+        wait_until(lambda: len(stored(sink.url, sink.table)) == 6)
+        append(sink.project_id, range(3, 5))
+        wait_until(lambda: len(stored(sink.url, sink.table)) == 10)
+    finally:
+        loop.stop()  # reports once more as it stops
+    reported = Forwarder.objects.get(name=loop.consumer.name).write_seconds
+    assert 2 <= sum(reported["counts"]) <= 5  # one observation per commit: two appends, at most one commit per execution
+    assert reported == loop.write_seconds.snapshot() and reported["sum"] > 0
+
+
 # --- a database that goes away ----------------------------------------------------------------------
 
 
