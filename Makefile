@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8000
 
-.PHONY: run test install install-dev migrate demo clean
+.PHONY: run test install install-dev migrate demo clean vendor
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +36,21 @@ run: demo
 ## Installs what the tests need and runs them (real PostgreSQL, MariaDB, Redis, RabbitMQ where present).
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The console's front-end packages, pinned, from the npm registry into static/vendor/ (committed: nothing is loaded
+## from a CDN or npm at run time); static/vendor/VERSIONS.txt records each file's package, version and sha256.
+HTMX_VERSION := 2.0.11
+ALPINE_VERSION := 3.17.5
+vendor:
+	rm -rf var/vendor && mkdir -p var/vendor static/vendor
+	cd var/vendor && npm pack --silent htmx.org@$(HTMX_VERSION) alpinejs@$(ALPINE_VERSION) >/dev/null
+	tar -xzf var/vendor/htmx.org-$(HTMX_VERSION).tgz -O package/dist/htmx.min.js > static/vendor/htmx.min.js
+	tar -xzf var/vendor/alpinejs-$(ALPINE_VERSION).tgz -O package/dist/cdn.min.js > static/vendor/alpine.min.js
+	printf '%s\n' "# made by make vendor: file, npm package@version, sha256" \
+		"htmx.min.js htmx.org@$(HTMX_VERSION) $$(sha256sum static/vendor/htmx.min.js | cut -d' ' -f1)" \
+		"alpine.min.js alpinejs@$(ALPINE_VERSION) $$(sha256sum static/vendor/alpine.min.js | cut -d' ' -f1)" \
+		> static/vendor/VERSIONS.txt
+	rm -rf var/vendor
 
 clean:
 	rm -rf var

@@ -22,6 +22,7 @@ from api.permissions import require
 from api.schemas import In, Page, responses
 
 from .models import Alarm, AlarmRule, AlarmState, Severity
+from .services import NOTE_MAX_CHARS, SHELVE_MAX_S
 
 router = Router(tags=["alarms"])
 
@@ -29,7 +30,6 @@ MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 AlarmId = Annotated[int, Path(ge=1, le=MAX_ID, description="alarm id")]
 RuleId = Annotated[int, Path(ge=1, le=MAX_ID, description="alarm rule id")]
-SHELVE_MAX_S = 30 * 86400  # a month: shelving is for a maintenance, not for good
 
 
 # --- schemas ---------------------------------------------------------------------------------------------
@@ -101,13 +101,13 @@ class AlarmFilter(Schema):
 
 
 class NoteIn(In):
-    note: str = Field("", max_length=2000, description="what the operator writes in the journal")
+    note: str = Field("", max_length=NOTE_MAX_CHARS, description="what the operator writes in the journal")
 
 
 class ShelveIn(In):
     until: datetime | None = Field(None, description="shelved until (ISO 8601 with offset)")
     for_s: float | None = Field(None, gt=0, le=SHELVE_MAX_S, description="or: for this many seconds from now")
-    note: str = Field("", max_length=2000)
+    note: str = Field("", max_length=NOTE_MAX_CHARS)
 
     @model_validator(mode="after")
     def _one(self):

@@ -19,6 +19,8 @@ from django.utils import timezone
 from .models import Alarm, AlarmEvent, AlarmRule, AlarmSource, AlarmState, Severity, Transition
 from .signals import alarm_transition
 
+NOTE_MAX_CHARS = 2000  # an operator's note in the journal (acknowledge, shelve): the API's and the console's bound
+SHELVE_MAX_S = 30 * 86400  # a month: shelving is for a maintenance, not for good (API and console)
 _RANK = {Severity.CRITICAL: 0, Severity.HIGH: 1, Severity.MEDIUM: 2, Severity.LOW: 3}
 
 

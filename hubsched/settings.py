@@ -199,6 +199,8 @@ INSTALLED_APPS = [
     "api",
     "jobs",
     "alarms",
+    "console",
+    "django_htmx",
     "ninja",  # serves the API docs' Swagger UI files from the package (no CDN)
 ]
 
@@ -212,6 +214,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",  # request.htmx: the console answers htmx requests with a fragment
     # every error under /api/ in the API's one shape, also Django's own 404/405/413 (api/errors.py)
     "api.errors.ApiErrorShapeMiddleware",
 ]
@@ -270,6 +273,11 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]  # static/vendor: the console's pinned npm packages (`make vendor`)
+# the console's login (Django's auth views); the admin keeps its own
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "console:home"
+LOGOUT_REDIRECT_URL = "login"
 STATIC_ROOT = VAR_DIR / "static"
 # Production serves collectstatic's hashed, compressed copies (far-future cache headers; the Dockerfile runs
 # collectstatic at build); elsewhere plain storage, and whitenoise finds files in the apps, so `make run` and the

@@ -14,7 +14,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, port: int, flower_port: int, **options):
         stack = Stack(port=port, flower_port=flower_port or None, out=self.stdout.write)
-        self.stdout.write(f"hubsched on http://127.0.0.1:{port}/ (admin: /admin/, status: /api/status)")
+        self.stdout.write(f"hubsched on http://127.0.0.1:{port}/ (console: /, admin: /admin/, status: /api/v1/status)")
         if flower_port:
             self.stdout.write(f"Flower on http://127.0.0.1:{flower_port}/")
         stack.start()

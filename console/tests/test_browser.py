@@ -1,0 +1,106 @@
+"""The console in a real headless Chromium (Debian's ``chromium``, driven by Playwright; no ``playwright install``):
+log in, see the open alarms, an alarm raised meanwhile appear without a reload, a note too long refused beside its
+field with nothing changed, an alarm acknowledged with a note, another shelved for an hour.
+
+With ``HUBSCHED_DOCS_SCREENSHOTS=1`` the test saves the screenshots docs/console.md shows (docs/screenshots/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from alarms.models import Alarm
+from alarms.services import NOTE_MAX_CHARS, alarm_raise
+from api.testing import user_with
+from hubs.models import Project
+from hubsched.testing import in_ci
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    # Playwright's sync API keeps an event loop running in this thread: the test's own ORM calls are still
+    # synchronous ones (Django's documented switch for such callers; the live server runs in its own threads)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if not shutil.which(CHROMIUM):
+        if in_ci():
+            pytest.fail(f"{CHROMIUM} is missing under CI (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    if os.environ.get("HUBSCHED_DOCS_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def raise_alarm(project, subject: str, severity: str = "critical") -> Alarm:
+    alarm, _ = alarm_raise(project_id=project.pk, source="system", kind="hub_unreachable", subject=subject,
+                           severity=severity, message=f"hub {subject} unreachable for 60 s", values={})
+    return alarm
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_logs_in_sees_alarms_arrive_live_acknowledges_one_and_shelves_another(browser, live_server):
+    from playwright.sync_api import expect
+
+    project = Project.objects.create(name="plant")
+    first = raise_alarm(project, "plant/hub-a")
+    operator = user_with(role="operator", name="olga")
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/")
+    assert page.url == f"{live_server.url}/accounts/login/?next=/"
+    page.fill("#id_username", operator.username)
+    page.fill("#id_password", "pw-123456")
+    page.click("button[type=submit]")
+    expect(page.locator(".sev-critical dd")).to_have_text("1")
+    shot(page, "console-overview.png")
+
+    page.click("text=Alarms")
+    expect(page.locator(f"#alarm-{first.pk}")).to_contain_text("plant/hub-a")
+    second = raise_alarm(project, "plant/hub-b", "high")  # raised while the page is open
+    expect(page.locator(f"#alarm-{second.pk}")).to_contain_text("plant/hub-b", timeout=12_000)  # no reload
+
+    row = page.locator(f"#alarm-{first.pk}")
+    row.get_by_role("button", name="Acknowledge…").click()
+    note = row.get_by_label("note", exact=True)
+    expect(note).to_be_focused()
+    note.evaluate("(el, n) => { el.removeAttribute('maxlength'); el.value = 'x'.repeat(n); }", NOTE_MAX_CHARS + 1)
+    row.get_by_role("button", name="Acknowledge", exact=True).click()
+    expect(page.locator(f"#alarm-{first.pk} .error")).to_contain_text(f"at most {NOTE_MAX_CHARS} characters")
+    assert Alarm.objects.get(pk=first.pk).state == "active"  # refused: nothing changed
+
+    row = page.locator(f"#alarm-{first.pk}")
+    note = row.get_by_label("note", exact=True)
+    expect(note).to_have_value("x" * (NOTE_MAX_CHARS + 1))  # shown open again, with what was typed: nothing lost
+    note.fill("pump checked on site")
+    shot(page, "console-alarms.png")
+    row.get_by_role("button", name="Acknowledge", exact=True).click()
+    expect(page.locator(f"#alarm-{first.pk} .ack")).to_have_text("olga: pump checked on site")
+    expect(page.locator(f"#alarm-{first.pk} .state")).to_have_text("acknowledged")
+    alarm = Alarm.objects.get(pk=first.pk)
+    assert alarm.state == "acknowledged" and alarm.acknowledged_by == operator
+    assert alarm.acknowledged_note == "pump checked on site"
+
+    row = page.locator(f"#alarm-{second.pk}")  # the other one: shelved for an hour during a maintenance
+    row.get_by_role("button", name="Shelve…").click()
+    row.get_by_label("shelve for").select_option(label="1 hour")
+    row.get_by_label("shelve note").fill("pump maintenance")
+    row.get_by_role("button", name="Shelve", exact=True).click()
+    expect(page.locator(f"#alarm-{second.pk} .state")).to_contain_text("(shelved until")
+    shelved = Alarm.objects.get(pk=second.pk)
+    assert shelved.shelved_by == operator and 3500 < (shelved.shelved_until - timezone.now()).total_seconds() <= 3600
