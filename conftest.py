@@ -30,6 +30,18 @@ def _hubsched_celery_app():
 
 
 @pytest.fixture(autouse=True)
+def _no_process_reports(settings):
+    """No metrics reporter thread in the test process unless a test turns it on (``HUBSCHED_METRICS_REPORT_S``):
+    a worker started in-process (``start_worker``) sends ``worker_init`` and would leave a thread writing
+    ``ProcessReport`` rows into later tests' databases. Whatever a test started is stopped after it."""
+    settings.HUBSCHED_METRICS_REPORT_S = 0
+    yield
+    from hubsched.metrics.reports import reporting_stop
+
+    reporting_stop(final=False)
+
+
+@pytest.fixture(autouse=True)
 def _own_log(settings, tmp_path):
     """Each test appends to a log of its own (an embedded SQLite one in its temporary directory): the workers'
     path writes every outcome there (docs/streams.md)."""

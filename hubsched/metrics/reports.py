@@ -63,13 +63,14 @@ class Reporter:
             self._thread = threading.Thread(target=self._run, daemon=True, name="hubsched-metrics-report")
             self._thread.start()
 
-    def stop(self) -> None:
-        """Write a last report and end the thread."""
+    def stop(self, *, final: bool = True) -> None:
+        """End the thread, and (``final``) write a last report."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
-            self.report_once()
+            if final:
+                self.report_once()
 
     def _run(self) -> None:
         self._stop.wait(min(2.0, report_interval_s()))  # a first report soon after start
@@ -129,9 +130,9 @@ def reporting_start(program: str) -> Reporter:
     return reporter
 
 
-def reporting_stop() -> None:
-    """Write this process's last report and stop its thread (at worker or beat shutdown)."""
-    _REPORTER.get().stop()
+def reporting_stop(*, final: bool = True) -> None:
+    """Stop this process's reporter thread, and (``final``) write its last report (at worker or beat shutdown)."""
+    _REPORTER.get().stop(final=final)
 
 
 # --- the hub clients of a worker process -----------------------------------------------------------------------

@@ -103,6 +103,7 @@ def test_a_process_that_stopped_reporting_keeps_its_counters_but_not_its_gauges_
     latency = Histogram()
     latency.observe(0.02, n=4)
     stats = {"connected": True, "in_flight": 3, "latency": latency.snapshot(), "errors": {"timeout": 2}, "connects": 1}
+    settings.HUBSCHED_METRICS_REPORT_S = 15.0  # gauges read rows reported within 45 s
     old = timezone.now() - timezone.timedelta(seconds=10 * settings.HUBSCHED_METRICS_REPORT_S)
     ProcessReport.objects.create(host="gone", pid=1, program="worker", data={"hubs": {str(hub.pk): stats}},
                                  started_at=old, reported_at=old)
