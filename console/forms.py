@@ -10,7 +10,7 @@ from alarms.services import NOTE_MAX_CHARS, SHELVE_MAX_S
 class AlarmNoteForm(forms.Form):
     """An acknowledgement's note (``alarms.services.alarm_acknowledge``): at most NOTE_MAX_CHARS characters."""
 
-    note = forms.CharField(max_length=NOTE_MAX_CHARS, required=False, strip=True,
+    note = forms.CharField(label="note", max_length=NOTE_MAX_CHARS, required=False, strip=True,
                            widget=forms.TextInput(attrs={"placeholder": "what you saw or did"}))
 
 

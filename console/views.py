@@ -90,16 +90,21 @@ def _write(request: HttpRequest, alarm_id: int, form, action: str, write) -> Htt
     form is shown open again with the note as typed."""
     alarm = get_object_or_404(Alarm, pk=alarm_id)
     state = _list_state(request)
+    try:  # answer with the page the form was on
+        page = max(1, int(request.POST.get("list_page") or 1))
+    except ValueError:
+        page = 1
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
-        return _alarms_page(request, state=state, page=1, status=422, refused={
-            "alarm": alarm.pk, "action": action, "message": f"{field}: {errors[0]}", "note": request.POST.get("note", "")})
+        label = form.fields[field].label or field  # the words beside the field, not its form name
+        return _alarms_page(request, state=state, page=page, status=422, refused={
+            "alarm": alarm.pk, "action": action, "message": f"{label}: {errors[0]}", "note": request.POST.get("note", "")})
     try:
         write(alarm, form.cleaned_data)
     except AlarmTransitionRefused as exc:
-        return _alarms_page(request, state=state, page=1, status=409, refused={
+        return _alarms_page(request, state=state, page=page, status=409, refused={
             "alarm": alarm.pk, "action": action, "message": str(exc), "note": form.cleaned_data.get("note", "")})
-    return _alarms_page(request, state=state, page=1)
+    return _alarms_page(request, state=state, page=page)
 
 
 @require_POST

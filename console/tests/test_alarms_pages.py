@@ -137,7 +137,7 @@ def test_shelving_needs_its_permission_takes_a_listed_duration_and_unshelving_en
     assert viewer.post(f"/alarms/{alarm.pk}/shelve", {"for_s": "3600"}).status_code == 403
     client = logged_in("operator")
     bad = client.post(f"/alarms/{alarm.pk}/shelve", {"for_s": "99999999", "note": "forever"})
-    assert bad.status_code == 422 and "for_s: Select a valid choice" in bad.content.decode()
+    assert bad.status_code == 422 and "for: Select a valid choice" in bad.content.decode()
     assert Alarm.objects.get(pk=alarm.pk).shelved_until is None
     before = timezone.now()
     assert client.post(f"/alarms/{alarm.pk}/shelve", {"for_s": "3600", "note": "maintenance"}).status_code == 200
@@ -151,3 +151,15 @@ def test_shelving_needs_its_permission_takes_a_listed_duration_and_unshelving_en
     assert Alarm.objects.get(pk=alarm.pk).shelved_until is None or Alarm.objects.get(pk=alarm.pk).shelved_until <= timezone.now()
     again = client.post(f"/alarms/{alarm.pk}/unshelve", {"note": ""})
     assert again.status_code == 409
+
+
+@pytest.mark.django_db
+def test_a_write_answers_the_page_the_form_was_on(project):
+    from console.views import ALARMS_PAGE
+
+    oldest = raise_alarm(project, "s-0")
+    for n in range(1, ALARMS_PAGE + 1):
+        raise_alarm(project, f"s-{n}")
+    response = logged_in("operator").post(f"/alarms/{oldest.pk}/acknowledge", {"note": "", "list_page": "2"})
+    page = response.content.decode()
+    assert response.status_code == 200 and "page 2 of 2" in page and f'id="alarm-{oldest.pk}"' in page

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -104,7 +105,7 @@ def test_a_process_that_stopped_reporting_keeps_its_counters_but_not_its_gauges_
     latency.observe(0.02, n=4)
     stats = {"connected": True, "in_flight": 3, "latency": latency.snapshot(), "errors": {"timeout": 2}, "connects": 1}
     settings.HUBSCHED_METRICS_REPORT_S = 15.0  # gauges read rows reported within 45 s
-    old = timezone.now() - timezone.timedelta(seconds=10 * settings.HUBSCHED_METRICS_REPORT_S)
+    old = timezone.now() - timedelta(seconds=10 * settings.HUBSCHED_METRICS_REPORT_S)
     ProcessReport.objects.create(host="gone", pid=1, program="worker", data={"hubs": {str(hub.pk): stats}},
                                  started_at=old, reported_at=old)
     text = scrape()
@@ -113,7 +114,7 @@ def test_a_process_that_stopped_reporting_keeps_its_counters_but_not_its_gauges_
     assert "hubsched_hub_connected{" not in text and "hubsched_hub_calls_in_flight{" not in text
     assert sample(text, "hubsched_processes_reporting", program="worker") == 0
     settings.HUBSCHED_METRICS_REPORT_RETAIN_S = 60
-    ProcessReport.objects.filter(host="gone").update(reported_at=timezone.now() - timezone.timedelta(seconds=61))
+    ProcessReport.objects.filter(host="gone").update(reported_at=timezone.now() - timedelta(seconds=61))
     assert reports.Reporter().report_once()  # any process's report deletes the rows nobody reported for that long
     assert not ProcessReport.objects.filter(host="gone").exists()
 
