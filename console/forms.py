@@ -1,10 +1,12 @@
-"""The console's forms: each field's rule is the one the API and the services use (alarms.services)."""
+"""The console's forms: each field's rule is the one the API and the services use (alarms.services, the models'
+validation that hubs.services runs); the hub form is hubs.forms.HubConsoleForm, shared with the admin's."""
 
 from __future__ import annotations
 
 from django import forms
 
 from alarms.services import NOTE_MAX_CHARS, SHELVE_MAX_S
+from hubs.models import Project
 
 
 class AlarmNoteForm(forms.Form):
@@ -30,3 +32,19 @@ class AlarmFilterForm(forms.Form):
 
     state = forms.ChoiceField(required=False, choices=[("", "open"), ("active", "active"),
                                                        ("acknowledged", "acknowledged"), ("cleared", "cleared")])
+
+
+class ProjectForm(forms.ModelForm):
+    """A project's settings (``hubs.services.project_create`` / ``project_change``: the model's rules, e.g. a name
+    taken, an unknown time zone)."""
+
+    class Meta:
+        model = Project
+        fields = ["name", "time_zone", "description"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 2})}
+
+
+class SearchForm(forms.Form):
+    """A list's search box: ``q``, a part of a name (any case)."""
+
+    q = forms.CharField(required=False, max_length=200, strip=True)

@@ -2,14 +2,25 @@
 
 from django.urls import path
 
-from . import views
+from .views import alarms, overview, projects
 
 app_name = "console"
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("alarms/", views.alarms, name="alarms"),
-    path("alarms/<int:alarm_id>/acknowledge", views.alarm_acknowledge_view, name="alarm-acknowledge"),
-    path("alarms/<int:alarm_id>/shelve", views.alarm_shelve_view, name="alarm-shelve"),
-    path("alarms/<int:alarm_id>/unshelve", views.alarm_unshelve_view, name="alarm-unshelve"),
+    path("", overview.home, name="home"),
+    path("alarms/", alarms.alarms, name="alarms"),
+    path("alarms/<int:alarm_id>/acknowledge", alarms.alarm_acknowledge_view, name="alarm-acknowledge"),
+    path("alarms/<int:alarm_id>/shelve", alarms.alarm_shelve_view, name="alarm-shelve"),
+    path("alarms/<int:alarm_id>/unshelve", alarms.alarm_unshelve_view, name="alarm-unshelve"),
+    path("projects/", projects.projects, name="projects"),
+    path("projects/<int:project_id>/", projects.project, name="project"),
+    path("projects/<int:project_id>/delete", projects.project_delete_view, name="project-delete"),
+    path("projects/<int:project_id>/hubs", projects.hub_add, name="hub-add"),
+    path("hubs/<int:hub_id>/", projects.hub, name="hub"),
+    path("hubs/<int:hub_id>/test", projects.hub_test, name="hub-test"),
+    path("hubs/<int:hub_id>/discover", projects.hub_discover, name="hub-discover"),
+    path("hubs/<int:hub_id>/switch", projects.hub_switch, name="hub-switch"),
+    path("hubs/<int:hub_id>/delete", projects.hub_delete_view, name="hub-delete"),
+    path("hubs/<int:hub_id>/groups", projects.hub_groups, name="hub-groups"),
+    path("groups/<int:group_id>/switch", projects.group_switch, name="group-switch"),
 ]

@@ -231,22 +231,26 @@ def outcome_bindings(outcome: Outcome, names: frozenset | set) -> tuple[dict[str
                     quality[name] = b.quality
         return values, quality
     wanted = outcome.group.__dict__.get("_rule_keys")
-    if wanted is None or wanted[0] != names:  # (names, {entity: {key: binding}}), kept on the Group instance
-        by_entity: dict[str, dict[str, str]] = defaultdict(dict)
-        for binding, entity, key in _read_plan(outcome.group)[0]:
-            if binding in names:
-                by_entity[entity][key] = binding
-        wanted = outcome.group.__dict__["_rule_keys"] = (names, dict(by_entity))
-    for entity, items in outcome.read:
-        keys = wanted[1].get(entity)
-        if not keys:
+    if wanted is None or wanted[0] != names:  # (names, [(binding, entity, position, key)]), kept on the Group instance
+        plan = _read_plan(outcome.group)
+        wanted = outcome.group.__dict__["_rule_keys"] = (names, [
+            (binding, entity, plan[1][entity].index(key), key) for binding, entity, key in plan[0] if binding in names])
+    # outcome.read holds, per entity, one value object per key in the read plan's order (_answer_values), so a
+    # binding is found at its position; a value object found elsewhere (a failover's answer) is looked up by key
+    read = dict(outcome.read)
+    for name, entity, position, key in wanted[1]:
+        items = read.get(entity)
+        if not items:
             continue
-        for item in items:
-            name = keys.get(item.get("key"))
-            if name is not None:
-                values[name] = item.get("value")
-                if item.get("quality") not in (None, "good"):
-                    quality[name] = item["quality"]
+        item = items[position] if position < len(items) else None
+        if item is None or item.get("key") != key:
+            item = next((i for i in items if i.get("key") == key), None)
+            if item is None:
+                continue
+        values[name] = item.get("value")
+        quality_of = item.get("quality")
+        if quality_of not in (None, "good"):
+            quality[name] = quality_of
     return values, quality
 
 

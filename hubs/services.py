@@ -212,13 +212,37 @@ def _deleted_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {label.lower(): n for label, n in sorted(counts.items()) if n}
 
 
-def project_delete(*, project: Project) -> dict[str, int]:
-    """Delete ``project`` and everything in it (hubs, their entities and groups with their runs, scripts,
-    sinks, data sources); returns how many rows of each model went, ``{"hubs.hub": 2, "groups.group": 4, ...}``."""
-    with transaction.atomic():
-        _total, counts = project.delete()
-    logger.info("project deleted: %s", counts)
+class _DeleteRolledBack(Exception):
+    """Rolls a dry-run delete back, carrying its counts."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+
+
+def _delete(row, *, dry_run: bool) -> dict[str, int]:
+    """Delete ``row`` with what cascades from it in one transaction; with ``dry_run`` the same delete is made and
+    rolled back, so the counts are exactly what deleting would remove at that moment."""
+    try:
+        with transaction.atomic():
+            _total, counts = row.delete()
+            if dry_run:
+                raise _DeleteRolledBack(_deleted_counts(counts))
+    except _DeleteRolledBack as done:
+        return done.counts
     return _deleted_counts(counts)
+
+
+def project_delete(*, project: Project, dry_run: bool = False) -> dict[str, int]:
+    """Delete ``project`` and everything in it (hubs, their entities and groups with their runs, scripts,
+    sinks, data sources); returns how many rows of each model went, ``{"hubs.hub": 2, "groups.group": 4, ...}``.
+    ``dry_run``: what would go (the console's confirmation), nothing deleted."""
+    pk = project.pk
+    counts = _delete(project, dry_run=dry_run)
+    if dry_run:
+        project.pk = pk  # Model.delete() cleared it; the row is still there
+    else:
+        logger.info("project deleted: %s", counts)
+    return counts
 
 
 def hub_create(*, project: Project, **fields: Any) -> Hub:
@@ -235,13 +259,17 @@ def hub_change(*, hub: Hub, **changes: Any) -> Hub:
     return _validated_save(hub, changes, HUB_FIELDS)
 
 
-def hub_delete(*, hub: Hub) -> dict[str, int]:
+def hub_delete(*, hub: Hub, dry_run: bool = False) -> dict[str, int]:
     """Delete ``hub`` with its entities, parameters, offsets and groups (and their runs); returns the rows of
-    each model that went, ``{"hubs.hub": 1, "hubs.entity": 12, "groups.group": 3, ...}``."""
-    with transaction.atomic():
-        _total, counts = hub.delete()
-    logger.info("hub deleted: %s", counts)
-    return _deleted_counts(counts)
+    each model that went, ``{"hubs.hub": 1, "hubs.entity": 12, "groups.group": 3, ...}``. ``dry_run``: what
+    would go, nothing deleted."""
+    pk = hub.pk
+    counts = _delete(hub, dry_run=dry_run)
+    if dry_run:
+        hub.pk = pk
+    else:
+        logger.info("hub deleted: %s", counts)
+    return counts
 
 
 # --- switches and "run now" --------------------------------------------------------------------------------

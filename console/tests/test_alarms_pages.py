@@ -155,7 +155,7 @@ def test_shelving_needs_its_permission_takes_a_listed_duration_and_unshelving_en
 
 @pytest.mark.django_db
 def test_a_write_answers_the_page_the_form_was_on(project):
-    from console.views import ALARMS_PAGE
+    from console.views.alarms import ALARMS_PAGE
 
     oldest = raise_alarm(project, "s-0")
     for n in range(1, ALARMS_PAGE + 1):

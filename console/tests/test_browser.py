@@ -104,3 +104,63 @@ def test_an_operator_logs_in_sees_alarms_arrive_live_acknowledges_one_and_shelve
     expect(page.locator(f"#alarm-{second.pk} .state")).to_contain_text("(shelved until")
     shelved = Alarm.objects.get(pk=second.pk)
     assert shelved.shelved_by == operator and 3500 < (shelved.shelved_until - timezone.now()).total_seconds() <= 3600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_integrator_makes_a_project_adds_a_hub_tests_it_and_discovers_its_entities(browser, live_server):
+    """From nothing, in the console alone: a project, a hub (a refused URL first, shown beside its field), the
+    connection test, discovery's preview, then applied; the hub in the project tree."""
+    from playwright.sync_api import expect
+
+    from hubs.hubsim.server import serve_in_thread
+    from hubs.models import Entity, Hub
+
+    integrator = user_with(role="integrator", name="ines")
+    with serve_in_thread(key="browser-key-77", name="hub-a") as reference:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(15_000)
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.fill("#id_username", integrator.username)
+        page.fill("#id_password", "pw-123456")
+        page.click("button[type=submit]")
+        page.get_by_role("link", name="Projects").click()
+        form = page.locator("#project-new")
+        form.get_by_label("Name").fill("bottling")
+        form.get_by_label("Time zone").fill("Europe/Berlin")
+        form.get_by_role("button", name="Create project").click()
+        expect(page.locator("h1")).to_have_text("bottling")
+
+        page.locator("#hub-new-panel summary").click()
+        form = page.locator("#hub-new")
+        form.get_by_label("Name", exact=True).fill("hub-a")
+        form.get_by_label("URL").fill("http://" + reference.url.removeprefix("ws://"))
+        form.get_by_label("API key", exact=True).fill("browser-key-77")
+        form.get_by_role("button", name="Add hub").click()
+        expect(page.locator("#hub_url-error")).to_be_visible()  # a refused URL, beside its field
+        assert not Hub.objects.exists()
+        form = page.locator("#hub-new")
+        form.get_by_label("URL").fill(reference.url)
+        form.get_by_label("API key", exact=True).fill("browser-key-77")  # a password field is not sent back: typed again
+        form.get_by_role("button", name="Add hub").click()
+        expect(page.locator("h1")).to_have_text("Hub hub-a")
+        assert "browser-key-77" not in page.content()
+
+        page.get_by_role("button", name="Test connection").click()
+        expect(page.locator("#hub-test-result")).to_contain_text("Connected")
+        expect(page.locator("#hub-test-result")).to_contain_text("protocol version 1")
+        page.get_by_role("button", name="Discover entities…").click()
+        expect(page.locator("#hub-discover-result")).to_contain_text("Would apply")
+        expect(page.locator("#hub-discover-result .added")).to_contain_text("plant/line1/pump1")
+        shot(page, "console-hub.png")
+        assert not Entity.objects.exists()
+        page.get_by_role("button", name="Apply these changes").click()
+        expect(page.locator("#hub-discover-result")).to_contain_text("Applied")
+        assert Entity.objects.filter(path="plant/line1/pump1").exists()
+
+        page.get_by_role("link", name="bottling").click()
+        hub = Hub.objects.get(name="hub-a")
+        row = page.locator(f"#hub-{hub.pk}")
+        expect(row).to_contain_text(f"{Entity.objects.filter(hub=hub).count()} entities")
+        row.locator("summary").click()  # opening the hub loads its groups
+        expect(row.locator(".groups")).to_contain_text("No group on this hub yet")
+        shot(page, "console-project.png")

@@ -1,4 +1,4 @@
-"""The console's pages. Each view needs a login and a permission (the roles of hubsched/roles.py), never just
+"""The console's alarm pages. Each view needs a login and a permission (the roles of hubsched/roles.py), never just
 ``is_staff``; writes are POSTs with Django's CSRF token (htmx sends it from ``hx-headers`` on ``<body>``).
 An htmx request gets the fragment it swaps in, a plain one the whole page."""
 
@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -18,27 +17,9 @@ from alarms.models import Alarm
 from alarms.selectors import alarms_list
 from alarms.services import NOTE_MAX_CHARS, AlarmTransitionRefused, alarm_acknowledge, alarm_shelve, alarm_unshelve
 
-from .forms import SHELVE_CHOICES, AlarmFilterForm, AlarmNoteForm, AlarmShelveForm
+from ..forms import SHELVE_CHOICES, AlarmFilterForm, AlarmNoteForm, AlarmShelveForm
 
 ALARMS_PAGE = 50  # rows a page of the alarm list shows
-
-
-@require_GET
-@login_required
-@permission_required("groups.view_group", raise_exception=True)
-def home(request: HttpRequest) -> HttpResponse:
-    """The console's start: what the project holds and the open alarms by severity."""
-    from groups.models import Group
-    from hubs.models import Hub, Project
-
-    open_alarms = {}
-    if request.user.has_perm("alarms.view_alarm"):
-        open_alarms = {row["severity"]: row["n"] for row in
-                       alarms_list().exclude(state="cleared").values("severity").annotate(n=Count("id")).order_by()}
-    return render(request, "console/home.html", {
-        "projects": Project.objects.count(), "hubs": Hub.objects.count(), "groups": Group.objects.count(),
-        "open_alarms": open_alarms,
-    })
 
 
 def _alarms_page(request: HttpRequest, *, state: str, page: int, refused: dict | None = None,
