@@ -21,13 +21,13 @@ from hubsched.roles import permissions_missing, project_import_permissions
 from scripts_engine.models import Script
 
 from .client import HubError
-from .forms import HubForm
+from .forms import HubForm, ProjectImportForm
 from .models import Entity, Hub, HubOffset, Parameter, Project, RedundancyEvent, RedundancySet
 from .project_document import ProjectDocumentError
-from .project_document.importer import document_import_permissions
 from .project_document.validation import max_bytes
 from .selectors import hub_entity_tree
-from .services import hub_connection_test, hub_entities_sync, hubs_enabled_set, project_export, project_import
+from .services import (hub_connection_test, hub_entities_sync, hubs_enabled_set, project_export, project_export_filename,
+                       project_import_as)
 
 
 # --- projects ------------------------------------------------------------------------------------------------
@@ -47,16 +47,8 @@ class ScriptInline(admin.TabularInline):
     show_change_link = True
 
 
-class ProjectImportForm(forms.Form):
-    document = forms.FileField(help_text="A hubsched.project/1 JSON document, as export writes it.")
-    replace = forms.BooleanField(
-        required=False, help_text="Update the project of the same name in place; its groups keep their run history."
-    )
-
-
 def _download(project: Project, *, include_secrets: bool) -> tuple[str, str]:
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in project.name) or "project"
-    return f"{name}.json", project_export(project=project, include_secrets=include_secrets)
+    return f"{project_export_filename(project.name)}.json", project_export(project=project, include_secrets=include_secrets)
 
 
 @admin.register(Project)
@@ -122,19 +114,10 @@ class ProjectAdmin(admin.ModelAdmin):
             raise PermissionDenied(f"permission required: {', '.join(missing)}")
         errors: list[str] = []
         form = ProjectImportForm(request.POST or None, request.FILES or None)
-        replace_missing = (permissions_missing(request.user, *project_import_permissions(replace=True))
-                           if request.method == "POST" and form.is_valid() and form.cleaned_data["replace"] else [])
-        if replace_missing:
-            errors = [f"replace: permission required: {', '.join(replace_missing)}"]
-        elif request.method == "POST" and form.is_valid():
-            upload = form.cleaned_data["document"]
-            raw = upload.read(max_bytes() + 1)
-            jobs_missing = permissions_missing(  # a shell job in the document also takes jobs.shell_job
-                request.user, *document_import_permissions(raw=raw, replace=form.cleaned_data["replace"]))
+        if request.method == "POST" and form.is_valid():
+            raw = form.cleaned_data["document"].read(max_bytes() + 1)
             try:
-                if jobs_missing:
-                    raise ProjectDocumentError([f"permission required: {', '.join(jobs_missing)}"])
-                result = project_import(raw=raw, replace=form.cleaned_data["replace"])
+                result = project_import_as(user=request.user, raw=raw, replace=form.cleaned_data["replace"])
             except ProjectDocumentError as exc:
                 errors = exc.errors
             else:

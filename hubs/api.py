@@ -271,7 +271,7 @@ def projects_export(request, project_id: int,
     project = get_object_or_404(Project, pk=project_id)
     response = HttpResponse(services.project_export(project=project, include_secrets=include_secrets),
                             content_type="application/json")
-    response["Content-Disposition"] = f'attachment; filename="{_filename(project.name)}.json"'
+    response["Content-Disposition"] = f'attachment; filename="{services.project_export_filename(project.name)}.json"'
     return response
 
 
@@ -319,10 +319,6 @@ def _document_detail(error: str) -> dict[str, str]:
     if not sep or " " in path:
         return {"path": "", "message": error}
     return {"path": "" if path == "document" else path, "message": message}
-
-
-def _filename(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "project"
 
 
 # --- hubs ----------------------------------------------------------------------------------------------------

@@ -7,6 +7,15 @@ from django import forms
 from .models import Hub
 
 
+class ProjectImportForm(forms.Form):
+    """A project document to import (``hubs.services.project_import_as``): the admin's and the console's."""
+
+    document = forms.FileField(help_text="A hubsched.project/1 JSON document, as export writes it.")
+    replace = forms.BooleanField(
+        required=False, help_text="Update the project of the same name in place; its groups keep their run history."
+    )
+
+
 class HubForm(forms.ModelForm):
     # The key is write-only: never rendered back into the page; left blank, the current key is kept.
     api_key = forms.CharField(

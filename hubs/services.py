@@ -43,6 +43,36 @@ def project_import(*, raw: bytes | str, replace: bool = False, environ: Mapping[
     return result
 
 
+def project_export_filename(name: str) -> str:
+    """A download's file name for the project ``name``, without its ``.json``: letters, digits, ``-_.`` kept, any
+    other character ``_`` (``"line 2/a"`` -> ``"line_2_a"``); ``"project"`` for an empty name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "project"
+
+
+def project_import_as(*, user, raw: bytes | str, replace: bool = False) -> ProjectImport:
+    """``project_import`` for ``user``: what importing takes (``hubsched.roles.project_import_permissions``: the
+    add permissions of every kind of row, with ``replace`` their change and delete ones too; ``jobs.shell_job`` for
+    a document holding a shell job) checked first. Raises ProjectDocumentError listing what is missing
+    (``"permission required: ..."``, prefixed ``replace:`` for what replacing adds), and the import's own errors;
+    either way nothing is changed. The console's and the admin's import."""
+    from hubsched.roles import permissions_missing, project_import_permissions
+
+    from .project_document import ProjectDocumentError
+    from .project_document.importer import document_import_permissions
+
+    missing = permissions_missing(user, *project_import_permissions(replace=False))
+    if missing:
+        raise ProjectDocumentError([f"permission required: {', '.join(missing)}"])
+    if replace:
+        missing = permissions_missing(user, *project_import_permissions(replace=True))
+        if missing:
+            raise ProjectDocumentError([f"replace: permission required: {', '.join(missing)}"])
+    missing = permissions_missing(user, *document_import_permissions(raw=raw, replace=replace))
+    if missing:
+        raise ProjectDocumentError([f"permission required: {', '.join(missing)}"])
+    return project_import(raw=raw, replace=replace)
+
+
 # --- hubs: discovery and connection test -------------------------------------------------------------------
 
 

@@ -201,3 +201,71 @@ def test_a_write_without_the_csrf_token_is_refused(project):
     client = logged_in("integrator", enforce_csrf_checks=True)
     assert client.post("/projects/", {"name": "sneaky", "time_zone": "UTC"}).status_code == 403
     assert not Project.objects.filter(name="sneaky").exists()
+
+
+def _group_with_a_key(hub) -> Group:
+    from groups.models import GroupKey
+
+    entity_tree_write(hub=hub, tree=demo_tree("hub-a"))
+    group = Group.objects.create(hub=hub, name="g1", period=1)
+    GroupKey.objects.create(group=group, entity="plant/line1/pump1", key="pressure", position=0)
+    return group
+
+
+def _document(project) -> dict:
+    import json
+
+    from hubs.services import project_export
+
+    document = json.loads(project_export(project=project))
+    document["hubs"][0]["api_key"] = "a-key-in-clear"  # exported as ${HUB_HUB_A_KEY}: the environment's
+    return document
+
+
+@pytest.mark.django_db
+def test_a_project_is_exported_without_its_secrets_unless_allowed(project, hub):
+    _group_with_a_key(hub)
+    integrator = logged_in("integrator")
+    response = integrator.get(f"/projects/{project.pk}/export")
+    body = response.content.decode()
+    assert response.status_code == 200 and response["Content-Disposition"] == 'attachment; filename="plant.json"'
+    assert '"hubsched.project/1"' in body and KEY not in body and "${" in body
+    assert integrator.get(f"/projects/{project.pk}/export?secrets=1").status_code == 403
+    assert KEY in logged_in("admin").get(f"/projects/{project.pk}/export?secrets=1").content.decode()
+
+
+@pytest.mark.django_db
+def test_an_import_lists_every_error_at_its_json_path_and_changes_nothing(project, hub):
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    _group_with_a_key(hub)
+    document = _document(project)
+    document["name"] = "plant copy"
+    document["hubs"][0]["groups"][0]["period"] = -1
+    document["hubs"][0]["url"] = "http://nowhere"
+    before = (Project.objects.count(), Hub.objects.count(), Group.objects.count())
+    integrator = logged_in("integrator")
+    assert logged_in("viewer").get("/projects/import").status_code == 403
+
+    def upload(doc, **extra):
+        raw = json.dumps(doc).encode()
+        return integrator.post("/projects/import", {"document": SimpleUploadedFile("p.json", raw), **extra})
+
+    refused = upload(document)
+    page = refused.content.decode()
+    assert refused.status_code == 422 and "nothing changed" in page
+    assert "hubs[0].groups[0].period" in page and "hubs[0].url" in page
+    assert (Project.objects.count(), Hub.objects.count(), Group.objects.count()) == before
+    exists = upload(_document(project))  # the same name, not asked to replace
+    assert exists.status_code == 422 and "already exists" in exists.content.decode()
+    assert (Project.objects.count(), Hub.objects.count(), Group.objects.count()) == before
+    document = _document(project)
+    document["name"] = "plant copy"
+    imported = upload(document)
+    copy = Project.objects.get(name="plant copy")
+    assert imported.status_code == 302 and imported["Location"] == f"/projects/{copy.pk}/"
+    assert Group.objects.filter(hub__project=copy, name="g1").exists()
+    bad_json = integrator.post("/projects/import", {"document": SimpleUploadedFile("p.json", b"{not json")})
+    assert bad_json.status_code == 422 and "document" in bad_json.content.decode()

@@ -1,5 +1,6 @@
-"""The console's project tree: projects, their hubs, each hub's groups (loaded when a hub is opened), and the hub
-form with its connection test and discovery (docs/console.md, "Projects and hubs").
+"""The console's project tree: projects, their hubs, each hub's groups (loaded when a hub is opened), the hub form
+with its connection test and discovery, and project documents' import and export (docs/console.md, "Projects and
+hubs").
 
 Every view needs a login and a model permission (hubsched/roles.py), never just ``is_staff``; writes are POSTs with
 Django's CSRF token and go through the services of hubs/services.py and groups/services.py, whose model validation
@@ -20,11 +21,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from groups.models import Group
 from groups.services import groups_enabled_set
 from hubs.client import HubError
-from hubs.forms import HubConsoleForm
+from hubs.forms import HubConsoleForm, ProjectImportForm
 from hubs.models import Hub, Project
+from hubs.project_document import ProjectDocumentError
+from hubs.project_document.validation import max_bytes
 from hubs.selectors import hub_list, project_list
 from hubs.services import (hub_change, hub_connection_test, hub_create, hub_delete, hub_entities_sync,
-                           hubs_enabled_set, project_change, project_create, project_delete)
+                           hubs_enabled_set, project_change, project_create, project_delete, project_export,
+                           project_export_filename, project_import_as)
 
 from ..forms import ProjectForm, SearchForm
 
@@ -273,3 +277,42 @@ def group_switch(request: HttpRequest, group_id: int) -> HttpResponse:
     groups_enabled_set(group_ids=[group.pk], enabled=request.POST.get("enabled") == "1")
     group.refresh_from_db()
     return render(request, "console/_group_row.html", {"group": group})
+
+
+# --- project documents: import and export ------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required("hubs.add_project", raise_exception=True)
+def project_import_view(request: HttpRequest) -> HttpResponse:
+    """Import a project document (an uploaded file, ``replace`` to update the project of its name): on success the
+    project's page, else every error at its JSON path (``hubs[0].groups[1].period: ...``) and nothing changed.
+    What it takes is checked by ``hubs.services.project_import_as`` (the admin's import)."""
+    form = ProjectImportForm(request.POST or None, request.FILES or None)
+    errors: list[str] = []
+    if request.method == "POST" and form.is_valid():
+        raw = form.cleaned_data["document"].read(max_bytes() + 1)
+        try:
+            result = project_import_as(user=request.user, raw=raw, replace=form.cleaned_data["replace"])
+        except ProjectDocumentError as exc:
+            errors = exc.errors
+        else:
+            return redirect("console:project", project_id=result.project.pk)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "console/project_import.html", {"form": form, "errors": errors}, status=status)
+
+
+@require_GET
+@login_required
+@permission_required("hubs.view_project", raise_exception=True)
+def project_export_view(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The project as a ``hubsched.project/1`` JSON download; secrets as ``${NAME}`` references unless
+    ``?secrets=1``, which needs ``hubs.export_secrets``."""
+    row = get_object_or_404(Project, pk=project_id)
+    secrets = request.GET.get("secrets") == "1"
+    if secrets and not request.user.has_perm("hubs.export_secrets"):
+        return HttpResponse("needs the permission hubs.export_secrets", status=403)
+    response = HttpResponse(project_export(project=row, include_secrets=secrets), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{project_export_filename(row.name)}.json"'
+    return response
