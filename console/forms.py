@@ -48,3 +48,55 @@ class SearchForm(forms.Form):
     """A list's search box: ``q``, a part of a name (any case)."""
 
     q = forms.CharField(required=False, max_length=200, strip=True)
+
+
+GROUP_FIELDS = ["name", "trigger", "period", "offset", "cron", "run_at", "deadband", "expires", "execution_timeout",
+                "script", "enabled"]
+
+
+class GroupForm(forms.Form):
+    """The group editor's fields: Group's own form fields (types and bounds from the model), the keys as lines
+    ``entity key [alias]`` in their order. What a group must be (a trigger with its fields, keys in the hub's tree,
+    a period's bound, a name free in the hub) is checked by ``groups.services.groups_check``, the API's and the
+    import's rules, not here. ``run_at`` is read in the project's time zone."""
+
+    keys = forms.CharField(
+        label="keys", required=False, widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+        help_text="One per line, in order: the entity, the parameter key, and optionally the binding alias the "
+                  "script uses (plant/line1/pump1 pressure p1).")
+
+    def __init__(self, *args, project: Project, **kwargs):
+        from groups.models import Group
+        from scripts_engine.models import Script
+
+        super().__init__(*args, **kwargs)
+        model_fields = forms.fields_for_model(Group, fields=GROUP_FIELDS)
+        model_fields["script"].queryset = Script.objects.filter(project=project).order_by("name")
+        model_fields["run_at"].help_text = f"Once trigger: when to run, in the project's time zone ({project.time_zone})."
+        keys = self.fields.pop("keys")
+        self.fields.update(model_fields)
+        self.fields["keys"] = keys
+
+    def clean_keys(self) -> list[tuple[str, str, str]]:
+        """``[(entity, key, alias)]``; a line of one word, or of more than three, is refused with its number."""
+        out = []
+        for number, line in enumerate(self.cleaned_data["keys"].splitlines(), start=1):
+            words = line.split()
+            if not words:
+                continue
+            if not 2 <= len(words) <= 3:
+                raise forms.ValidationError(f"line {number}: expected an entity, a key and optionally an alias, "
+                                            f"separated by spaces (got {line.strip()!r})")
+            out.append((words[0], words[1], words[2] if len(words) == 3 else ""))
+        return out
+
+    def item(self) -> dict:
+        """The cleaned data as ``groups.services.group_drafts_make`` takes one item (script by id)."""
+        data = dict(self.cleaned_data)
+        data["script"] = data["script"].pk if data.get("script") is not None else None
+        return data
+
+
+def group_keys_text(group) -> str:
+    """A saved group's keys as the editor's lines."""
+    return "\n".join(" ".join(part for part in (k.entity, k.key, k.alias) if part) for k in group.keys.all())

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import alarms, overview, projects
+from .views import alarms, groups, overview, projects
 
 app_name = "console"
 
@@ -25,4 +25,9 @@ urlpatterns = [
     path("hubs/<int:hub_id>/delete", projects.hub_delete_view, name="hub-delete"),
     path("hubs/<int:hub_id>/groups", projects.hub_groups, name="hub-groups"),
     path("groups/<int:group_id>/switch", projects.group_switch, name="group-switch"),
+    path("hubs/<int:hub_id>/groups/new", groups.group_new, name="group-new"),
+    path("hubs/<int:hub_id>/groups/times", groups.group_times, name="group-times"),
+    path("hubs/<int:hub_id>/parameters", groups.hub_parameters, name="hub-parameters"),
+    path("groups/<int:group_id>/", groups.group, name="group"),
+    path("groups/<int:group_id>/run", groups.group_run, name="group-run"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timezone as dt_timezone
 from typing import Any
 
@@ -346,3 +347,76 @@ def _iso_epoch(t: float | None) -> str | None:
     from datetime import datetime
 
     return _iso(datetime.fromtimestamp(t, dt_timezone.utc)) if t is not None else None
+
+
+@dataclass
+class FireTimes:
+    """A group's next ticks as its settings give them (``group_fire_times``): ``times`` aware datetimes in the
+    project's time zone; ``offset_changes`` ``[(index, before, after)]``: the UTC offset changes (a daylight-saving
+    change) between ``times[index - 1]`` (or now, for index 0) and ``times[index]``, offsets as "+01:00";
+    ``cron_words`` the cron expression in words (cron-descriptor), ``""`` for another trigger; ``error``: why no
+    time can be given (settings that do not build a trigger), else ``""``; ``note`` for a trigger without times
+    (on change)."""
+
+    times: list = field(default_factory=list)
+    offset_changes: list = field(default_factory=list)
+    cron_words: str = ""
+    error: str = ""
+    note: str = ""
+
+
+def _utc_offset(moment) -> str:
+    total = int(moment.utcoffset().total_seconds() // 60)
+    sign = "+" if total >= 0 else "-"
+    return f"{sign}{abs(total) // 60:02d}:{abs(total) % 60:02d}"
+
+
+def group_fire_times(*, group: Group, time_zone: str, count: int = 5, now: float | None = None) -> FireTimes:
+    """The next ``count`` ticks of ``group`` (saved or not: its trigger, period, offset, cron, run_at) after ``now``
+    (epoch s, default the clock) in ``time_zone`` (the project's), computed by the scheduler's own triggers
+    (groups.scheduler.engine.cohort_key_and_trigger), so they are the ticks the beat will send."""
+    import time as _time
+    from zoneinfo import ZoneInfo
+
+    from .scheduler.engine import CRON, ON_CHANGE, ONCE, GroupSpec, cohort_key_and_trigger
+    from .scheduler.triggers import TriggerError
+
+    now = _time.time() if now is None else now
+    out = FireTimes()
+    if group.trigger == ON_CHANGE:
+        out.note = "an on-change group runs when a value changes beyond its deadband, not at set times"
+        return out
+    if group.trigger == CRON and group.cron:
+        from cron_descriptor import ExpressionDescriptor, Options
+
+        options = Options()
+        options.use_24hour_time_format = True
+        try:
+            out.cron_words = str(ExpressionDescriptor(group.cron, options))
+        except Exception:  # cron-descriptor's own errors; the trigger below says what is wrong
+            out.cron_words = ""
+    spec = GroupSpec(id=group.pk or 0, hub_id=group.hub_id or 0, trigger=group.trigger, period=group.period or 0.0,
+                     offset=group.offset or 0.0, cron=group.cron or "",
+                     run_at=group.run_at.timestamp() if group.run_at else None, tz=time_zone)
+    try:
+        zone = ZoneInfo(time_zone)
+        _key, trigger = cohort_key_and_trigger(spec, now)
+    except (TriggerError, ValueError, KeyError) as exc:
+        out.error = str(exc) or "these settings give no schedule"
+        return out
+    from datetime import datetime as _datetime
+
+    at, previous = now, _utc_offset(_datetime.fromtimestamp(now, zone))
+    for index in range(count):
+        at = trigger.next_after(at)
+        if at is None:
+            break
+        moment = _datetime.fromtimestamp(at, zone)
+        offset = _utc_offset(moment)
+        if offset != previous:
+            out.offset_changes.append((index, previous, offset))
+        previous = offset
+        out.times.append(moment)
+        if group.trigger == ONCE:
+            break
+    return out

@@ -52,12 +52,14 @@ def hub_entity_list(*, hub: Hub, search: str | None = None, type: str | None = N
 
 
 def hub_parameter_list(*, hub: Hub, search: str | None = None, entity: str | None = None, type: str | None = None,
-                       writable: bool | None = None) -> QuerySet[Parameter]:
-    """``hub``'s parameters by entity id then key. ``search``: a part of the key or name (any case); ``entity``:
-    of that entity id; ``type``: exactly (number, integer, boolean, string, array, object)."""
+                       writable: bool | None = None, search_paths: bool = False) -> QuerySet[Parameter]:
+    """``hub``'s parameters by entity id then key. ``search``: a part of the key or name (any case), with
+    ``search_paths`` of the entity's id too (the console's key picker); ``entity``: of that entity id; ``type``:
+    exactly (number, integer, boolean, string, array, object)."""
     params = Parameter.objects.filter(entity__hub=hub).select_related("entity")
     if search:
-        params = params.filter(Q(key__icontains=search) | Q(name__icontains=search))
+        found = Q(key__icontains=search) | Q(name__icontains=search)
+        params = params.filter(found | Q(entity__path__icontains=search) if search_paths else found)
     if entity is not None:
         params = params.filter(entity__path=entity)
     if type:

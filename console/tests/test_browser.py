@@ -107,9 +107,10 @@ def test_an_operator_logs_in_sees_alarms_arrive_live_acknowledges_one_and_shelve
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_integrator_makes_a_project_adds_a_hub_tests_it_and_discovers_its_entities(browser, live_server):
+def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entities_and_makes_a_group(browser, live_server):
     """From nothing, in the console alone: a project, a hub (a refused URL first, shown beside its field), the
-    connection test, discovery's preview, then applied; the hub in the project tree."""
+    connection test, discovery's preview, then applied; a group of two keys picked from the hub's tree, its fire
+    times shown as it is typed; the hub and its group in the project tree."""
     from playwright.sync_api import expect
 
     from hubs.hubsim.server import serve_in_thread
@@ -163,4 +164,34 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_and_discovers_its_ent
         expect(row).to_contain_text(f"{Entity.objects.filter(hub=hub).count()} entities")
         row.locator("summary").click()  # opening the hub loads its groups
         expect(row.locator(".groups")).to_contain_text("No group on this hub yet")
+
+        # a group of two keys picked from the hub's tree, every second; its next five fire times as it is typed
+        row.get_by_role("link", name="hub-a").click()
+        page.get_by_role("link", name="New group…").click()
+        page.get_by_label("Name", exact=True).fill("pumps")
+        page.get_by_label("find a parameter").fill("pump1")
+        page.locator('#key-picker button[data-line="plant/line1/pump1 pressure"]').click()
+        page.locator('#key-picker button[data-line="plant/line1/pump1 flow"]').click()
+        expect(page.locator("#id_keys")).to_have_value("plant/line1/pump1 pressure\nplant/line1/pump1 flow")
+        page.get_by_label("Trigger").select_option("cron")
+        page.get_by_label("Cron").fill("*/10 * * * * *")
+        expect(page.locator("#group-times .cron-words")).to_have_text("Every 10 seconds")
+        page.get_by_label("Trigger").select_option("interval")
+        page.get_by_label("Period", exact=False).first.fill("1")
+        page.get_by_label("Cron").fill("")
+        expect(page.locator("#group-times .cron-words")).to_have_count(0)  # the preview follows the trigger
+        expect(page.locator("#group-times .fire-times li")).to_have_count(5)
+        shot(page, "console-group.png")
+        page.get_by_role("button", name="Create group").click()
+        expect(page.locator("h1")).to_have_text("Group pumps")
+        expect(page.locator("#group-times .fire-times li")).to_have_count(5)
+        from groups.models import Group
+
+        group = Group.objects.get(name="pumps")
+        assert [(k.entity, k.key) for k in group.keys.order_by("position")] == [
+            ("plant/line1/pump1", "pressure"), ("plant/line1/pump1", "flow")]
+        page.get_by_role("link", name="bottling").click()
+        row = page.locator(f"#hub-{hub.pk}")
+        row.locator("summary").click()
+        expect(row.locator(".groups")).to_contain_text("pumps")
         shot(page, "console-project.png")
