@@ -30,4 +30,5 @@ urlpatterns = [
     path("hubs/<int:hub_id>/parameters", groups.hub_parameters, name="hub-parameters"),
     path("groups/<int:group_id>/", groups.group, name="group"),
     path("groups/<int:group_id>/run", groups.group_run, name="group-run"),
+    path("groups/<int:group_id>/values", groups.group_values, name="group-values"),
 ]

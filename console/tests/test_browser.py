@@ -190,6 +190,16 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         group = Group.objects.get(name="pumps")
         assert [(k.entity, k.key) for k in group.keys.order_by("position")] == [
             ("plant/line1/pump1", "pressure"), ("plant/line1/pump1", "flow")]
+        expect(page.locator("#group-values")).to_contain_text("No values yet")
+        from groups.services import group_run
+        from scripts_engine.sinks import sinks_dispose
+
+        try:  # what a worker does at a tick, in this process: the values then appear on the open page
+            assert group_run(group_id=group.pk).status == "ok"
+        finally:
+            sinks_dispose()
+        expect(page.locator("#values-table")).to_contain_text("pressure", timeout=10_000)
+        expect(page.locator("#values-table")).to_contain_text("flow")
         page.get_by_role("link", name="bottling").click()
         row = page.locator(f"#hub-{hub.pk}")
         row.locator("summary").click()

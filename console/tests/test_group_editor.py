@@ -146,3 +146,38 @@ def test_every_editor_view_needs_a_login_and_its_permission(hub, monkeypatch):
     GroupRun.objects.create(group=group, scheduled_for=datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc),
                             status="failed", error="hub 'hub-a' unreachable")
     assert "hub &#x27;hub-a&#x27; unreachable" in viewer.get(f"/groups/{group.pk}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_latest_values_are_shown_with_their_quality_and_marked_stale_when_old(tmp_path):
+    from hubs.hubsim.server import serve_in_thread
+    from groups.services import group_run
+    from scripts_engine.models import Sink
+    from scripts_engine.sinks import sinks_dispose
+
+    with serve_in_thread(key="k-values", name="hub-a") as reference:
+        project = Project.objects.create(name="plant")
+        Sink.objects.create(project=project, name="main", url=f"sqlite:///{tmp_path / 'values.sqlite3'}")
+        hub = Hub.objects.create(project=project, name="hub-a", url=reference.url, api_key="k-values", timeout=2)
+        entity_tree_write(hub=hub, tree=demo_tree("hub-a"))
+        group = Group.objects.create(hub=hub, name="pumps", period=1)
+        GroupKey.objects.create(group=group, entity="plant/line1/pump1", key="pressure", position=0)
+        GroupKey.objects.create(group=group, entity="plant/line1/pump1", key="flow", position=1)
+        viewer = logged_in("viewer")
+        assert "No values yet" in viewer.get(f"/groups/{group.pk}/values").content.decode()
+        try:
+            run = group_run(group_id=group.pk)
+        finally:
+            sinks_dispose()
+        assert run.status == "ok", run.error
+        page = viewer.get(f"/groups/{group.pk}/values").content.decode()
+        from groups.selectors import group_run_values
+
+        stored = {item["key"]: item for _entity, items in group_run_values(run=run)["values"] for item in items}
+        assert set(stored) == {"pressure", "flow"} and "stale" not in page
+        for key, item in stored.items():  # each value as the log holds it, with its time stamp
+            assert f'<td>{key}</td><td class="value">{item["value"]}</td>' in page.replace("\n      ", "")
+            assert item["ts"] in page
+        GroupRun.objects.filter(pk=run.pk).update(scheduled_for=run.scheduled_for.replace(year=2025))
+        assert "stale: no newer run for more than 10 s" in viewer.get(f"/groups/{group.pk}/values").content.decode()
+    assert logged_in(None).get(f"/groups/{group.pk}/values").status_code == 403
