@@ -100,3 +100,45 @@ class GroupForm(forms.Form):
 def group_keys_text(group) -> str:
     """A saved group's keys as the editor's lines."""
     return "\n".join(" ".join(part for part in (k.entity, k.key, k.alias) if part) for k in group.keys.all())
+
+
+class ParameterWriteForm(forms.Form):
+    """A value to write to one writable parameter (``hubs.services.hub_entity_write``), typed as the parameter is
+    (``hubs.models.ParameterType``): a number, an integer, ``true``/``false``, a text as typed, or JSON for an
+    array or an object."""
+
+    key = forms.CharField(max_length=200)
+    value = forms.CharField(required=False, strip=False, max_length=100_000)
+
+    def __init__(self, *args, parameter_type: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parameter_type = parameter_type
+
+    def clean_value(self):
+        import json
+
+        text = self.cleaned_data["value"]
+        kind = self.parameter_type
+        try:
+            if kind == "number":
+                value = float(text)
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError
+                return value
+            if kind == "integer":
+                return int(text.strip())
+            if kind == "boolean":
+                lowered = text.strip().lower()
+                if lowered not in ("true", "false"):
+                    raise ValueError
+                return lowered == "true"
+            if kind in ("array", "object"):
+                value = json.loads(text)
+                if not isinstance(value, list if kind == "array" else dict):
+                    raise ValueError
+                return value
+        except ValueError:
+            expected = {"number": "a number (2.5)", "integer": "a whole number (42)", "boolean": "true or false",
+                        "array": "a JSON array ([1, 2])", "object": 'a JSON object ({"a": 1})'}[kind]
+            raise forms.ValidationError(f"expected {expected} for a parameter of type {kind}") from None
+        return text

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import alarms, groups, overview, projects
+from .views import alarms, entities, groups, overview, projects
 
 app_name = "console"
 
@@ -28,6 +28,10 @@ urlpatterns = [
     path("hubs/<int:hub_id>/groups/new", groups.group_new, name="group-new"),
     path("hubs/<int:hub_id>/groups/times", groups.group_times, name="group-times"),
     path("hubs/<int:hub_id>/parameters", groups.hub_parameters, name="hub-parameters"),
+    path("hubs/<int:hub_id>/entities/", entities.entities, name="entities"),
+    path("hubs/<int:hub_id>/entities/<int:entity_id>/", entities.entity_children, name="entity-open"),
+    path("hubs/<int:hub_id>/entities/<int:entity_id>/values", entities.entity_values, name="entity-values"),
+    path("hubs/<int:hub_id>/entities/<int:entity_id>/write", entities.entity_write, name="entity-write"),
     path("groups/<int:group_id>/", groups.group, name="group"),
     path("groups/<int:group_id>/run", groups.group_run, name="group-run"),
     path("groups/<int:group_id>/values", groups.group_values, name="group-values"),

@@ -186,6 +186,23 @@ def hub_connection_test(*, hub: Hub) -> HubConnectionReport:
     return HubConnectionReport(ok=True, info=info, round_trip_ms=elapsed * 1000, clock_offset_ms=offset)
 
 
+def hub_entity_values(*, hub: Hub, entity: str, keys: list[str] | None = None) -> list[dict]:
+    """The current values of ``entity``'s parameters on ``hub`` (``keys``; default all): hub protocol v1
+    ``getEntityParams``, ``[{"key", "value", "ts", "quality"}]``. Raises HubError (an unknown entity, a timeout,
+    the hub unreachable: its text never holds the key)."""
+    return _client(hub).get_entity_params(entity, keys)
+
+
+def hub_entity_write(*, hub: Hub, entity: str, values: Mapping[str, Any], by: str) -> list[str]:
+    """Write ``values`` ``{key: value}`` to ``entity`` on ``hub`` (hub protocol v1 ``setEntityParams``: all or
+    nothing); returns the keys written. ``by``: who asked (logged with the entity and keys, not the values). The
+    caller checks ``hubs.write_hub``. Raises HubError (404 an unknown key, 403 not writable, 422 a value that does
+    not fit its type)."""
+    written = _client(hub).set_entity_params(entity, dict(values))
+    logger.info("hub %s: %s wrote %s of %s", hub.pk, by, ", ".join(sorted(values)), entity)
+    return written
+
+
 def _rfc3339_seconds(value) -> float | None:
     """A hub's RFC 3339 timestamp (hub protocol v1: UTC with milliseconds) as POSIX seconds, else None."""
     from datetime import datetime, timezone
