@@ -46,3 +46,11 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     if code:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+def logged_in(role: str | None, **kwargs) -> Client:
+    """A test client logged in (a session, as in a browser) as a new staff user of ``role`` (None: staff alone, no
+    permission); ``kwargs`` go to Client (``enforce_csrf_checks=True``)."""
+    client = Client(**kwargs)
+    client.force_login(user_with(role=role))
+    return client

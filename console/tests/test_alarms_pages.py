@@ -8,7 +8,7 @@ from django.test import Client
 
 from alarms.models import Alarm, AlarmEvent
 from alarms.services import NOTE_MAX_CHARS, alarm_acknowledge, alarm_raise
-from api.testing import user_with
+from api.testing import logged_in, user_with
 from hubs.models import Project
 
 
@@ -16,12 +16,6 @@ def raise_alarm(project, subject: str = "plant/hub-a", severity: str = "critical
     alarm, _ = alarm_raise(project_id=project.pk, source="system", kind="hub_unreachable", subject=subject,
                            severity=severity, message=f"hub {subject} unreachable for 60 s", values={})
     return alarm
-
-
-def logged_in(role: str | None, **kwargs) -> Client:
-    client = Client(**kwargs)
-    client.force_login(user_with(role=role))
-    return client
 
 
 @pytest.fixture

@@ -7,25 +7,12 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from api.testing import user_with
-from hubs.hubsim.server import serve_in_thread
+from api.testing import logged_in
 from hubs.hubsim.tree import demo_tree
 from hubs.models import Entity, Hub, Project
 from hubs.project_document.importer import entity_tree_write
 
-KEY = "entity-browser-key"
-
-
-def logged_in(role: str | None) -> Client:
-    client = Client()
-    client.force_login(user_with(role=role))
-    return client
-
-
-@pytest.fixture
-def reference_hub():
-    with serve_in_thread(key=KEY, name="hub-a") as hub:
-        yield hub
+from .conftest import HUB_KEY as KEY
 
 
 @pytest.fixture

@@ -11,18 +11,12 @@ from datetime import datetime, timezone
 import pytest
 from django.test import Client
 
-from api.testing import user_with
+from api.testing import logged_in
 from groups.models import Group, GroupKey, GroupRun
 from groups.selectors import group_fire_times
 from hubs.hubsim.tree import demo_tree
 from hubs.models import Hub, Project
 from hubs.project_document.importer import entity_tree_write
-
-
-def logged_in(role: str | None) -> Client:
-    client = Client()
-    client.force_login(user_with(role=role))
-    return client
 
 
 @pytest.fixture

@@ -10,26 +10,13 @@ import re
 import pytest
 from django.test import Client
 
-from api.testing import user_with
+from api.testing import logged_in
 from groups.models import Group
-from hubs.hubsim.server import serve_in_thread
 from hubs.models import Entity, Hub, Project
 from hubs.project_document.importer import entity_tree_write
 from hubs.hubsim.tree import demo_tree
 
-KEY = "console-test-key-8f3a"
-
-
-def logged_in(role: str | None, **kwargs) -> Client:
-    client = Client(**kwargs)
-    client.force_login(user_with(role=role))
-    return client
-
-
-@pytest.fixture
-def reference_hub():
-    with serve_in_thread(key=KEY, name="hub-a") as hub:
-        yield hub
+from .conftest import HUB_KEY as KEY
 
 
 @pytest.fixture
