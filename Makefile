@@ -39,6 +39,8 @@ test: install-dev
 
 ## The console's front-end packages, pinned, from the npm registry into static/vendor/ (committed: nothing is loaded
 ## from a CDN or npm at run time); static/vendor/VERSIONS.txt records each file's package, version and sha256.
+## The script editor (console/static_src/editor.js) is bundled by esbuild with the CodeMirror packages its
+## package-lock.json pins (every version, transitive ones too: `npm ci`).
 HTMX_VERSION := 2.0.11
 ALPINE_VERSION := 3.17.5
 vendor:
@@ -46,9 +48,15 @@ vendor:
 	cd var/vendor && npm pack --silent htmx.org@$(HTMX_VERSION) alpinejs@$(ALPINE_VERSION) >/dev/null
 	tar -xzf var/vendor/htmx.org-$(HTMX_VERSION).tgz -O package/dist/htmx.min.js > static/vendor/htmx.min.js
 	tar -xzf var/vendor/alpinejs-$(ALPINE_VERSION).tgz -O package/dist/cdn.min.js > static/vendor/alpine.min.js
+	cp console/static_src/package.json console/static_src/package-lock.json var/vendor/
+	cd var/vendor && npm ci --silent --no-audit --no-fund
+	cp console/static_src/editor.js var/vendor/entry.js
+	var/vendor/node_modules/.bin/esbuild var/vendor/entry.js --bundle --minify --format=iife --log-level=warning \
+		--outfile=static/vendor/codemirror.min.js
 	printf '%s\n' "# made by make vendor: file, npm package@version, sha256" \
 		"htmx.min.js htmx.org@$(HTMX_VERSION) $$(sha256sum static/vendor/htmx.min.js | cut -d' ' -f1)" \
 		"alpine.min.js alpinejs@$(ALPINE_VERSION) $$(sha256sum static/vendor/alpine.min.js | cut -d' ' -f1)" \
+		"codemirror.min.js console/static_src/editor.js bundled by esbuild with $$(cd var/vendor && node -e 'const l = require("./package-lock.json").packages; console.log(Object.keys(l).filter(k => k).map(k => k.replace(/^node_modules\//, "") + "@" + l[k].version).join(" "))') $$(sha256sum static/vendor/codemirror.min.js | cut -d' ' -f1)" \
 		> static/vendor/VERSIONS.txt
 	rm -rf var/vendor
 

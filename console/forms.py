@@ -142,3 +142,52 @@ class ParameterWriteForm(forms.Form):
                         "array": "a JSON array ([1, 2])", "object": 'a JSON object ({"a": 1})'}[kind]
             raise forms.ValidationError(f"expected {expected} for a parameter of type {kind}") from None
         return text
+
+
+class ScriptForm(forms.Form):
+    """A script's fields, typed as the model's (``scripts_engine.models.Script``); its rules (the code compiles
+    under the sandbox's policy, a name free in the project, the limits' minimums) are the model's, checked by
+    ``scripts_engine.services.script_create`` / ``script_change`` as for the API and the import."""
+
+    FIELDS = ("name", "description", "timeout", "memory_limit_mb", "code")
+
+    def __init__(self, *args, **kwargs):
+        from scripts_engine.models import Script
+
+        super().__init__(*args, **kwargs)
+        self.fields.update(forms.fields_for_model(Script, fields=list(self.FIELDS)))
+        self.fields["description"].widget = forms.Textarea(attrs={"rows": 2})
+        self.fields["code"].widget = forms.Textarea(attrs={"rows": 16, "spellcheck": "false", "class": "code"})
+        self.fields["code"].strip = False  # the code as typed: its lines and columns are what errors point at
+
+    def clean_code(self) -> str:
+        """The code with a browser's CRLF line ends (a textarea posts them) as LF."""
+        return self.cleaned_data["code"].replace("\r\n", "\n")
+
+
+class ScriptDebugForm(forms.Form):
+    """A test or debug run from the editor: the code as typed, the group whose live values it runs on (the
+    project's), breakpoints as line numbers (``3, 7``), and whether to step through every line after the first."""
+
+    code = forms.CharField(required=False, strip=False, widget=forms.HiddenInput)
+    group = forms.ModelChoiceField(queryset=None, label="on the live values of", empty_label=None)
+    breakpoints = forms.CharField(required=False, widget=forms.HiddenInput)
+    step = forms.BooleanField(required=False, label="step through every line after the first breakpoint")
+
+    def __init__(self, *args, project: Project, **kwargs):
+        from groups.models import Group
+
+        super().__init__(*args, **kwargs)
+        self.fields["group"].queryset = Group.objects.filter(hub__project=project).select_related("hub").order_by(
+            "hub__name", "name")
+        self.fields["group"].label_from_instance = lambda g: f"{g.hub.name} / {g.name}"
+
+    def clean_breakpoints(self) -> list[int]:
+        text = self.cleaned_data["breakpoints"].replace(",", " ")
+        try:
+            lines = sorted({int(part) for part in text.split()})
+        except ValueError:
+            raise forms.ValidationError("line numbers separated by commas (3, 7)") from None
+        if any(line < 1 for line in lines):
+            raise forms.ValidationError("line numbers start at 1")
+        return lines

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import alarms, entities, groups, overview, projects
+from .views import alarms, entities, groups, overview, projects, scripts
 
 app_name = "console"
 
@@ -32,6 +32,10 @@ urlpatterns = [
     path("hubs/<int:hub_id>/entities/<int:entity_id>/", entities.entity_children, name="entity-open"),
     path("hubs/<int:hub_id>/entities/<int:entity_id>/values", entities.entity_values, name="entity-values"),
     path("hubs/<int:hub_id>/entities/<int:entity_id>/write", entities.entity_write, name="entity-write"),
+    path("projects/<int:project_id>/scripts/", scripts.scripts, name="scripts"),
+    path("scripts/<int:script_id>/", scripts.script, name="script"),
+    path("scripts/<int:script_id>/run", scripts.script_run, name="script-run"),
+    path("scripts/check", scripts.script_check, name="script-check"),
     path("groups/<int:group_id>/", groups.group, name="group"),
     path("groups/<int:group_id>/run", groups.group_run, name="group-run"),
     path("groups/<int:group_id>/values", groups.group_values, name="group-values"),

@@ -51,8 +51,11 @@ def script_debug(
     group_id: int | None = None,
     write_back: bool = False,
     store: bool = False,
+    code: str | None = None,
 ) -> DebugSession:
     """Run ``script`` under the debugger; returns its stops and result. Nothing is written unless asked.
+    ``code``: run this instead of the saved code (the console's editor tests what is typed; the script's limits,
+    project and data sources stay its own).
 
     With ``group_id`` the group is polled first (live values), and ``bindings`` override what was
     read. ``write_back`` (live only) sends changed writable bindings to the hub, one
@@ -68,7 +71,7 @@ def script_debug(
     values = {name: b.value for name, b in live.items()}
     values.update(bindings)
     run = script_debug_run(
-        code=script.code,
+        code=script.code if code is None else code,
         bindings=values,
         breakpoints=breakpoints,
         actions=actions,

@@ -47,6 +47,13 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 
 
+def gutter_click(page, *, line: int) -> None:
+    """Click the editor's breakpoint gutter beside ``line`` (1-based), as a person sets a breakpoint."""
+    gutter = page.locator(".cm-breakpoint-gutter").bounding_box()
+    text = page.locator(".cm-line").nth(line - 1).bounding_box()
+    page.mouse.click(gutter["x"] + gutter["width"] / 2, text["y"] + text["height"] / 2)
+
+
 def raise_alarm(project, subject: str, severity: str = "critical") -> Alarm:
     alarm, _ = alarm_raise(project_id=project.pk, source="system", kind="hub_unreachable", subject=subject,
                            severity=severity, message=f"hub {subject} unreachable for 60 s", values={})
@@ -205,3 +212,29 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         row.locator("summary").click()
         expect(row.locator(".groups")).to_contain_text("pumps")
         shot(page, "console-project.png")
+
+        # a doubling script in the editor: a compile error shown as it is typed, then a breakpoint hit
+        page.get_by_role("link", name="Scripts").click()
+        form = page.locator("#script-new")
+        form.get_by_label("Name", exact=True).fill("double")
+        form.get_by_role("button", name="Create script").click()
+        expect(page.locator("h1")).to_have_text("Script double")
+        editor = page.locator(".cm-content")
+        editor.click()
+        page.keyboard.type("pressure = pressure *")
+        expect(page.locator(".cm-lintRange-error")).to_have_count(1, timeout=10_000)  # the sandbox's syntax error
+        page.keyboard.type(" 2\nflow = flow + 1")
+        expect(page.locator(".cm-lintRange-error")).to_have_count(0, timeout=10_000)
+        gutter_click(page, line=2)
+        expect(page.locator(".cm-breakpoint")).to_have_count(2)  # the spacer's marker and line 2's
+        page.get_by_role("button", name="Save").click()
+        from scripts_engine.models import Script
+
+        assert Script.objects.get(name="double").code == "pressure = pressure * 2\nflow = flow + 1"
+        gutter_click(page, line=2)  # the breakpoint again, after the save
+        page.get_by_label("on the live values of").select_option(label="hub-a / pumps")
+        page.get_by_role("button", name="Debug").click()
+        expect(page.locator(".stops")).to_contain_text("breakpoint at line 2")
+        expect(page.locator(".stops")).to_contain_text("pressure")
+        expect(page.locator("#run-bindings")).to_contain_text("flow")
+        shot(page, "console-script.png")

@@ -11,7 +11,6 @@ changes nothing. A delete is confirmed on a page that says what goes with it (a 
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -31,6 +30,7 @@ from hubs.services import (hub_change, hub_connection_test, hub_create, hub_dele
                            project_export_filename, project_import_as)
 
 from ..forms import ProjectForm, SearchForm
+from .writes import saved
 
 PROJECTS_PAGE = 50  # projects a page of the list shows
 HUBS_PAGE = 50  # hubs a page of a project shows
@@ -50,27 +50,6 @@ def _page_number(request: HttpRequest) -> int:
         return max(1, int(request.GET.get("page") or 1))
     except ValueError:
         return 1
-
-
-def _errors_into(form, exc: ValidationError) -> None:
-    """A service's ValidationError (the model's rules) beside the form's fields; others above the form."""
-    if hasattr(exc, "error_dict"):
-        for name, errors in exc.error_dict.items():
-            form.add_error(name if name in form.fields else None, errors)
-    else:
-        form.add_error(None, exc)
-
-
-def _saved(form, write):
-    """``write(cleaned_data)`` (a service) when ``form`` is valid; its row, or None with the refusal (the form's or
-    the service's validation) on the form, nothing saved."""
-    if not form.is_valid():
-        return None
-    try:
-        return write(form.cleaned_data)
-    except ValidationError as exc:
-        _errors_into(form, exc)
-        return None
 
 
 def _hub_fields(data: dict) -> dict:
@@ -95,7 +74,7 @@ def projects(request: HttpRequest) -> HttpResponse:
         if not request.user.has_perm("hubs.add_project"):
             return HttpResponse("needs the permission hubs.add_project", status=403)
         form = ProjectForm(request.POST)
-        created = _saved(form, lambda data: project_create(**data))
+        created = saved(form, lambda data: project_create(**data))
         if created is not None:
             return redirect("console:project", project_id=created.pk)
         status = 422
@@ -118,7 +97,7 @@ def project(request: HttpRequest, project_id: int) -> HttpResponse:
         if not request.user.has_perm("hubs.change_project"):
             return HttpResponse("needs the permission hubs.change_project", status=403)
         form = ProjectForm(request.POST, instance=Project.objects.get(pk=row.pk))
-        if _saved(form, lambda data: project_change(project=Project.objects.get(pk=row.pk), **data)) is not None:
+        if saved(form, lambda data: project_change(project=Project.objects.get(pk=row.pk), **data)) is not None:
             return redirect("console:project", project_id=row.pk)
         status = 422
     search = SearchForm(request.GET)
@@ -157,7 +136,7 @@ def hub_add(request: HttpRequest, project_id: int) -> HttpResponse:
     """Add a hub to the project from the hub form; then its page (where the connection can be tested)."""
     row = get_object_or_404(Project, pk=project_id)
     form = HubConsoleForm(request.POST, instance=Hub(project=row), auto_id=HUB_IDS)
-    created = _saved(form, lambda data: hub_create(project=row, **_hub_fields(data)))
+    created = saved(form, lambda data: hub_create(project=row, **_hub_fields(data)))
     if created is not None:
         return redirect("console:hub", hub_id=created.pk)
     hubs = Paginator(hub_list(project_id=row.pk), HUBS_PAGE).get_page(1)
@@ -183,7 +162,7 @@ def hub(request: HttpRequest, hub_id: int) -> HttpResponse:
     if not request.user.has_perm("hubs.change_hub"):
         return HttpResponse("needs the permission hubs.change_hub", status=403)
     form = HubConsoleForm(request.POST, instance=Hub.objects.get(pk=row.pk), auto_id=HUB_IDS)
-    if _saved(form, lambda data: hub_change(hub=Hub.objects.get(pk=row.pk), **_hub_fields(data))) is not None:
+    if saved(form, lambda data: hub_change(hub=Hub.objects.get(pk=row.pk), **_hub_fields(data))) is not None:
         return redirect("console:hub", hub_id=row.pk)
     return _hub_page(request, row, form, status=422)
 
