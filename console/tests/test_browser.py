@@ -238,3 +238,14 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         expect(page.locator(".stops")).to_contain_text("pressure")
         expect(page.locator("#run-bindings")).to_contain_text("flow")
         shot(page, "console-script.png")
+
+        # the group runs the script from now on: chosen in its editor
+        page.get_by_role("link", name="bottling").click()
+        row = page.locator(f"#hub-{hub.pk}")
+        row.locator("summary").click()
+        row.get_by_role("link", name="pumps").click()
+        page.get_by_label("Script").select_option(label="double")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#id_script")).to_have_value(str(Script.objects.get(name="double").pk))
+        group.refresh_from_db()
+        assert group.script.name == "double"
