@@ -43,11 +43,14 @@ test: install-dev
 ## package-lock.json pins (every version, transitive ones too: `npm ci`).
 HTMX_VERSION := 2.0.11
 ALPINE_VERSION := 3.17.5
+UPLOT_VERSION := 1.6.32
 vendor:
 	rm -rf var/vendor && mkdir -p var/vendor static/vendor
-	cd var/vendor && npm pack --silent htmx.org@$(HTMX_VERSION) alpinejs@$(ALPINE_VERSION) >/dev/null
+	cd var/vendor && npm pack --silent htmx.org@$(HTMX_VERSION) alpinejs@$(ALPINE_VERSION) uplot@$(UPLOT_VERSION) >/dev/null
 	tar -xzf var/vendor/htmx.org-$(HTMX_VERSION).tgz -O package/dist/htmx.min.js > static/vendor/htmx.min.js
 	tar -xzf var/vendor/alpinejs-$(ALPINE_VERSION).tgz -O package/dist/cdn.min.js > static/vendor/alpine.min.js
+	tar -xzf var/vendor/uplot-$(UPLOT_VERSION).tgz -O package/dist/uPlot.iife.min.js > static/vendor/uplot.min.js
+	tar -xzf var/vendor/uplot-$(UPLOT_VERSION).tgz -O package/dist/uPlot.min.css > static/vendor/uplot.min.css
 	cp console/static_src/package.json console/static_src/package-lock.json var/vendor/
 	cd var/vendor && npm ci --silent --no-audit --no-fund
 	cp console/static_src/editor.js var/vendor/entry.js
@@ -56,6 +59,8 @@ vendor:
 	printf '%s\n' "# made by make vendor: file, npm package@version, sha256" \
 		"htmx.min.js htmx.org@$(HTMX_VERSION) $$(sha256sum static/vendor/htmx.min.js | cut -d' ' -f1)" \
 		"alpine.min.js alpinejs@$(ALPINE_VERSION) $$(sha256sum static/vendor/alpine.min.js | cut -d' ' -f1)" \
+		"uplot.min.js uplot@$(UPLOT_VERSION) $$(sha256sum static/vendor/uplot.min.js | cut -d' ' -f1)" \
+		"uplot.min.css uplot@$(UPLOT_VERSION) $$(sha256sum static/vendor/uplot.min.css | cut -d' ' -f1)" \
 		"codemirror.min.js console/static_src/editor.js bundled by esbuild with $$(cd var/vendor && node -e 'const l = require("./package-lock.json").packages; console.log(Object.keys(l).filter(k => k).map(k => k.replace(/^node_modules\//, "") + "@" + l[k].version).join(" "))') $$(sha256sum static/vendor/codemirror.min.js | cut -d' ' -f1)" \
 		> static/vendor/VERSIONS.txt
 	rm -rf var/vendor

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,8 @@ def test_an_operator_logs_in_sees_alarms_arrive_live_acknowledges_one_and_shelve
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entities_and_makes_a_group(browser, live_server):
+def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entities_and_makes_a_group(browser, live_server,
+                                                                                                    monkeypatch):
     """From nothing, in the console alone: a project, a hub (a refused URL first, shown beside its field), the
     connection test, discovery's preview, then applied; a group of two keys picked from the hub's tree, its fire
     times shown as it is typed; the hub and its group in the project tree."""
@@ -123,6 +125,11 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
     from hubs.hubsim.server import serve_in_thread
     from hubs.models import Entity, Hub
 
+    from console import live
+
+    # the live values' stream notices a closed page within a second (a comment each second), so that its server
+    # thread ends with the test rather than reading a database the next test owns
+    monkeypatch.setattr(live, "HEARTBEAT_S", 1.0)
     integrator = user_with(role="integrator", name="ines")
     with serve_in_thread(key="browser-key-77", name="hub-a") as reference:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -197,7 +204,7 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         group = Group.objects.get(name="pumps")
         assert [(k.entity, k.key) for k in group.keys.order_by("position")] == [
             ("plant/line1/pump1", "pressure"), ("plant/line1/pump1", "flow")]
-        expect(page.locator("#group-values")).to_contain_text("No values yet")
+        expect(page.locator("#group-live")).to_contain_text("No values yet")
         from groups.services import group_run
         from scripts_engine.sinks import sinks_dispose
 
@@ -205,8 +212,9 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
             assert group_run(group_id=group.pk).status == "ok"
         finally:
             sinks_dispose()
-        expect(page.locator("#values-table")).to_contain_text("pressure", timeout=10_000)
+        expect(page.locator("#values-table")).to_contain_text("pressure", timeout=10_000)  # pushed over SSE
         expect(page.locator("#values-table")).to_contain_text("flow")
+        expect(page.locator("#group-live .trend")).to_have_count(2)  # a trend per numeric key (uPlot)
         page.get_by_role("link", name="bottling").click()
         row = page.locator(f"#hub-{hub.pk}")
         row.locator("summary").click()
@@ -249,3 +257,5 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         expect(page.locator("#id_script")).to_have_value(str(Script.objects.get(name="double").pk))
         group.refresh_from_db()
         assert group.script.name == "double"
+        page.close()
+        time.sleep(2 * live.HEARTBEAT_S)  # the stream's thread writes to the closed page, sees it gone and ends

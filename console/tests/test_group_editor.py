@@ -143,12 +143,17 @@ def test_every_editor_view_needs_a_login_and_its_permission(hub, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_the_latest_values_are_shown_with_their_quality_and_marked_stale_when_old(tmp_path):
-    from hubs.hubsim.server import serve_in_thread
+def test_the_live_values_stream_sends_each_newer_run_s_values(tmp_path, monkeypatch):
+    import json as _json
+
+    from console import live
+    from groups.selectors import group_run_values
     from groups.services import group_run
+    from hubs.hubsim.server import serve_in_thread
     from scripts_engine.models import Sink
     from scripts_engine.sinks import sinks_dispose
 
+    monkeypatch.setattr(live, "POLL_S", 0.05)
     with serve_in_thread(key="k-values", name="hub-a") as reference:
         project = Project.objects.create(name="plant")
         Sink.objects.create(project=project, name="main", url=f"sqlite:///{tmp_path / 'values.sqlite3'}")
@@ -157,21 +162,52 @@ def test_the_latest_values_are_shown_with_their_quality_and_marked_stale_when_ol
         group = Group.objects.create(hub=hub, name="pumps", period=1)
         GroupKey.objects.create(group=group, entity="plant/line1/pump1", key="pressure", position=0)
         GroupKey.objects.create(group=group, entity="plant/line1/pump1", key="flow", position=1)
-        viewer = logged_in("viewer")
-        assert "No values yet" in viewer.get(f"/groups/{group.pk}/values").content.decode()
         try:
-            run = group_run(group_id=group.pk)
+            first = group_run(group_id=group.pk)
+            response = logged_in("viewer").get(f"/groups/{group.pk}/live")
+            assert response["Content-Type"].startswith("text/event-stream")
+            events = iter(response.streaming_content)
+            assert next(events) == b"retry: 3000\n\n"
+
+            def values_event() -> dict:
+                chunk = next(events).decode()
+                assert chunk.startswith("event: values\ndata: "), chunk
+                return _json.loads(chunk.split("data: ", 1)[1])
+
+            sent = values_event()
+            stored = group_run_values(run=first)["values"]
+            assert sent["run"] == first.pk and [(v["key"], v["value"], v["ts"]) for v in sent["values"]] == [
+                (item["key"], item["value"], item["ts"]) for _entity, items in stored for item in items]
+            second = group_run(group_id=group.pk)  # a newer run: the open stream sends it next
+            assert values_event()["run"] == second.pk
+            response.close()
         finally:
             sinks_dispose()
-        assert run.status == "ok", run.error
-        page = viewer.get(f"/groups/{group.pk}/values").content.decode()
-        from groups.selectors import group_run_values
+    assert logged_in(None).get(f"/groups/{group.pk}/live").status_code == 403
 
-        stored = {item["key"]: item for _entity, items in group_run_values(run=run)["values"] for item in items}
-        assert set(stored) == {"pressure", "flow"} and "stale" not in page
-        for key, item in stored.items():  # each value as the log holds it, with its time stamp
-            assert f'<td>{key}</td><td class="value">{item["value"]}</td>' in page.replace("\n      ", "")
-            assert item["ts"] in page
-        GroupRun.objects.filter(pk=run.pk).update(scheduled_for=run.scheduled_for.replace(year=2025))
-        assert "stale: no newer run for more than 10 s" in viewer.get(f"/groups/{group.pk}/values").content.decode()
-    assert logged_in(None).get(f"/groups/{group.pk}/values").status_code == 403
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_the_live_stream_is_asynchronous_and_sends_the_same_events(monkeypatch):
+    """What uvicorn serves (console.live.live_events_async): the read in a thread, the waits asyncio's."""
+    import asyncio
+    import json as _json
+
+    from console import live
+
+    project = Project.objects.create(name="plant")
+    hub = Hub.objects.create(project=project, name="hub-a", url="ws://127.0.0.1:9/connect")
+    group = Group.objects.create(hub=hub, name="pumps", period=1)
+    run = GroupRun.objects.create(group=group, scheduled_for=datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc), status="ok")
+    monkeypatch.setattr(live, "newest_values", lambda group_id, seen: (run.pk, b"") if seen == run.pk else
+                        (run.pk, live._event("values", {"run": run.pk, "values": []})))
+
+    async def first_two():
+        events = live.live_events_async(group.pk)
+        try:
+            return [await events.__anext__(), await events.__anext__()]
+        finally:
+            await events.aclose()
+
+    retry, values = asyncio.run(first_two())
+    assert retry == b"retry: 3000\n\n"
+    assert _json.loads(values.decode().split("data: ", 1)[1]) == {"run": run.pk, "values": []}

@@ -1,7 +1,7 @@
 """The console's group editor (the group settings window): a group's name, trigger with its next five fire times
 in the project's time zone (a daylight-saving change between them noted, a cron expression in words), expiry,
-script, keys picked from the hub's parameters; run now, the last runs and the latest values (docs/console.md,
-"Groups").
+script, keys picked from the hub's parameters; run now, the last runs, and the live values with a trend per numeric
+key (Server-Sent Events: console/live.py) (docs/console.md, "Groups").
 
 Writes go through groups.services (``group_drafts_make``, ``groups_create``, ``group_change``), whose
 ``groups_check`` is the API's and the import's rule set; a refused group is answered beside its fields (422)
@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from groups.models import Group
-from groups.selectors import group_fire_times, group_run_values, group_runs_list
+from groups.selectors import group_fire_times, group_runs_list
 from groups.services import GroupsInvalid, group_change, group_drafts_make, groups_create, groups_run_now
 from hubs.models import Hub
 from hubs.selectors import hub_parameter_list
@@ -158,23 +158,10 @@ def hub_parameters(request: HttpRequest, hub_id: int) -> HttpResponse:
 @require_GET
 @login_required
 @permission_required(["groups.view_group", "groups.view_grouprun", "streams.read_stream"], raise_exception=True)
-def group_values(request: HttpRequest, group_id: int) -> HttpResponse:
-    """The group's latest stored values (its newest ok run, as the durable log holds them:
-    ``groups.selectors.group_run_values``) with their timestamps and quality, the run marked stale when its tick is
-    older than three periods (at least 10 s). A fragment the group's page polls every 2 s."""
-    from datetime import timedelta
-
-    from streams.log import LogError
+def group_live(request: HttpRequest, group_id: int):
+    """The group's live values as Server-Sent Events (console/live.py): its newest good run's values, as the durable
+    log holds them, each time a newer run is stored. Needs what reading values takes in the API."""
+    from ..live import live_respond
 
     row = get_object_or_404(Group, pk=group_id)
-    run = group_runs_list(group_id=row.pk, status="ok").first()
-    values, error = None, ""
-    if run is not None:
-        try:
-            values = group_run_values(run=run)
-        except LogError as exc:
-            error = f"the log cannot be read: {exc}"
-    stale_after = timedelta(seconds=max(10.0, 3 * (row.period or 0)))
-    stale = run is not None and timezone.now() - run.scheduled_for > stale_after
-    return render(request, "console/_group_values.html", {"run": run, "values": values, "error": error,
-                                                           "stale": stale, "stale_after": stale_after})
+    return live_respond(request, group_id=row.pk)
