@@ -215,6 +215,13 @@ def test_an_integrator_makes_a_project_adds_a_hub_tests_it_discovers_its_entitie
         expect(page.locator("#values-table")).to_contain_text("pressure", timeout=10_000)  # pushed over SSE
         expect(page.locator("#values-table")).to_contain_text("flow")
         expect(page.locator("#group-live .trend")).to_have_count(2)  # a trend per numeric key (uPlot)
+        try:
+            for _ in range(3):  # a few more ticks: the trends draw lines
+                time.sleep(1)
+                assert group_run(group_id=group.pk).status == "ok"
+        finally:
+            sinks_dispose()
+        shot(page, "console-live.png")
         page.get_by_role("link", name="bottling").click()
         row = page.locator(f"#hub-{hub.pk}")
         row.locator("summary").click()
