@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import alarms, entities, groups, overview, projects, scripts
+from .views import alarms, entities, groups, overview, projects, scripts, sinks
 
 app_name = "console"
 
@@ -34,6 +34,8 @@ urlpatterns = [
     path("hubs/<int:hub_id>/entities/<int:entity_id>/write", entities.entity_write, name="entity-write"),
     path("projects/<int:project_id>/scripts/", scripts.scripts, name="scripts"),
     path("scripts/<int:script_id>/", scripts.script, name="script"),
+    path("projects/<int:project_id>/sinks/", sinks.sinks, name="sinks"),
+    path("sinks/<int:sink_id>/delete", sinks.sink_delete_view, name="sink-delete"),
     path("scripts/<int:script_id>/run", scripts.script_run, name="script-run"),
     path("scripts/check", scripts.script_check, name="script-check"),
     path("groups/<int:group_id>/", groups.group, name="group"),

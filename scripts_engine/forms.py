@@ -101,3 +101,11 @@ class DataSourceForm(_MaskedURLForm):
         model = DataSource
         fields = "__all__"
         widgets = {"url": MaskedURLInput()}
+
+
+class SinkConsoleForm(SinkForm):
+    """The console's sink form: the admin's (the URL masked, a ``***`` keeping the stored secret) for a sink's
+    name, URL, layout, table and switch."""
+
+    class Meta(SinkForm.Meta):
+        fields = ["name", "url", "layout", "table", "enabled"]
