@@ -191,3 +191,32 @@ class ScriptDebugForm(forms.Form):
         if any(line < 1 for line in lines):
             raise forms.ValidationError("line numbers start at 1")
         return lines
+
+
+class HubMethodForm(forms.Form):
+    """A hub method to try (``hubs.services.hub_method_try``) with its params as a JSON object."""
+
+    method = forms.ChoiceField(label="method", choices=[])
+    params = forms.CharField(label="params (JSON)", required=False, strip=True, max_length=100_000,
+                             widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false",
+                                                          "placeholder": '{"entity": "plant/line1/pump1"}'}))
+
+    def __init__(self, *args, **kwargs):
+        from hubs.services import HUB_METHODS_TRIED
+
+        super().__init__(*args, **kwargs)
+        self.fields["method"].choices = [(m, m) for m in HUB_METHODS_TRIED]
+
+    def clean_params(self) -> dict:
+        import json
+
+        text = self.cleaned_data["params"]
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('a JSON object, e.g. {"entity": "plant/line1/pump1"}')
+        return value

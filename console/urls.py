@@ -21,6 +21,7 @@ urlpatterns = [
     path("hubs/<int:hub_id>/", projects.hub, name="hub"),
     path("hubs/<int:hub_id>/test", projects.hub_test, name="hub-test"),
     path("hubs/<int:hub_id>/discover", projects.hub_discover, name="hub-discover"),
+    path("hubs/<int:hub_id>/try", projects.hub_try, name="hub-try"),
     path("hubs/<int:hub_id>/switch", projects.hub_switch, name="hub-switch"),
     path("hubs/<int:hub_id>/delete", projects.hub_delete_view, name="hub-delete"),
     path("hubs/<int:hub_id>/groups", projects.hub_groups, name="hub-groups"),

@@ -203,6 +203,69 @@ def hub_entity_write(*, hub: Hub, entity: str, values: Mapping[str, Any], by: st
     return written
 
 
+HUB_METHODS_TRIED = ("getInfo", "ping", "getEntities", "getParams", "getEntityParams", "setEntityParams", "subscribe")
+"""The methods ``hub_method_try`` calls (hub protocol v1, docs/hub-protocol.md "Methods"); ``unsubscribe`` is made
+by ``subscribe``'s try itself."""
+
+
+@dataclass
+class HubMethodTry:
+    """What one call of a hub method gave: ``result`` (the answer's ``result``; for ``subscribe``, the subscription
+    and its first ``dataChange``), or ``error`` (words, never the key); ``round_trip_ms``."""
+
+    method: str
+    params: dict
+    result: Any = None
+    error: str = ""
+    round_trip_ms: float = 0.0
+
+
+def hub_method_try(*, hub: Hub, method: str, params: Mapping[str, Any]) -> HubMethodTry:
+    """Call ``method`` (one of HUB_METHODS_TRIED) on ``hub`` with ``params``, as a person tries the hub's API in
+    the console. ``subscribe`` waits for the first ``dataChange`` (at most the hub's timeout), then unsubscribes.
+    The caller checks ``hubs.write_hub`` for ``setEntityParams``. Raises ValueError for another method; a hub's
+    refusal is in ``error``."""
+    if method not in HUB_METHODS_TRIED:
+        raise ValueError(f"method: one of {', '.join(HUB_METHODS_TRIED)}")
+    client = _client(hub)
+    outcome = HubMethodTry(method=method, params=dict(params))
+    started = time.perf_counter()
+    try:
+        if method == "subscribe":
+            outcome.result = _first_data_change(client, dict(params), hub.timeout)
+        else:
+            outcome.result = client.call(method, dict(params) or None)
+    except HubError as exc:
+        outcome.error = str(exc)
+    outcome.round_trip_ms = (time.perf_counter() - started) * 1000
+    if method == "setEntityParams" and not outcome.error:
+        logger.info("hub %s: setEntityParams of %s tried in the console", hub.pk, params.get("entity"))
+    return outcome
+
+
+def _first_data_change(client, params: dict, timeout: float) -> dict:
+    from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+    first: Future = Future()
+    keys = params.get("keys")
+    if not isinstance(params.get("entity"), str) or not isinstance(keys, list):
+        raise HubError('subscribe needs "entity" (an entity id) and "keys" (a list of keys)', "protocol")
+    subscription = client.subscribe(params["entity"], keys, period=params.get("period"),
+                                    on_change=params.get("onChange", True), timeout=params.get("timeout") or timeout + 1,
+                                    callback=lambda change: first.done() or first.set_result(change))
+    try:
+        change = first.result(timeout)
+    except FutureTimeout:
+        change = None
+    finally:
+        try:
+            client.unsubscribe(subscription)
+        except HubError as exc:
+            logger.info("hub: unsubscribe %s failed: %s", subscription, exc)
+    return {"subscription": subscription, "first dataChange": change if change is not None else
+            f"none within {timeout:g} s (an on-change subscription sends when a value changes)"}
+
+
 def _rfc3339_seconds(value) -> float | None:
     """A hub's RFC 3339 timestamp (hub protocol v1: UTC with milliseconds) as POSIX seconds, else None."""
     from datetime import datetime, timezone

@@ -256,3 +256,30 @@ def test_an_import_lists_every_error_at_its_json_path_and_changes_nothing(projec
     assert Group.objects.filter(hub__project=copy, name="g1").exists()
     bad_json = integrator.post("/projects/import", {"document": SimpleUploadedFile("p.json", b"{not json")})
     assert bad_json.status_code == 422 and "document" in bad_json.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_hub_s_methods_are_tried_and_answered_as_json_or_the_error(hub, reference_hub):
+    import json
+
+    viewer = logged_in("viewer")
+
+    def try_(client, method, params=""):
+        return client.post(f"/hubs/{hub.pk}/try", {"method": method, "params": params})
+
+    page = try_(viewer, "getInfo").content.decode()
+    assert "getInfo</strong> answered" in page and "&quot;protocol&quot;: 1" in page
+    page = try_(viewer, "getEntityParams", json.dumps({"entity": "plant/line1/pump1", "keys": ["pressure"]})).content.decode()
+    assert "&quot;key&quot;: &quot;pressure&quot;" in page
+    page = try_(viewer, "subscribe", json.dumps({"entity": "plant/line1/pump1", "keys": ["pressure"], "period": 0.2,
+                                                 "onChange": False})).content.decode()
+    assert "first dataChange" in page and "&quot;values&quot;" in page  # then unsubscribed
+    page = try_(viewer, "getParams", json.dumps({"entity": "no/such"})).content.decode()
+    assert "getParams</strong> failed" in page and KEY not in page
+    assert try_(viewer, "getInfo", "[1]").status_code == 422 and try_(viewer, "drop", "").status_code == 422
+    before = reference_hub.state.read("plant/line1/pump1", "speed_sp")
+    write = json.dumps({"entity": "plant/line1/pump1", "values": {"speed_sp": 77.0}})
+    assert try_(viewer, "setEntityParams", write).status_code == 403
+    assert reference_hub.state.read("plant/line1/pump1", "speed_sp") == before
+    assert "answered" in try_(logged_in("integrator"), "setEntityParams", write).content.decode()
+    assert reference_hub.state.read("plant/line1/pump1", "speed_sp") == 77.0

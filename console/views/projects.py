@@ -26,10 +26,10 @@ from hubs.project_document import ProjectDocumentError
 from hubs.project_document.validation import max_bytes
 from hubs.selectors import hub_list, project_list
 from hubs.services import (hub_change, hub_connection_test, hub_create, hub_delete, hub_entities_sync,
-                           hubs_enabled_set, project_change, project_create, project_delete, project_export,
-                           project_export_filename, project_import_as)
+                           hub_method_try, hubs_enabled_set, project_change, project_create, project_delete,
+                           project_export, project_export_filename, project_import_as)
 
-from ..forms import ProjectForm, SearchForm
+from ..forms import HubMethodForm, ProjectForm, SearchForm
 from .writes import saved
 
 PROJECTS_PAGE = 50  # projects a page of the list shows
@@ -147,7 +147,8 @@ def hub_add(request: HttpRequest, project_id: int) -> HttpResponse:
 
 def _hub_page(request: HttpRequest, hub: Hub, form: HubConsoleForm, status: int = 200) -> HttpResponse:
     groups = Paginator(Group.objects.filter(hub=hub).order_by("name", "pk"), GROUPS_PAGE).get_page(1)
-    return render(request, "console/hub.html", {"hub": hub, "form": form, "groups": groups}, status=status)
+    return render(request, "console/hub.html", {"hub": hub, "form": form, "groups": groups,
+                                                "try_form": HubMethodForm(auto_id="try_%s")}, status=status)
 
 
 @require_http_methods(["GET", "POST"])
@@ -295,3 +296,25 @@ def project_export_view(request: HttpRequest, project_id: int) -> HttpResponse:
     response = HttpResponse(project_export(project=row, include_secrets=secrets), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{project_export_filename(row.name)}.json"'
     return response
+
+
+@require_POST
+@login_required
+@permission_required("hubs.view_hub", raise_exception=True)
+def hub_try(request: HttpRequest, hub_id: int) -> HttpResponse:
+    """Call one of the hub's methods with the params typed (``hubs.services.hub_method_try``; ``setEntityParams``
+    also needs ``hubs.write_hub``) and show its answer as JSON, or the error in words, with the round trip."""
+    import json
+
+    row = get_object_or_404(Hub, pk=hub_id)
+    form = HubMethodForm(request.POST)
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.items()))
+        return render(request, "console/_hub_try.html", {"failure": f"{field}: {errors[0]}"}, status=422)
+    method = form.cleaned_data["method"]
+    if method == "setEntityParams" and not request.user.has_perm("hubs.write_hub"):
+        return render(request, "console/_hub_try.html", {"failure": "setEntityParams needs the permission "
+                                                                    "hubs.write_hub"}, status=403)
+    outcome = hub_method_try(hub=row, method=method, params=form.cleaned_data["params"])
+    return render(request, "console/_hub_try.html", {
+        "outcome": outcome, "answer": json.dumps(outcome.result, indent=2, ensure_ascii=False, default=str)})
