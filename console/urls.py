@@ -41,5 +41,6 @@ urlpatterns = [
     path("scripts/check", scripts.script_check, name="script-check"),
     path("groups/<int:group_id>/", groups.group, name="group"),
     path("groups/<int:group_id>/run", groups.group_run, name="group-run"),
+    path("groups/<int:group_id>/delete", groups.group_delete_view, name="group-delete"),
     path("groups/<int:group_id>/live", groups.group_live, name="group-live"),
 ]

@@ -420,3 +420,23 @@ def group_fire_times(*, group: Group, time_zone: str, count: int = 5, now: float
         if group.trigger == ONCE:
             break
     return out
+
+
+def group_delete_counts(*, group: Group) -> dict[str, int]:
+    """What deleting ``group`` takes with it, ``{"groups.group": 1, "groups.groupkey": 3, "groups.grouprun": 120, ...}``
+    (``app_label.model``: rows), as Django's deletion collector finds them; nothing is deleted. Its PeriodicTask
+    goes too (``groups.services.groups_delete``)."""
+    from django.db import router
+    from django.db.models.deletion import Collector
+
+    collector = Collector(using=router.db_for_write(Group))
+    collector.collect([group])
+    counts: dict[str, int] = {}
+    for model, rows in collector.data.items():
+        counts[model._meta.label_lower] = counts.get(model._meta.label_lower, 0) + len(rows)
+    for queryset in collector.fast_deletes:
+        label = queryset.model._meta.label_lower
+        counts[label] = counts.get(label, 0) + queryset.count()
+    if group.periodic_task_id:
+        counts["django_celery_beat.periodictask"] = 1
+    return {label: n for label, n in sorted(counts.items()) if n}

@@ -211,3 +211,18 @@ def test_under_asgi_the_live_stream_is_asynchronous_and_sends_the_same_events(mo
     retry, values = asyncio.run(first_two())
     assert retry == b"retry: 3000\n\n"
     assert _json.loads(values.decode().split("data: ", 1)[1]) == {"run": run.pk, "values": []}
+
+
+@pytest.mark.django_db
+def test_a_group_s_delete_is_confirmed_with_what_goes_and_done_by_the_post(hub):
+    integrator = logged_in("integrator")
+    integrator.post(f"/hubs/{hub.pk}/groups/new", FORM)
+    group = Group.objects.get(name="pumps")
+    GroupRun.objects.create(group=group, scheduled_for=datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc), status="ok")
+    confirm = integrator.get(f"/groups/{group.pk}/delete").content.decode()
+    assert "1 groups" in confirm and "2 group keys" in confirm and "1 runs" in confirm and "1 schedule entries" in confirm
+    assert Group.objects.filter(pk=group.pk).exists()
+    assert logged_in("operator").post(f"/groups/{group.pk}/delete").status_code == 403
+    response = integrator.post(f"/groups/{group.pk}/delete")
+    assert response.status_code == 302 and response["Location"] == f"/hubs/{hub.pk}/"
+    assert not Group.objects.exists() and not GroupKey.objects.exists() and not GroupRun.objects.exists()

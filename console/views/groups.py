@@ -165,3 +165,28 @@ def group_live(request: HttpRequest, group_id: int):
 
     row = get_object_or_404(Group, pk=group_id)
     return live_respond(request, group_id=row.pk)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@permission_required("groups.delete_group", raise_exception=True)
+def group_delete_view(request: HttpRequest, group_id: int) -> HttpResponse:
+    """GET: what deleting the group takes with it (keys, runs, counters, its schedule); POST: delete it
+    (``groups.services.groups_delete``), then its hub."""
+    from django.urls import reverse
+
+    from groups.selectors import group_delete_counts
+    from groups.services import groups_delete
+
+    from .projects import DELETED_LABELS
+
+    row = get_object_or_404(Group.objects.select_related("hub"), pk=group_id)
+    if request.method == "POST":
+        groups_delete(group_ids=[row.pk])
+        return redirect("console:hub", hub_id=row.hub_id)
+    counts = group_delete_counts(group=row)
+    return render(request, "console/delete_confirm.html", {
+        "what": f"group {row.name} of hub {row.hub.name}",
+        "counts": [(DELETED_LABELS.get(label, label), n) for label, n in counts.items()],
+        "action": reverse("console:group-delete", args=[row.pk]), "back": reverse("console:group", args=[row.pk]),
+    })

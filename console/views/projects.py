@@ -41,7 +41,8 @@ DELETED_LABELS = {  # the rows a delete takes with it, in words (Django's app_la
     "hubs.project": "project", "hubs.hub": "hubs", "hubs.entity": "entities", "hubs.parameter": "parameters",
     "hubs.huboffset": "offsets", "groups.group": "groups", "groups.groupkey": "group keys", "groups.grouprun": "runs",
     "scripts_engine.script": "scripts", "scripts_engine.sink": "sinks", "scripts_engine.datasource": "data sources",
-    "alarms.alarmrule": "alarm rules", "jobs.job": "jobs",
+    "alarms.alarmrule": "alarm rules", "jobs.job": "jobs", "groups.groupstats": "counters",
+    "django_celery_beat.periodictask": "schedule entries", "alarms.rulestate": "rule states",
 }
 
 
