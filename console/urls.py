@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import alarms, entities, groups, overview, projects, scripts, sinks
+from .views import alarms, entities, groups, jobs, overview, projects, scripts, sinks
 
 app_name = "console"
 
@@ -36,6 +36,12 @@ urlpatterns = [
     path("projects/<int:project_id>/scripts/", scripts.scripts, name="scripts"),
     path("scripts/<int:script_id>/", scripts.script, name="script"),
     path("projects/<int:project_id>/sinks/", sinks.sinks, name="sinks"),
+    path("projects/<int:project_id>/jobs/", jobs.jobs, name="jobs"),
+    path("jobs/<int:job_id>/", jobs.job, name="job"),
+    path("jobs/<int:job_id>/run", jobs.job_run, name="job-run-now"),
+    path("jobs/<int:job_id>/switch", jobs.job_switch, name="job-switch"),
+    path("jobs/runs/<int:run_id>/", jobs.job_run_view, name="job-run"),
+    path("jobs/runs/<int:run_id>/kill", jobs.job_run_kill_view, name="job-run-kill"),
     path("sinks/<int:sink_id>/delete", sinks.sink_delete_view, name="sink-delete"),
     path("scripts/<int:script_id>/run", scripts.script_run, name="script-run"),
     path("scripts/check", scripts.script_check, name="script-check"),
