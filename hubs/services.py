@@ -181,7 +181,7 @@ def hub_connection_test(*, hub: Hub) -> HubConnectionReport:
     except HubError as exc:
         return HubConnectionReport(ok=False, error=str(exc))
     elapsed = time.perf_counter() - started
-    hub_clock = _rfc3339_seconds(info.get("time"))
+    hub_clock = rfc3339_seconds(info.get("time"))
     offset = None if hub_clock is None else (hub_clock - (started_wall + elapsed / 2)) * 1000
     return HubConnectionReport(ok=True, info=info, round_trip_ms=elapsed * 1000, clock_offset_ms=offset)
 
@@ -266,7 +266,7 @@ def _first_data_change(client, params: dict, timeout: float) -> dict:
             f"none within {timeout:g} s (an on-change subscription sends when a value changes)"}
 
 
-def _rfc3339_seconds(value) -> float | None:
+def rfc3339_seconds(value) -> float | None:
     """A hub's RFC 3339 timestamp (hub protocol v1: UTC with milliseconds) as POSIX seconds, else None."""
     from datetime import datetime, timezone
 

@@ -79,3 +79,13 @@ def test_the_browser_needs_a_login_and_the_view_permissions(hub):
     for path in (f"/hubs/{hub.pk}/entities/", f"/hubs/{hub.pk}/entities/{pump.pk}/", f"/hubs/{hub.pk}/entities/{pump.pk}/values"):
         assert Client().get(path).status_code == 302
         assert logged_in(None).get(path).status_code == 403
+
+
+def test_a_value_is_stale_when_its_hub_time_stamp_is_older_than_30_s():
+    from datetime import datetime, timedelta, timezone
+
+    from console.views.entities import _stale
+
+    now = datetime.now(timezone.utc)
+    assert _stale((now - timedelta(seconds=31)).isoformat()) and not _stale((now - timedelta(seconds=5)).isoformat())
+    assert not _stale("not a time") and not _stale(None)

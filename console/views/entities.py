@@ -9,19 +9,18 @@ role) and goes through ``hubs.services.hub_entity_write`` (setEntityParams, all 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import time
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from hubs.client import HubError
 from hubs.models import Entity, Hub, Parameter
 from hubs.selectors import hub_entity_list
-from hubs.services import hub_entity_values, hub_entity_write
+from hubs.services import hub_entity_values, hub_entity_write, rfc3339_seconds
 
 from ..forms import ParameterWriteForm, SearchForm
 
@@ -65,15 +64,9 @@ def entity_children(request: HttpRequest, hub_id: int, entity_id: int) -> HttpRe
 
 
 def _stale(ts) -> bool:
-    if not isinstance(ts, str):
-        return False
-    try:
-        moment = datetime.fromisoformat(ts)
-    except ValueError:
-        return False
-    if moment.tzinfo is None:
-        return False
-    return timezone.now() - moment > timedelta(seconds=STALE_S)
+    """Whether a hub time stamp (RFC 3339, hub protocol v1) is older than STALE_S; an unreadable one is not."""
+    seconds = rfc3339_seconds(ts)
+    return seconds is not None and time.time() - seconds > STALE_S
 
 
 @require_GET
